@@ -87,6 +87,7 @@ def cnnkit_register_initializers(register: Callable[..., None]) -> None:
     ``in/groups*kh*kw`` and ``out*kh*kw``).  Names are unique across plugins.
     """
 
+
 __all__ = [
     "hookspec",
     "cnnkit_register_layers",
@@ -95,4 +96,3 @@ __all__ = [
     "cnnkit_register_initializers",
 ]
 
-_Any = Any  # re-exported for type checkers of plugin packages

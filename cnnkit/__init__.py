@@ -1,0 +1,38 @@
+"""cnnkit: convolutional networks for Python with compiled Cython kernels, where every layer
+variant, optimizer and initializer is a pluggy plugin."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def _check_compiled():
+    import importlib
+
+    missing = []
+    for mod in ("conv", "pool", "activation"):
+        try:
+            importlib.import_module(f"cnnkit._ext.{mod}")
+        except ImportError as exc:
+            missing.append(f"cnnkit._ext.{mod} ({exc})")
+    if missing:
+        raise ImportError(
+            "cnnkit's compiled kernels are missing: " + "; ".join(missing) + ". "
+            "Build them by installing the package (`pip install .` or `pip install -e .` from a "
+            "source checkout; a C compiler, Cython>=3 and NumPy>=2 are needed), or in place with "
+            "`python setup.py build_ext --inplace`.")
+
+
+_check_compiled()
+del _check_compiled
+
+from . import init, layers, losses, optim  # noqa: E402
+from ._random import seed  # noqa: E402
+from .graph import Graph, Input, Model, Parameter, Sequential  # noqa: E402
+from .hookspecs import hookspec  # noqa: E402
+from .plugins import SelectionError, PluginError, get_registry, hookimpl, use  # noqa: E402
+
+__all__ = [
+    "__version__", "init", "layers", "losses", "optim", "seed", "Graph", "Input", "Model",
+    "Parameter", "Sequential", "hookimpl", "hookspec", "use", "get_registry", "SelectionError",
+    "PluginError",
+]

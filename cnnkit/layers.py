@@ -1,0 +1,583 @@
+"""Layers: the user-facing objects.  Each one validates its inputs, asks the plugin registry
+for the variant that computes it, and keeps what its backward pass needs.
+
+A layer's forward and backward live in its variants (``cnnkit.builtin.*_variants`` for the
+built-ins); a layer here holds parameters, hyper-parameters and shape inference.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+from . import _random
+from .plugins import get_registry
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+_counter = itertools.count(1)
+
+
+def _pair(value, what, owner, *, minimum=1):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{owner}: {what} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{owner}: {what} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def _positive_int(value, what, owner):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{owner}: {what} must be a positive int, got {value!r}")
+    return int(value)
+
+
+class Layer:
+    """Base class of every layer.
+
+    Subclasses set ``layer_type`` (the registry key of their variants), fill ``self.config``
+    (resolved hyper-parameters passed to the variant) and ``self.params``, and implement
+    :meth:`output_shape`.  ``FEATURES`` lists the non-default features a request may use;
+    :meth:`features` says which ones this layer's configuration uses.
+    """
+
+    layer_type: str = ""
+    FEATURES: tuple = ()
+    #: input rank (including the batch axis) the layer accepts; None = any rank >= 1
+    input_rank: int | None = None
+    #: merge layers (Add, Concat) take a list of inputs and return a list of input gradients
+    is_merge = False
+
+    def __init__(self, *, impl: str | None = None, name: str | None = None):
+        if impl is not None and not isinstance(impl, str):
+            raise TypeError(f"{type(self).__name__}: impl must be a variant name (str), got {impl!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{type(self).__name__}: name must be a str, got {name!r}")
+        self.impl = impl
+        self.name = name or f"{type(self).__name__.lower()}_{next(_counter)}"
+        self.config: dict[str, Any] = {}
+        self.params: dict[str, np.ndarray | None] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.training = True
+        self._ctx = None
+        self._variant = None
+        self._variant_key = None
+        self._node = None  # set when the layer is placed in a graph
+
+    # ----------------------------------------------------------------- description
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def get_config(self) -> dict:
+        """Constructor arguments that rebuild this layer (for summaries and configs)."""
+        return {}
+
+    def features(self) -> tuple:
+        """Non-default features this layer's configuration uses (checked against capabilities)."""
+        return ()
+
+    def output_shape(self, input_shape: tuple) -> tuple:
+        """Output shape for an input shape whose first entry (batch) may be None."""
+        return tuple(input_shape)
+
+    def check_input_shape(self, shape: tuple) -> None:
+        if self.input_rank is not None and len(shape) != self.input_rank:
+            raise ValueError(f"{self.name} ({type(self).__name__}): expected a {self.input_rank}-D "
+                             f"input {self._layout()}, got shape {tuple(shape)}")
+
+    def _layout(self):
+        return {4: "(N, C, H, W)", 2: "(N, features)"}.get(self.input_rank, "")
+
+    @property
+    def dtype(self):
+        for p in self.params.values():
+            if p is not None:
+                return p.dtype
+        return None
+
+    def num_params(self) -> int:
+        return int(sum(p.size for p in self.params.values() if p is not None))
+
+    # ----------------------------------------------------------------- variants
+    def variant(self, dtype=np.float32):
+        """The variant that would compute this layer for inputs of ``dtype`` right now."""
+        reg = get_registry()
+        dtype = np.dtype(dtype)
+        choice = reg.explicit_choice(self.layer_type, self.impl)
+        key = (dtype, choice)
+        if self._variant_key != key:
+            self._variant = reg.select(self.layer_type, dtype=dtype, features=self.features(),
+                                       config=self.config, impl=self.impl,
+                                       owner=f"{self.name} ({type(self).__name__})")
+            self._variant_key = key
+        return self._variant
+
+    # ----------------------------------------------------------------- modes and dtypes
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def astype(self, dtype):
+        """Cast the parameters to float32 or float64 (in place) and return self."""
+        dtype = np.dtype(dtype)
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{self.name}: dtype must be float32 or float64, got {dtype}")
+        for k, p in self.params.items():
+            if p is not None:
+                self.params[k] = np.ascontiguousarray(p, dtype=dtype)
+        self.grads = {}
+        self._ctx = None
+        return self
+
+    # ----------------------------------------------------------------- compute
+    def _validate(self, x):
+        owner = f"{self.name} ({type(self).__name__})"
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{owner}: expected a numpy.ndarray input, got {type(x).__name__}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{owner}: expected a float32 or float64 input, got dtype {x.dtype}")
+        pdtype = self.dtype
+        if pdtype is not None and x.dtype != pdtype:
+            raise TypeError(f"{owner}: input dtype {x.dtype} does not match the parameters' dtype "
+                            f"{pdtype}; cast the input or call .astype({x.dtype.name}) on the "
+                            "layer/model")
+        self.check_input_shape(x.shape)
+        if x.ndim >= 1 and x.shape[0] == 0:
+            raise ValueError(f"{owner}: empty batch (shape {x.shape})")
+        self.output_shape((None,) + tuple(x.shape[1:]))  # raises on bad sizes
+        return np.ascontiguousarray(x)
+
+    def forward(self, x, training: bool | None = None):
+        """Compute the output; with training (default: the layer's mode) keep what backward needs."""
+        x = self._validate(x)
+        training = self.training if training is None else bool(training)
+        variant = self.variant(x.dtype)
+        y, ctx = variant.impl.forward(x, self.params, self.config, training)
+        self._check_output(variant, x, y)
+        self._ctx = (variant, ctx, x.shape, x.dtype) if training else None
+        return y
+
+    def __call__(self, inputs, training: bool | None = None):
+        """On arrays, :meth:`forward`; on graph nodes (``cnnkit.Input``), add this layer to a
+        graph and return its output node (Keras's functional style)."""
+        if isinstance(inputs, np.ndarray):
+            return self.forward(inputs, training)
+        from .graph import apply_layer
+
+        return apply_layer(self, inputs)
+
+    def _check_output(self, variant, x, y):
+        expected = (x.shape[0],) + tuple(self.output_shape((None,) + tuple(x.shape[1:]))[1:])
+        if not isinstance(y, np.ndarray) or y.shape != expected or y.dtype != x.dtype:
+            got = (f"shape {y.shape}, dtype {y.dtype}" if isinstance(y, np.ndarray)
+                   else type(y).__name__)
+            raise RuntimeError(f"{self.name} ({type(self).__name__}): variant {variant.name!r} "
+                               f"from plugin {variant.plugin!r} returned {got}; expected shape "
+                               f"{expected}, dtype {x.dtype}")
+
+    def backward(self, dy):
+        """Gradient of the loss w.r.t. the input; fills ``self.grads`` (overwriting)."""
+        owner = f"{self.name} ({type(self).__name__})"
+        if self._ctx is None:
+            raise RuntimeError(f"{owner}: backward() needs a forward(x, training=True) first "
+                               "(inference forward keeps nothing)")
+        variant, ctx, in_shape, x_dtype = self._ctx
+        if not isinstance(dy, np.ndarray):
+            raise TypeError(f"{owner}: backward expects a numpy.ndarray, got {type(dy).__name__}")
+        expected = (in_shape[0],) + tuple(self.output_shape((None,) + tuple(in_shape[1:]))[1:])
+        if dy.shape != expected:
+            raise ValueError(f"{owner}: gradient shape {dy.shape} does not match the output "
+                             f"shape {expected}")
+        if dy.dtype != x_dtype:
+            dy = dy.astype(x_dtype)
+        dx, grads = variant.impl.backward(np.ascontiguousarray(dy), ctx)
+        if not isinstance(dx, np.ndarray) or dx.shape != in_shape:
+            raise RuntimeError(f"{owner}: variant {variant.name!r} from plugin {variant.plugin!r} "
+                               f"returned an input gradient of shape "
+                               f"{getattr(dx, 'shape', None)}; expected {in_shape}")
+        self._ctx = None
+        self.grads = dict(grads)
+        return dx
+
+
+def _init_array(init, shape, fan_in, fan_out, rng, dtype, owner):
+    reg = get_registry()
+    if callable(init):
+        fn, options = init, {}
+    elif isinstance(init, str):
+        fn, options = reg.initializer(init), {}
+    elif isinstance(init, (tuple, list)) and len(init) == 2 and isinstance(init[1], dict):
+        fn, options = reg.initializer(init[0]), dict(init[1])
+    else:
+        raise TypeError(f"{owner}: initializer must be a registered name, (name, options) or a "
+                        f"callable, got {init!r}")
+    arr = np.asarray(fn(tuple(shape), fan_in=fan_in, fan_out=fan_out, rng=rng, dtype=dtype,
+                        **options))
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{owner}: initializer {init!r} returned shape {arr.shape}, expected "
+                         f"{tuple(shape)}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{owner}: initializer {init!r} produced non-finite values")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _check_dtype(dtype, owner):
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{owner}: dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+class Conv2D(Layer):
+    """2-D cross-correlation over NCHW input, PyTorch's weight layout (out, in/groups, kh, kw).
+
+    ``padding`` is an int, an (h, w) pair, ``"valid"`` (0) or ``"same"`` (output size
+    ceil(input / stride); odd padding puts the extra row/column at the bottom/right, as PyTorch
+    and TensorFlow do).
+    """
+
+    layer_type = "conv2d"
+    FEATURES = ("stride", "padding", "asymmetric_padding", "dilation", "groups", "bias")
+    input_rank = 4
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, *, weight_init="he_uniform", bias_init="zeros",
+                 dtype=np.float32, rng=None, impl=None, name=None):
+        super().__init__(impl=impl, name=name)
+        owner = f"{self.name} (Conv2D)"
+        self.in_channels = _positive_int(in_channels, "in_channels", owner)
+        self.out_channels = _positive_int(out_channels, "out_channels", owner)
+        self.kernel_size = _pair(kernel_size, "kernel_size", owner)
+        self.stride = _pair(stride, "stride", owner)
+        self.dilation = _pair(dilation, "dilation", owner)
+        self.groups = _positive_int(groups, "groups", owner)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"{owner}: in_channels ({in_channels}) and out_channels "
+                             f"({out_channels}) must both be divisible by groups ({groups})")
+        if isinstance(padding, str):
+            if padding not in ("valid", "same"):
+                raise ValueError(f"{owner}: padding must be 'valid', 'same', an int or a pair, "
+                                 f"got {padding!r}")
+            self.padding = padding
+        else:
+            self.padding = _pair(padding, "padding", owner, minimum=0)
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"{owner}: bias must be True or False, got {bias!r}")
+        dtype = _check_dtype(dtype, owner)
+        self.weight_init, self.bias_init = weight_init, bias_init
+        rng = _random.generator(rng)
+        kh, kw = self.kernel_size
+        cin_g = self.in_channels // self.groups
+        shape = (self.out_channels, cin_g, kh, kw)
+        fan_in, fan_out = cin_g * kh * kw, self.out_channels // self.groups * kh * kw
+        self.params["weight"] = _init_array(weight_init, shape, fan_in, fan_out, rng, dtype, owner)
+        self.params["bias"] = (_init_array(bias_init, (self.out_channels,), fan_in, fan_out, rng,
+                                           dtype, owner) if bias else None)
+        self.config = {"stride": self.stride, "padding": (0, 0, 0, 0), "dilation": self.dilation,
+                       "groups": self.groups}
+        if not isinstance(self.padding, str):
+            ph, pw = self.padding
+            self.config["padding"] = (ph, ph, pw, pw)
+        self._same_cache = None
+
+    def get_config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": self.kernel_size, "stride": self.stride,
+                "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
+                "bias": self.params["bias"] is not None}
+
+    def _resolve_padding(self, h, w):
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            pads = []
+            for size, k, s, d in zip((h, w), self.kernel_size, self.stride, self.dilation):
+                out = -(-size // s)
+                total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
+                pads += [total // 2, total - total // 2]
+            return tuple(pads)
+        return self.config["padding"]
+
+    def features(self):
+        f = []
+        if self.stride != (1, 1):
+            f.append("stride")
+        pt, pb, pl, pr = self.config["padding"]
+        if any(self.config["padding"]):
+            f.append("padding")
+        if pt != pb or pl != pr:
+            f.append("asymmetric_padding")
+        if self.dilation != (1, 1):
+            f.append("dilation")
+        if self.groups != 1:
+            f.append("groups")
+        if self.params["bias"] is not None:
+            f.append("bias")
+        return tuple(f)
+
+    def output_shape(self, input_shape):
+        owner = f"{self.name} (Conv2D)"
+        self.check_input_shape(input_shape)
+        n, c, h, w = input_shape
+        if c != self.in_channels:
+            raise ValueError(f"{owner}: expected {self.in_channels} input channels, got shape "
+                             f"{tuple(input_shape)}")
+        pt, pb, pl, pr = self._resolve_padding(h, w)
+        kh, kw = self.kernel_size
+        dh, dw = self.dilation
+        eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+        if h + pt + pb < eh or w + pl + pr < ew:
+            raise ValueError(f"{owner}: (dilated) kernel {eh}x{ew} is larger than the padded input "
+                             f"{h + pt + pb}x{w + pl + pr} (input shape {tuple(input_shape)})")
+        oh = (h + pt + pb - eh) // self.stride[0] + 1
+        ow = (w + pl + pr - ew) // self.stride[1] + 1
+        return (n, self.out_channels, oh, ow)
+
+    def forward(self, x, training=None):
+        if isinstance(self.padding, str) and isinstance(x, np.ndarray) and x.ndim == 4:
+            pads = self._resolve_padding(x.shape[2], x.shape[3])
+            if pads != self.config["padding"]:
+                self.config = dict(self.config, padding=pads)
+                self._variant_key = None
+        return super().forward(x, training)
+
+
+class _Pool2D(Layer):
+    FEATURES = ("stride", "padding", "ceil_mode")
+    input_rank = 4
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, *, impl=None,
+                 name=None):
+        super().__init__(impl=impl, name=name)
+        owner = f"{self.name} ({type(self).__name__})"
+        self.kernel_size = _pair(kernel_size, "kernel_size", owner)
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", owner)
+        self.padding = _pair(padding, "padding", owner, minimum=0)
+        if self.padding[0] * 2 > self.kernel_size[0] or self.padding[1] * 2 > self.kernel_size[1]:
+            raise ValueError(f"{owner}: padding {self.padding} must be at most half the kernel "
+                             f"size {self.kernel_size}")
+        self.ceil_mode = bool(ceil_mode)
+        self.config = {"kernel_size": self.kernel_size, "stride": self.stride,
+                       "padding": self.padding, "ceil_mode": self.ceil_mode}
+
+    def get_config(self):
+        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
+                "ceil_mode": self.ceil_mode}
+
+    def features(self):
+        f = []
+        if self.stride != self.kernel_size:
+            f.append("stride")
+        if self.padding != (0, 0):
+            f.append("padding")
+        if self.ceil_mode:
+            f.append("ceil_mode")
+        return tuple(f)
+
+    def output_shape(self, input_shape):
+        owner = f"{self.name} ({type(self).__name__})"
+        self.check_input_shape(input_shape)
+        n, c, h, w = input_shape
+        out = []
+        for size, k, s, p in zip((h, w), self.kernel_size, self.stride, self.padding):
+            span = size + 2 * p - k
+            if span < 0:
+                raise ValueError(f"{owner}: pooling window {self.kernel_size} is larger than the "
+                                 f"padded input {h + 2 * self.padding[0]}x"
+                                 f"{w + 2 * self.padding[1]} (input shape {tuple(input_shape)})")
+            o = (-(-span // s) if self.ceil_mode else span // s) + 1
+            if self.ceil_mode and (o - 1) * s >= size + p:
+                o -= 1
+            out.append(o)
+        return (n, c, out[0], out[1])
+
+
+class MaxPool2D(_Pool2D):
+    """Max pooling; backward routes the gradient through the recorded argmax."""
+
+    layer_type = "maxpool2d"
+
+
+class AvgPool2D(_Pool2D):
+    """Average pooling (``count_include_pad`` as in PyTorch)."""
+
+    layer_type = "avgpool2d"
+    FEATURES = _Pool2D.FEATURES + ("count_include_pad",)
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, *, impl=None, name=None):
+        super().__init__(kernel_size, stride, padding, ceil_mode, impl=impl, name=name)
+        self.count_include_pad = bool(count_include_pad)
+        self.config["count_include_pad"] = self.count_include_pad
+
+    def get_config(self):
+        return dict(super().get_config(), count_include_pad=self.count_include_pad)
+
+    def features(self):
+        f = super().features()
+        return f + (("count_include_pad",) if not self.count_include_pad else ())
+
+
+class _Elementwise(Layer):
+    input_rank = None
+
+    def check_input_shape(self, shape):
+        if len(shape) < 1:
+            raise ValueError(f"{self.name} ({type(self).__name__}): expected at least a 1-D input "
+                             f"with a batch axis, got shape {tuple(shape)}")
+
+
+class ReLU(_Elementwise):
+    layer_type = "relu"
+
+
+class Sigmoid(_Elementwise):
+    layer_type = "sigmoid"
+
+
+class Tanh(_Elementwise):
+    layer_type = "tanh"
+
+
+class Flatten(Layer):
+    """Flatten every axis after the batch axis; no variants (a reshape)."""
+
+    layer_type = "flatten"
+
+    def check_input_shape(self, shape):
+        if len(shape) < 2:
+            raise ValueError(f"{self.name} (Flatten): expected an input with a batch axis and at "
+                             f"least one more, got shape {tuple(shape)}")
+
+    def output_shape(self, input_shape):
+        self.check_input_shape(input_shape)
+        return (input_shape[0], int(math.prod(input_shape[1:])))
+
+    def variant(self, dtype=np.float32):
+        return None
+
+    def forward(self, x, training=None):
+        x = self._validate(x)
+        training = self.training if training is None else bool(training)
+        self._ctx = (None, None, x.shape, x.dtype) if training else None
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        if self._ctx is None:
+            raise RuntimeError(f"{self.name} (Flatten): backward() needs a forward(x, "
+                               "training=True) first")
+        in_shape = self._ctx[2]
+        if not isinstance(dy, np.ndarray) or dy.shape != (in_shape[0], math.prod(in_shape[1:])):
+            raise ValueError(f"{self.name} (Flatten): gradient shape "
+                             f"{getattr(dy, 'shape', None)} does not match the output shape "
+                             f"{(in_shape[0], math.prod(in_shape[1:]))}")
+        self._ctx = None
+        self.grads = {}
+        return dy.reshape(in_shape)
+
+
+class Dense(Layer):
+    """Fully connected layer: y = x @ W.T + b with W of shape (out_features, in_features)."""
+
+    layer_type = "dense"
+    FEATURES = ("bias",)
+    input_rank = 2
+
+    def __init__(self, in_features, out_features, bias=True, *, weight_init="he_uniform",
+                 bias_init="zeros", dtype=np.float32, rng=None, impl=None, name=None):
+        super().__init__(impl=impl, name=name)
+        owner = f"{self.name} (Dense)"
+        self.in_features = _positive_int(in_features, "in_features", owner)
+        self.out_features = _positive_int(out_features, "out_features", owner)
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"{owner}: bias must be True or False, got {bias!r}")
+        dtype = _check_dtype(dtype, owner)
+        self.weight_init, self.bias_init = weight_init, bias_init
+        rng = _random.generator(rng)
+        shape = (self.out_features, self.in_features)
+        self.params["weight"] = _init_array(weight_init, shape, self.in_features,
+                                            self.out_features, rng, dtype, owner)
+        self.params["bias"] = (_init_array(bias_init, (self.out_features,), self.in_features,
+                                           self.out_features, rng, dtype, owner) if bias else None)
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.params["bias"] is not None}
+
+    def features(self):
+        return ("bias",) if self.params["bias"] is not None else ()
+
+    def output_shape(self, input_shape):
+        self.check_input_shape(input_shape)
+        if input_shape[1] != self.in_features:
+            raise ValueError(f"{self.name} (Dense): expected {self.in_features} input features, "
+                             f"got shape {tuple(input_shape)}")
+        return (input_shape[0], self.out_features)
+
+
+class Add(Layer):
+    """Element-wise sum of two or more inputs of the same shape (residual connections)."""
+
+    layer_type = "add"
+    is_merge = True
+
+    def output_shape(self, input_shapes):
+        if not isinstance(input_shapes, list):
+            raise ValueError(f"{self.name} (Add): expects a list of inputs")
+        first = input_shapes[0]
+        for s in input_shapes[1:]:
+            if tuple(s) != tuple(first):
+                raise ValueError(f"{self.name} (Add): all inputs must have the same shape, got "
+                                 + " and ".join(_fmt_shape(x) for x in input_shapes))
+        return tuple(first)
+
+    def variant(self, dtype=np.float32):
+        return None
+
+    def forward(self, xs, training=None):
+        owner = f"{self.name} (Add)"
+        if not isinstance(xs, (list, tuple)) or len(xs) < 2:
+            raise ValueError(f"{owner}: expects a list of at least two arrays")
+        for x in xs:
+            if not isinstance(x, np.ndarray) or x.dtype not in FLOAT_DTYPES:
+                raise TypeError(f"{owner}: inputs must be float32/float64 numpy arrays")
+            if x.dtype != xs[0].dtype:
+                raise TypeError(f"{owner}: inputs have different dtypes {xs[0].dtype} and "
+                                f"{x.dtype}")
+        self.output_shape([x.shape for x in xs])
+        out = xs[0] + xs[1]
+        for x in xs[2:]:
+            out += x
+        training = self.training if training is None else bool(training)
+        self._ctx = (len(xs), out.shape) if training else None
+        return out
+
+    def backward(self, dy):
+        if self._ctx is None:
+            raise RuntimeError(f"{self.name} (Add): backward() needs a forward(x, training=True) "
+                               "first")
+        n, shape = self._ctx
+        if not isinstance(dy, np.ndarray) or dy.shape != shape:
+            raise ValueError(f"{self.name} (Add): gradient shape {getattr(dy, 'shape', None)} does "
+                             f"not match the output shape {shape}")
+        self._ctx = None
+        self.grads = {}
+        return [dy] * n
+
+
+def _fmt_shape(shape):
+    return "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+
+
+BUILTIN_LAYERS = (Conv2D, MaxPool2D, AvgPool2D, ReLU, Sigmoid, Tanh, Flatten, Dense, Add)

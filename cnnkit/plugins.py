@@ -1,0 +1,477 @@
+"""Plugin manager, entry-point loading, the registry and variant selection.
+
+Loading is lazy and happens once, on the first call to :func:`get_registry`.  The built-in
+plugins are ordinary plugin modules registered through the same hooks as third-party ones;
+third-party plugins come from the ``cnnkit`` entry-point group.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import importlib.metadata as importlib_metadata
+import os
+import threading
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import pluggy
+
+from . import hookspecs
+
+hookimpl = pluggy.HookimplMarker("cnnkit")
+
+ENTRY_POINT_GROUP = "cnnkit"
+
+#: Built-in plugin modules, registered first and in this order.
+BUILTIN_PLUGINS = (
+    "cnnkit.builtin.layers",
+    "cnnkit.builtin.cython_variants",
+    "cnnkit.builtin.numpy_variants",
+    "cnnkit.builtin.optimizers",
+    "cnnkit.builtin.initializers",
+)
+
+_KINDS = ("layer", "variant", "optimizer", "initializer")
+
+
+class PluginError(RuntimeError):
+    """A plugin could not be loaded or registered something invalid."""
+
+
+class SelectionError(ValueError):
+    """No variant can serve a request, or an explicitly chosen one cannot."""
+
+
+class PluginWarning(UserWarning):
+    """A third-party plugin failed and was skipped."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One implementation of a layer type."""
+
+    layer_type: str
+    name: str
+    impl: Any
+    plugin: str
+    priority: int = 0
+    dtypes: tuple = ("float32", "float64")
+    capabilities: frozenset = frozenset()
+    supports: Callable | None = None
+    description: str = ""
+
+    def refusal(self, dtype, features, config) -> str | None:
+        """Why this variant cannot serve the request, or ``None`` if it can."""
+        dname = _dtype_name(dtype)
+        if dname not in self.dtypes:
+            return f"dtype {dname} not supported (supports {', '.join(self.dtypes)})"
+        missing = sorted(set(features) - self.capabilities)
+        if missing:
+            return "does not support " + ", ".join(missing)
+        if self.supports is not None:
+            try:
+                reason = self.supports(config, dname)
+            except Exception as exc:  # a broken plugin must not take selection down
+                return f"its supports() check raised {type(exc).__name__}: {exc}"
+            if reason:
+                return str(reason)
+        return None
+
+    def describe(self) -> dict:
+        return {
+            "layer_type": self.layer_type,
+            "name": self.name,
+            "plugin": self.plugin,
+            "priority": self.priority,
+            "dtypes": list(self.dtypes),
+            "capabilities": sorted(self.capabilities),
+            "description": self.description,
+        }
+
+
+@dataclass
+class PluginInfo:
+    """What the registry knows about one plugin."""
+
+    name: str
+    module: str
+    source: str  # "builtin" or "entrypoint"
+    distribution: str | None = None
+    version: str | None = None
+    registered: dict = field(default_factory=lambda: {k: [] for k in _KINDS})
+    error: str | None = None
+    traceback: str | None = None
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "source": self.source,
+            "distribution": self.distribution,
+            "version": self.version,
+            "registered": {k: list(v) for k, v in self.registered.items()},
+            "error": self.error,
+            "traceback": self.traceback,
+        }
+
+
+def _dtype_name(dtype) -> str:
+    import numpy as np
+
+    return np.dtype(dtype).name
+
+
+def _env_list(name: str) -> list[str] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _parse_impl_env(value: str | None) -> dict[str, str]:
+    if not value:
+        return {}
+    out = {}
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise SelectionError(
+                f"CNNKIT_IMPL: entry {item!r} is not of the form layer_type=variant "
+                "(example: CNNKIT_IMPL=conv2d=numpy,relu=cython)"
+            )
+        key, _, val = item.partition("=")
+        out[key.strip().lower()] = val.strip()
+    return out
+
+
+class Registry:
+    """Everything the plugins registered: layer types, variants, optimizers, initializers."""
+
+    def __init__(self):
+        self.pm = pluggy.PluginManager("cnnkit")
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.layer_types: dict[str, tuple[type, str]] = {}
+        self.variants: dict[str, dict[str, Variant]] = {}
+        self.optimizers: dict[str, tuple[Any, str]] = {}
+        self.initializers: dict[str, tuple[Any, str]] = {}
+
+    # ------------------------------------------------------------------ loading
+    def load(self, builtins=BUILTIN_PLUGINS, entry_points=True) -> None:
+        strict = os.environ.get("CNNKIT_STRICT_PLUGINS", "") not in ("", "0")
+        candidates: list[tuple[PluginInfo, Callable[[], Any]]] = []
+        for modname in builtins:
+            info = PluginInfo(name=modname, module=modname, source="builtin", distribution="cnnkit")
+            candidates.append((info, lambda m=modname: importlib.import_module(m)))
+        if entry_points:
+            candidates.extend(self._entry_point_candidates())
+        for info, loader in candidates:
+            self.plugins[info.name] = info
+            try:
+                module = loader()
+            except Exception as exc:
+                self._fail(info, f"import failed: {type(exc).__name__}: {exc}", strict)
+                continue
+            self.register_plugin(module, info, strict=strict)
+
+    def _entry_point_candidates(self):
+        allow = _env_list("CNNKIT_LOAD_PLUGINS")
+        deny = set(_env_list("CNNKIT_DISABLE_PLUGINS") or [])
+        for ep in sorted(importlib_metadata.entry_points(group=ENTRY_POINT_GROUP),
+                         key=lambda e: e.name):
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else None
+            names = {ep.name}
+            if dist_name:
+                names.add(dist_name)
+                names.add(dist_name.replace("_", "-").lower())
+            if allow is not None and not names & set(allow):
+                continue
+            if names & deny:
+                continue
+            info = PluginInfo(name=ep.name, module=ep.value, source="entrypoint",
+                              distribution=dist_name,
+                              version=dist.version if dist is not None else None)
+            if info.name in self.plugins:
+                info.name = f"{ep.name} ({dist_name})"
+            yield info, ep.load
+
+    def register_plugin(self, module, info: PluginInfo | str, *, strict: bool | None = None) -> bool:
+        """Register a plugin object and run its hooks.  Returns False if it failed."""
+        if strict is None:
+            strict = os.environ.get("CNNKIT_STRICT_PLUGINS", "") not in ("", "0")
+        if isinstance(info, str):
+            info = PluginInfo(name=info, module=getattr(module, "__name__", repr(module)),
+                              source="runtime")
+        self.plugins[info.name] = info
+        try:
+            self.pm.register(module, name=info.name)
+        except Exception as exc:
+            self._fail(info, f"invalid plugin: {type(exc).__name__}: {exc}", strict)
+            return False
+        unknown = [hc.name for hc in (self.pm.get_hookcallers(module) or [])
+                   if not hc.has_spec()]
+        if unknown:
+            self.pm.unregister(module)
+            self._fail(info, "implements unknown hook(s): " + ", ".join(sorted(unknown))
+                       + f" (known hooks: {', '.join(hookspecs.__all__[1:])})", strict)
+            return False
+        staged: list[tuple[str, tuple, dict]] = []
+        try:
+            for hook_name, kind in (("cnnkit_register_layers", "layer"),
+                                    ("cnnkit_register_variants", "variant"),
+                                    ("cnnkit_register_optimizers", "optimizer"),
+                                    ("cnnkit_register_initializers", "initializer")):
+                caller = getattr(self.pm.hook, hook_name)
+                for impl in caller.get_hookimpls():
+                    if impl.plugin_name != info.name:
+                        continue
+
+                    def register(*args, _kind=kind, **kwargs):
+                        self._check(_kind, info.name, staged, *args, **kwargs)
+                        staged.append((_kind, args, kwargs))
+
+                    impl.function(register=register)
+        except Exception as exc:
+            self.pm.unregister(module)
+            self._fail(info, f"{type(exc).__name__}: {exc}", strict)
+            return False
+        for kind, args, kwargs in staged:
+            key = self._commit(kind, info.name, *args, **kwargs)
+            info.registered[kind].append(key)
+        return True
+
+    def _fail(self, info: PluginInfo, message: str, strict: bool) -> None:
+        info.error = message
+        info.traceback = traceback.format_exc()
+        text = f"cnnkit plugin {info.name!r} ({info.module}) failed and was skipped: {message}"
+        if strict:
+            raise PluginError(text + " [CNNKIT_STRICT_PLUGINS is set]")
+        warnings.warn(text, PluginWarning, stacklevel=3)
+
+    # ------------------------------------------------------------------ registration
+    def _check(self, kind, plugin, staged, *args, **kwargs) -> None:
+        """Validate one registration before it is staged; raise naming the plugin."""
+        if kind == "variant":
+            v = _make_variant(plugin, *args, **kwargs)
+            key = (v.layer_type, v.name)
+            existing = self.variants.get(v.layer_type, {}).get(v.name)
+            if existing is not None:
+                raise PluginError(f"variant {v.layer_type}/{v.name} is registered twice: by plugin "
+                                  f"{existing.plugin!r} and by plugin {plugin!r}")
+            for k, a, kw in staged:
+                if k == "variant" and (_make_variant(plugin, *a, **kw).layer_type,
+                                       _make_variant(plugin, *a, **kw).name) == key:
+                    raise PluginError(f"variant {key[0]}/{key[1]} is registered twice by plugin "
+                                      f"{plugin!r}")
+            return
+        name, obj = _name_obj(kind, *args, **kwargs)
+        table = {"layer": self.layer_types, "optimizer": self.optimizers,
+                 "initializer": self.initializers}[kind]
+        if name in table:
+            raise PluginError(f"{kind} {name!r} is registered twice: by plugin {table[name][1]!r} "
+                              f"and by plugin {plugin!r}")
+        if any(k == kind and _name_obj(k, *a, **kw)[0] == name for k, a, kw in staged):
+            raise PluginError(f"{kind} {name!r} is registered twice by plugin {plugin!r}")
+        if kind == "layer":
+            if not isinstance(obj, type) or getattr(obj, "layer_type", None) != name:
+                raise PluginError(f"layer {name!r} from plugin {plugin!r}: expected a Layer class "
+                                  f"whose layer_type is {name!r}, got {obj!r}")
+        elif not callable(obj):
+            raise PluginError(f"{kind} {name!r} from plugin {plugin!r} is not callable: {obj!r}")
+
+    def _commit(self, kind, plugin, *args, **kwargs):
+        if kind == "variant":
+            v = _make_variant(plugin, *args, **kwargs)
+            self.variants.setdefault(v.layer_type, {})[v.name] = v
+            return f"{v.layer_type}/{v.name}"
+        name, obj = _name_obj(kind, *args, **kwargs)
+        table = {"layer": self.layer_types, "optimizer": self.optimizers,
+                 "initializer": self.initializers}[kind]
+        table[name] = (obj, plugin)
+        return name
+
+    # ------------------------------------------------------------------ lookups
+    def layer_class(self, name: str) -> type:
+        key = name.lower()
+        if key not in self.layer_types:
+            raise KeyError(f"unknown layer type {name!r}; registered: "
+                           + ", ".join(sorted(self.layer_types)))
+        return self.layer_types[key][0]
+
+    def optimizer(self, name: str):
+        key = name.lower()
+        if key not in self.optimizers:
+            raise KeyError(f"unknown optimizer {name!r}; registered: "
+                           + ", ".join(sorted(self.optimizers)))
+        return self.optimizers[key][0]
+
+    def initializer(self, name: str):
+        key = name.lower()
+        if key not in self.initializers:
+            raise KeyError(f"unknown initializer {name!r}; registered: "
+                           + ", ".join(sorted(self.initializers)))
+        return self.initializers[key][0]
+
+    def variants_for(self, layer_type: str) -> list[Variant]:
+        """Variants of a layer type, highest priority first."""
+        return sorted(self.variants.get(layer_type, {}).values(),
+                      key=lambda v: (-v.priority, v.name))
+
+    def explicit_choice(self, layer_type: str, impl: str | None = None) -> tuple[str | None, str]:
+        """The explicitly chosen variant name for a layer type and where the choice came from."""
+        if impl is not None:
+            return impl, "impl= argument"
+        chosen = _USE.get().get(layer_type)
+        if chosen is not None:
+            return chosen, "cnnkit.use()"
+        env = _parse_impl_env_cached(os.environ.get("CNNKIT_IMPL"))
+        if layer_type in env:
+            return env[layer_type], "CNNKIT_IMPL"
+        return None, "automatic"
+
+    def select(self, layer_type: str, *, dtype, features=(), config=None,
+               impl: str | None = None, owner: str | None = None) -> Variant:
+        """Pick the variant that serves a request (see the selection rules in the docs)."""
+        winner, _, reasons = self.explain(layer_type, dtype=dtype, features=features,
+                                          config=config, impl=impl, owner=owner)
+        return winner
+
+    def explain(self, layer_type, *, dtype, features=(), config=None, impl=None, owner=None):
+        """Return (winner, how it was chosen, {variant name: reason it was not chosen})."""
+        who = owner or layer_type
+        variants = self.variants_for(layer_type)
+        if not variants:
+            raise SelectionError(f"{who}: no variant of layer type {layer_type!r} is registered")
+        choice, source = self.explicit_choice(layer_type, impl)
+        reasons: dict[str, str] = {}
+        if choice is not None:
+            by_name = {v.name: v for v in variants}
+            if choice not in by_name:
+                raise SelectionError(f"{who}: variant {choice!r} of {layer_type} (chosen by "
+                                     f"{source}) is not registered; registered variants: "
+                                     + ", ".join(sorted(by_name)))
+            v = by_name[choice]
+            reason = v.refusal(dtype, features, config)
+            if reason is not None:
+                raise SelectionError(f"{who}: variant {choice!r} of {layer_type} (chosen by "
+                                     f"{source}, plugin {v.plugin!r}) cannot serve this request: "
+                                     f"{reason}")
+            for other in variants:
+                if other is not v:
+                    reasons[other.name] = f"not chosen: {source} asks for {choice!r}"
+            return v, source, reasons
+        winner = None
+        for v in variants:
+            reason = v.refusal(dtype, features, config)
+            if reason is not None:
+                reasons[v.name] = reason
+            elif winner is None:
+                winner = v
+            else:
+                reasons[v.name] = (f"lower priority ({v.priority}) than {winner.name!r} "
+                                   f"({winner.priority})")
+        if winner is None:
+            raise SelectionError(f"{who}: no registered variant of {layer_type} can serve this "
+                                 "request: " + "; ".join(f"{k}: {r}" for k, r in reasons.items()))
+        return winner, "highest priority among variants that support the request", reasons
+
+
+def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float32", "float64"),
+                  capabilities=(), supports=None, description="") -> Variant:
+    if not isinstance(layer_type, str) or not layer_type:
+        raise PluginError(f"plugin {plugin!r}: variant layer_type must be a non-empty string, "
+                          f"got {layer_type!r}")
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"plugin {plugin!r}: variant name must be a non-empty string, got {name!r}")
+    for attr in ("forward", "backward"):
+        if not callable(getattr(impl, attr, None)):
+            raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name} has no callable "
+                              f"{attr}()")
+    if isinstance(dtypes, str):
+        dtypes = (dtypes,)
+    try:
+        dtypes = tuple(_dtype_name(d) for d in dtypes)
+    except TypeError as exc:
+        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: bad dtypes "
+                          f"{dtypes!r}: {exc}") from None
+    if isinstance(capabilities, str):
+        capabilities = (capabilities,)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: priority must be an "
+                          f"int, got {priority!r}")
+    if supports is not None and not callable(supports):
+        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: supports must be "
+                          "callable or None")
+    return Variant(layer_type=layer_type.lower(), name=name, impl=impl, plugin=plugin,
+                   priority=priority, dtypes=dtypes, capabilities=frozenset(capabilities),
+                   supports=supports, description=description)
+
+
+def _name_obj(kind, name, obj):
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"{kind} name must be a non-empty string, got {name!r}")
+    return name.lower(), obj
+
+
+_IMPL_ENV_CACHE: dict[str | None, dict] = {}
+
+
+def _parse_impl_env_cached(value):
+    try:
+        return _IMPL_ENV_CACHE[value]
+    except KeyError:
+        parsed = _parse_impl_env(value)
+        _IMPL_ENV_CACHE[value] = parsed
+        return parsed
+
+
+_USE: contextvars.ContextVar[dict] = contextvars.ContextVar("cnnkit_use", default={})
+
+_registry: Registry | None = None
+_lock = threading.Lock()
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loading the plugins on first use (once)."""
+    global _registry
+    reg = _registry
+    if reg is not None:
+        return reg
+    with _lock:
+        if _registry is None:
+            reg = Registry()
+            reg.load()
+            _registry = reg
+    return _registry
+
+
+def reset_registry() -> None:
+    """Forget the loaded plugins; the next :func:`get_registry` loads them again (for tests)."""
+    global _registry
+    with _lock:
+        _registry = None
+
+
+@contextlib.contextmanager
+def use(**choices: str) -> Iterator[None]:
+    """Choose variants by layer type inside a ``with`` block: ``with ck.use(conv2d="numpy"):``."""
+    for key, value in choices.items():
+        if not isinstance(value, str):
+            raise TypeError(f"cnnkit.use({key}=...): variant name must be a string, got {value!r}")
+    current = dict(_USE.get())
+    current.update({k.lower(): v for k, v in choices.items()})
+    token = _USE.set(current)
+    try:
+        yield
+    finally:
+        _USE.reset(token)
+
+
+def list_plugins() -> list[dict]:
+    return [info.describe() for info in get_registry().plugins.values()]
