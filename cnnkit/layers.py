@@ -17,7 +17,7 @@ from .plugins import get_registry
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-_counter = itertools.count(1)
+_counters: dict[str, itertools.count] = {}
 
 
 def _pair(value, what, owner, *, minimum=1):
@@ -61,7 +61,10 @@ class Layer:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{type(self).__name__}: name must be a str, got {name!r}")
         self.impl = impl
-        self.name = name or f"{type(self).__name__.lower()}_{next(_counter)}"
+        if name is None:
+            prefix = type(self).__name__.lower()
+            name = f"{prefix}_{next(_counters.setdefault(prefix, itertools.count(1)))}"
+        self.name = name
         self.config: dict[str, Any] = {}
         self.params: dict[str, np.ndarray | None] = {}
         self.grads: dict[str, np.ndarray] = {}
