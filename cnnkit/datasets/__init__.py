@@ -124,7 +124,8 @@ def _parse_idx(raw: bytes, name: str) -> np.ndarray:
     if have != expected:
         kind = "truncated" if have < expected else "trailing bytes"
         raise ValueError(f"{name}: {kind}: header declares {_dims(shape)} = {expected} bytes of "
-                         f"{dtype.newbyteorder('=').name} data but the file holds {have}{after}")
+                         f"{dtype.newbyteorder('=').name} data but the file holds {have} bytes after "
+                         f"the {header_len}-byte header{after}")
     arr = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=header_len)
     # Native byte order, writable, owning its memory.
     return arr.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
