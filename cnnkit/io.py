@@ -343,7 +343,13 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[s
     arrays: dict[str, np.ndarray] = {}
     meta_raw: np.ndarray | None = None
     try:
-        with zipfile.ZipFile(target, "r") as zf:
+        try:
+            zf = zipfile.ZipFile(target, "r")
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"{target}: truncated or corrupt weight file: it starts like a zip "
+                             f"archive but its central directory is missing or damaged ({e})"
+                             ) from None
+        with zf:
             infos = zf.infolist()
             seen: set[str] = set()
             for info in infos:
