@@ -121,16 +121,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *,
         raise ValueError("encoding is only allowed in text mode ('w')")
     if not isinstance(fsync, bool):
         raise TypeError(f"fsync must be a bool, got {type(fsync).__name__}")
-    folder, base = os.path.split(os.path.abspath(target))
-    if not base:
+    if target.endswith(("/", os.sep)):
         raise ValueError(f"{target}: path names a folder, not a file")
+    # Follow a symlink so the file it points to is replaced, not the link itself.
+    real = os.path.realpath(target)
+    folder, base = os.path.split(real)
     if os.path.isdir(target):
         raise IsADirectoryError(f"{target}: is a folder, cannot write a file there")
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{target}: the folder {folder!r} does not exist")
 
     try:
-        existing_mode = stat.S_IMODE(os.stat(target).st_mode)
+        existing_mode = stat.S_IMODE(os.stat(real).st_mode)
     except OSError:
         existing_mode = None
 
@@ -148,7 +150,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *,
         f.close()
         if existing_mode is not None:
             os.chmod(tmp, existing_mode)
-        os.replace(tmp, target)
+        os.replace(tmp, real)
     except BaseException:
         try:
             if f is not None:

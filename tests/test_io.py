@@ -358,6 +358,20 @@ def test_atomic_write_permissions(tmp_path):
     assert stat.S_IMODE(p.stat().st_mode) == 0o640  # kept on overwrite
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_atomic_write_through_symlink_replaces_the_target(tmp_path):
+    real = tmp_path / "real.bin"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.bin"
+    try:
+        link.symlink_to(real)
+    except OSError:
+        pytest.skip("cannot create symlinks here")
+    atomic_write_bytes(link, b"new")
+    assert link.is_symlink() and real.read_bytes() == b"new"
+    assert only_file(tmp_path) == ["link.bin", "real.bin"]
+
+
 def test_atomic_argument_validation(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_open(tmp_path / "x", "a"):
