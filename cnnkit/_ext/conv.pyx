@@ -1,0 +1,265 @@
+# cython: language_level=3
+"""2-D convolution kernels: im2col / col2im in nogil Cython, the products in BLAS GEMM.
+
+Work is split over images: each OpenMP thread takes whole images, builds the column matrix of
+one image (or of a band of its output rows) in its own slice of a caller-provided workspace, and
+calls single-threaded GEMM from ``scipy.linalg.cython_blas`` on it (one GEMM per group).  The
+caller limits BLAS to one thread while these loops run, so OpenMP and BLAS never nest.
+
+Column layout (row-major, one image, one band of ``rows`` output rows)::
+
+    col[(c * kh + i) * kw + j, (r - r0) * ow + s] = xpad[c, r * sh + i * dh, s * sw + j * dw]
+
+so the rows of group ``g`` are the contiguous block ``[g * Kg, (g + 1) * Kg)`` with
+``Kg = C/groups * kh * kw``, matching ``weight[g*Og:(g+1)*Og].reshape(Og, Kg)``.
+
+Inputs are validated by the Python wrapper (``cnnkit.builtin.cython_variants``): shapes agree,
+``workspace`` is (threads, >= K * rows_per_band * ow), ``dw_partial`` is (threads, O, Kg).
+"""
+from cython cimport floating
+from cython.parallel cimport prange, parallel, threadid
+from libc.string cimport memset
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int cnnkit_conv_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int cnnkit_conv_max_threads(void) { return 1; }
+    #endif
+    """
+    int cnnkit_conv_max_threads() nogil
+
+
+def max_threads():
+    """Threads an OpenMP region would use now (1 when built without OpenMP)."""
+    return cnnkit_conv_max_threads()
+
+
+cdef inline void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
+                         const floating* a, int lda, const floating* b, int ldb, floating beta,
+                         floating* c, int ldc) noexcept nogil:
+    """Row-major C(m x n) = alpha * op(A) @ op(B) + beta * C.
+
+    BLAS is column-major; a row-major matrix is its transpose in column-major, so compute
+    C^T = op(B)^T @ op(A)^T by swapping the operands (as scikit-learn's _cython_blas does).
+    """
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    if floating is float:
+        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*> b, &ldb, <float*> a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*> b, &ldb, <double*> a, &lda, &beta, c, &ldc)
+
+
+cdef inline Py_ssize_t _first_valid(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:
+    """Smallest output index o >= 0 with o * stride + offset >= 0."""
+    if offset >= 0:
+        return 0
+    return (-offset + stride - 1) // stride
+
+
+cdef inline Py_ssize_t _end_valid(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
+                                  Py_ssize_t out) noexcept nogil:
+    """One past the largest output index o < out with o * stride + offset < size."""
+    cdef Py_ssize_t e
+    if size - 1 - offset < 0:
+        return 0
+    e = (size - 1 - offset) // stride + 1
+    return e if e < out else out
+
+
+cdef void im2col_band(const floating* x, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                      Py_ssize_t ow, Py_ssize_t r0, Py_ssize_t r1, floating* col) noexcept nogil:
+    """Columns of output rows [r0, r1) of one image x (c, h, w) into col (c*kh*kw, (r1-r0)*ow)."""
+    cdef Py_ssize_t ch, i, j, r, s, row, src_r, off, s0, s1
+    cdef Py_ssize_t band = (r1 - r0) * ow
+    cdef floating* dst
+    cdef const floating* src
+    for ch in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                row = (ch * kh + i) * kw + j
+                off = j * dw - pl
+                s0 = _first_valid(off, sw)
+                s1 = _end_valid(off, sw, w, ow)
+                if s1 < s0:
+                    s1 = s0
+                for r in range(r0, r1):
+                    dst = col + row * band + (r - r0) * ow
+                    src_r = r * sh - pt + i * dh
+                    if src_r < 0 or src_r >= h:
+                        memset(dst, 0, ow * sizeof(floating))
+                        continue
+                    src = x + (ch * h + src_r) * w + off
+                    for s in range(s0):
+                        dst[s] = 0
+                    if sw == 1:
+                        for s in range(s0, s1):
+                            dst[s] = src[s]
+                    else:
+                        for s in range(s0, s1):
+                            dst[s] = src[s * sw]
+                    for s in range(s1, ow):
+                        dst[s] = 0
+
+
+cdef void col2im_band(const floating* col, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                      Py_ssize_t ow, Py_ssize_t r0, Py_ssize_t r1, floating* dx) noexcept nogil:
+    """Adjoint of im2col_band: add the column gradients into dx (c, h, w); padding is dropped."""
+    cdef Py_ssize_t ch, i, j, r, s, row, dst_r, off, s0, s1
+    cdef Py_ssize_t band = (r1 - r0) * ow
+    cdef const floating* src
+    cdef floating* dst
+    for ch in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                row = (ch * kh + i) * kw + j
+                off = j * dw - pl
+                s0 = _first_valid(off, sw)
+                s1 = _end_valid(off, sw, w, ow)
+                for r in range(r0, r1):
+                    dst_r = r * sh - pt + i * dh
+                    if dst_r < 0 or dst_r >= h:
+                        continue
+                    src = col + row * band + (r - r0) * ow
+                    dst = dx + (ch * h + dst_r) * w + off
+                    if sw == 1:
+                        for s in range(s0, s1):
+                            dst[s] += src[s]
+                    else:
+                        for s in range(s0, s1):
+                            dst[s * sw] += src[s]
+
+
+def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
+                   const floating[::1] bias, floating[:, :, :, ::1] y, floating[:, ::1] workspace,
+                   int sh, int sw, int pt, int pl, int dh, int dw, int groups,
+                   Py_ssize_t rows_per_band, int num_threads):
+    """y = conv2d(x, weight) + bias; ``bias`` may be None; ``workspace`` unused for direct 1x1."""
+    cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t o = weight.shape[0], cg = weight.shape[1], kh = weight.shape[2], kw = weight.shape[3]
+    cdef Py_ssize_t oh = y.shape[2], ow = y.shape[3]
+    cdef Py_ssize_t og = o // groups, kg = cg * kh * kw, plane = oh * ow
+    cdef bint has_bias = bias is not None
+    cdef bint direct = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0
+                        and oh == h and ow == w)
+    cdef Py_ssize_t n, r0, r1, g, oc, p, band
+    cdef floating* col = NULL
+    cdef const floating* bsrc
+    cdef floating* yo
+    cdef floating bv
+    cdef int tid = 0
+    if n_img == 0 or o == 0 or plane == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        col = &workspace[tid, 0]
+        for n in prange(n_img, schedule="static"):
+            r0 = 0
+            while r0 < oh:
+                r1 = r0 + rows_per_band
+                if r1 > oh:
+                    r1 = oh
+                band = (r1 - r0) * ow
+                if not direct:
+                    im2col_band(&x[n, 0, 0, 0], c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, ow, r0, r1, col)
+                for g in range(groups):
+                    if direct:
+                        bsrc = &x[n, g * cg, 0, 0] + r0 * ow
+                        gemm_rm(False, False, <int> og, <int> band, <int> kg, <floating> 1.0,
+                                &weight[g * og, 0, 0, 0], <int> kg, bsrc, <int> plane,
+                                <floating> 0.0, &y[n, g * og, 0, 0] + r0 * ow, <int> plane)
+                    else:
+                        gemm_rm(False, False, <int> og, <int> band, <int> kg, <floating> 1.0,
+                                &weight[g * og, 0, 0, 0], <int> kg, col + g * kg * band, <int> band,
+                                <floating> 0.0, &y[n, g * og, 0, 0] + r0 * ow, <int> plane)
+                if has_bias:
+                    for oc in range(o):
+                        bv = bias[oc]
+                        yo = &y[n, oc, 0, 0] + r0 * ow
+                        for p in range(band):
+                            yo[p] = yo[p] + bv
+                r0 = r1
+
+
+def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
+                    const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
+                    floating[:, :, ::1] dw_partial, floating[:, ::1] db_partial,
+                    floating[:, ::1] workspace,
+                    int sh, int sw, int pt, int pl, int dh, int dw, int groups,
+                    Py_ssize_t rows_per_band, int num_threads):
+    """dx (overwritten), and per-thread partial sums dw_partial[t] (O, Kg), db_partial[t] (O,).
+
+    The partial sums must be zeroed by the caller, who adds them up over threads.
+    ``db_partial`` may be None (no bias).  Each image belongs to one thread, so its dx slice is
+    written without races even though bands of output rows overlap in the input.
+    """
+    cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t o = weight.shape[0], cg = weight.shape[1], kh = weight.shape[2], kw = weight.shape[3]
+    cdef Py_ssize_t oh = dy.shape[2], ow = dy.shape[3]
+    cdef Py_ssize_t og = o // groups, kg = cg * kh * kw, plane = oh * ow
+    cdef bint has_bias = db_partial is not None
+    cdef bint direct = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0
+                        and oh == h and ow == w)
+    cdef Py_ssize_t n, r0, r1, g, oc, p, band
+    cdef floating* col = NULL
+    cdef floating* dwt = NULL
+    cdef const floating* dyg
+    cdef const floating* bsrc
+    cdef floating acc
+    cdef int tid = 0
+    if n_img == 0:
+        return
+    if o == 0 or plane == 0:
+        memset(&dx[0, 0, 0, 0], 0, n_img * c * h * w * sizeof(floating))
+        return
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        col = &workspace[tid, 0]
+        dwt = &dw_partial[tid, 0, 0]
+        for n in prange(n_img, schedule="static"):
+            if not direct:
+                memset(&dx[n, 0, 0, 0], 0, c * h * w * sizeof(floating))
+            r0 = 0
+            while r0 < oh:
+                r1 = r0 + rows_per_band
+                if r1 > oh:
+                    r1 = oh
+                band = (r1 - r0) * ow
+                if not direct:
+                    im2col_band(&x[n, 0, 0, 0], c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, ow, r0, r1, col)
+                for g in range(groups):
+                    dyg = &dy[n, g * og, 0, 0] + r0 * ow
+                    bsrc = (&x[n, g * cg, 0, 0] + r0 * ow) if direct else (col + g * kg * band)
+                    # dW_g += dy_g (og x band) @ col_g^T (band x kg)
+                    gemm_rm(False, True, <int> og, <int> kg, <int> band, <floating> 1.0,
+                            dyg, <int> plane, bsrc, <int> (plane if direct else band),
+                            <floating> 1.0, dwt + g * og * kg, <int> kg)
+                for g in range(groups):
+                    dyg = &dy[n, g * og, 0, 0] + r0 * ow
+                    # dcol_g (kg x band) = W_g^T (kg x og) @ dy_g (og x band); reuses the columns
+                    if direct:
+                        gemm_rm(True, False, <int> kg, <int> band, <int> og, <floating> 1.0,
+                                &weight[g * og, 0, 0, 0], <int> kg, dyg, <int> plane,
+                                <floating> 0.0, &dx[n, g * cg, 0, 0] + r0 * ow, <int> plane)
+                    else:
+                        gemm_rm(True, False, <int> kg, <int> band, <int> og, <floating> 1.0,
+                                &weight[g * og, 0, 0, 0], <int> kg, dyg, <int> plane,
+                                <floating> 0.0, col + g * kg * band, <int> band)
+                if not direct:
+                    col2im_band(col, c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, ow, r0, r1, &dx[n, 0, 0, 0])
+                r0 = r1
+            if has_bias:
+                for oc in range(o):
+                    acc = 0
+                    dyg = &dy[n, oc, 0, 0]
+                    for p in range(plane):
+                        acc = acc + dyg[p]
+                    db_partial[tid, oc] += acc

@@ -1,0 +1,271 @@
+"""The "cython" variants: thin wrappers that check shapes, allocate outputs and call ``cnnkit._ext``.
+
+Everything that reaches a nogil loop is checked here first (rank, shapes, dtype, contiguity),
+so a wrong call raises ``ValueError`` instead of reading out of bounds.
+
+Threads: the convolution kernels run an OpenMP team over the images of the batch and call
+single-threaded BLAS GEMM inside it.  While such a team runs, BLAS is limited to one thread
+with threadpoolctl, so the two thread pools never nest (2 OpenMP x 2 BLAS threads on 2 cores
+would oversubscribe).  A batch of one image runs on one OpenMP thread and leaves BLAS free to
+use its own threads.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+from cnnkit._ext import activation as _act
+from cnnkit._ext import conv as _conv
+from cnnkit._ext import pool as _pool
+from cnnkit.builtin.numpy_variants import conv2d_output_size, pool2d_output_size
+from cnnkit.plugins import hookimpl
+
+__all__ = [
+    "COL_WORKSPACE_BYTES",
+    "Conv2dCython",
+    "MaxPool2dCython",
+    "AvgPool2dCython",
+    "ReluCython",
+    "SigmoidCython",
+    "TanhCython",
+]
+
+#: Upper bound of the im2col workspace of one convolution call, all threads together.  Each
+#: thread holds the columns of one band of output rows of one image; bands are as tall as fit
+#: (a whole image for ordinary sizes), but never less than one output row.
+COL_WORKSPACE_BYTES = 32 * 2**20
+
+_INT32_MAX = 2**31 - 1
+_controller = None
+_controller_lock = threading.Lock()
+
+
+def _blas_controller():
+    global _controller
+    if _controller is None:
+        with _controller_lock:
+            if _controller is None:
+                from threadpoolctl import ThreadpoolController
+
+                _controller = ThreadpoolController()
+    return _controller
+
+
+def _single_threaded_blas(num_threads):
+    """Context limiting BLAS to one thread when ``num_threads`` OpenMP threads will call it."""
+    if num_threads <= 1:
+        return contextlib.nullcontext()
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
+def _as_input(a, dtype, name):
+    a = np.asarray(a)
+    if a.dtype != dtype:
+        raise ValueError(f"{name} has dtype {a.dtype}, expected {dtype}")
+    return np.ascontiguousarray(a)
+
+
+# ---------------------------------------------------------------------------------------------
+# conv2d
+# ---------------------------------------------------------------------------------------------
+def _conv_plan(x_shape, w_shape, oh, ow, itemsize, direct):
+    """(threads, rows per band, workspace shape) for one call."""
+    n, c = x_shape[:2]
+    _, _, kh, kw = w_shape
+    threads = max(1, min(_conv.max_threads(), n))
+    if direct:
+        return threads, oh, (threads, 1)
+    k = c * kh * kw
+    row_bytes = k * ow * itemsize
+    rows = max(1, min(oh, (COL_WORKSPACE_BYTES // threads) // max(row_bytes, 1)))
+    return threads, rows, (threads, k * rows * ow)
+
+
+class Conv2dCython:
+    """2-D cross-correlation: im2col/col2im in Cython, one BLAS GEMM per group and image."""
+
+    @staticmethod
+    def _check(x, w, b, config):
+        if x.ndim != 4 or w.ndim != 4:
+            raise ValueError(f"conv2d expects x (N, C, H, W) and weight (O, C/g, kh, kw), got {x.shape}, {w.shape}")
+        groups = int(config["groups"])
+        o, cg, kh, kw = w.shape
+        if groups < 1 or o % groups or cg * groups != x.shape[1]:
+            raise ValueError(f"conv2d: weight {w.shape} does not fit input {x.shape} with groups={groups}")
+        if b is not None and b.shape != (o,):
+            raise ValueError(f"conv2d: bias shape {b.shape}, expected ({o},)")
+        sh, sw = (int(v) for v in config["stride"])
+        top, bottom, left, right = (int(v) for v in config["padding"])
+        dh, dw = (int(v) for v in config["dilation"])
+        if min(sh, sw, dh, dw) < 1 or min(top, bottom, left, right) < 0:
+            raise ValueError(f"conv2d: invalid config {config}")
+        oh = conv2d_output_size(x.shape[2], top, bottom, kh, sh, dh)
+        ow = conv2d_output_size(x.shape[3], left, right, kw, sw, dw)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"conv2d: input {x.shape} is smaller than the (dilated) kernel {w.shape}")
+        if oh * ow > _INT32_MAX or cg * kh * kw > _INT32_MAX or x.shape[2] * x.shape[3] > _INT32_MAX:
+            raise ValueError("conv2d: matrix dimensions exceed the 32-bit BLAS interface")
+        direct = (kh, kw, sh, sw, top, bottom, left, right) == (1, 1, 1, 1, 0, 0, 0, 0)
+        return (sh, sw, top, left, dh, dw, groups), oh, ow, direct
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = np.ascontiguousarray(x)
+        w = _as_input(params["weight"], x.dtype, "weight")
+        b = params.get("bias")
+        b = None if b is None else _as_input(b, x.dtype, "bias")
+        geom, oh, ow, direct = Conv2dCython._check(x, w, b, config)
+        y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
+        threads, rows, ws_shape = _conv_plan(x.shape, w.shape, oh, ow, x.itemsize, direct)
+        ws = np.empty(ws_shape, dtype=x.dtype)
+        with _single_threaded_blas(threads):
+            _conv.conv2d_forward(x, w, b, y, ws, *geom, rows, threads)
+        ctx = (x, w, b is not None, geom, oh, ow, direct) if need_backward else None
+        return y, ctx
+
+    @staticmethod
+    def backward(dy, ctx):
+        x, w, has_bias, geom, oh, ow, direct = ctx
+        dy = _as_input(dy, x.dtype, "dy")
+        n, o = x.shape[0], w.shape[0]
+        if dy.shape != (n, o, oh, ow):
+            raise ValueError(f"conv2d backward: dy has shape {dy.shape}, expected {(n, o, oh, ow)}")
+        threads, rows, ws_shape = _conv_plan(x.shape, w.shape, oh, ow, x.itemsize, direct)
+        ws = np.empty(ws_shape, dtype=x.dtype)
+        dx = np.empty_like(x)
+        dw_part = np.zeros((threads, o, w[0].size), dtype=x.dtype)
+        db_part = np.zeros((threads, o), dtype=x.dtype) if has_bias else None
+        with _single_threaded_blas(threads):
+            _conv.conv2d_backward(x, w, dy, dx, dw_part, db_part, ws, *geom, rows, threads)
+        grads = {"weight": (dw_part[0] if threads == 1 else dw_part.sum(axis=0)).reshape(w.shape)}
+        if has_bias:
+            grads["bias"] = db_part[0] if threads == 1 else db_part.sum(axis=0)
+        return dx, grads
+
+
+# ---------------------------------------------------------------------------------------------
+# pooling
+# ---------------------------------------------------------------------------------------------
+def _pool_geometry(x, config):
+    if x.ndim != 4:
+        raise ValueError(f"pooling expects (N, C, H, W), got {x.shape}")
+    kh, kw = (int(v) for v in config["kernel_size"])
+    sh, sw = (int(v) for v in config["stride"])
+    ph, pw = (int(v) for v in config["padding"])
+    if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"pooling: invalid config {config} (padding must be at most half the kernel)")
+    oh = pool2d_output_size(x.shape[2], kh, sh, ph, bool(config["ceil_mode"]))
+    ow = pool2d_output_size(x.shape[3], kw, sw, pw, bool(config["ceil_mode"]))
+    if oh < 1 or ow < 1:
+        raise ValueError(f"pooling: input {x.shape} is smaller than the kernel {(kh, kw)}")
+    return (kh, kw, sh, sw, ph, pw), oh, ow
+
+
+class MaxPool2dCython:
+    """Max pooling; the argmax (int32 per output) is kept only when a backward pass will follow."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = np.ascontiguousarray(x)
+        geom, oh, ow = _pool_geometry(x, config)
+        if x.shape[2] * x.shape[3] > _INT32_MAX:
+            raise ValueError("maxpool2d: plane too large for int32 argmax indices")
+        y = np.empty((*x.shape[:2], oh, ow), dtype=x.dtype)
+        argmax = np.empty(y.shape, dtype=np.intc) if need_backward else None
+        _pool.maxpool2d_forward(x, y, argmax, *geom)
+        return y, ((x.shape, x.dtype, argmax) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x_shape, dtype, argmax = ctx
+        dy = _as_input(dy, dtype, "dy")
+        if dy.shape != argmax.shape:
+            raise ValueError(f"maxpool2d backward: dy has shape {dy.shape}, expected {argmax.shape}")
+        dx = np.empty(x_shape, dtype=dtype)
+        _pool.maxpool2d_backward(dy, argmax, dx)
+        return dx, {}
+
+
+class AvgPool2dCython:
+    """Average pooling with PyTorch's divisor rules (count_include_pad, ceil_mode)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = np.ascontiguousarray(x)
+        geom, oh, ow = _pool_geometry(x, config)
+        include = bool(config.get("count_include_pad", True))
+        y = np.empty((*x.shape[:2], oh, ow), dtype=x.dtype)
+        _pool.avgpool2d_forward(x, y, *geom, include)
+        return y, ((x.shape, x.dtype, y.shape, geom, include) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x_shape, dtype, y_shape, geom, include = ctx
+        dy = _as_input(dy, dtype, "dy")
+        if dy.shape != y_shape:
+            raise ValueError(f"avgpool2d backward: dy has shape {dy.shape}, expected {y_shape}")
+        dx = np.empty(x_shape, dtype=dtype)
+        _pool.avgpool2d_backward(dy, dx, *geom, include)
+        return dx, {}
+
+
+# ---------------------------------------------------------------------------------------------
+# activations
+# ---------------------------------------------------------------------------------------------
+def _elementwise(kernel_fwd, kernel_bwd):
+    """Build a variant class from a pair of flat kernels; backward keeps only the output y."""
+
+    class _Variant:
+        @staticmethod
+        def forward(x, params, config, need_backward):
+            x = np.ascontiguousarray(x)
+            y = np.empty_like(x)
+            kernel_fwd(x.reshape(-1), y.reshape(-1))
+            return y, (y if need_backward else None)
+
+        @staticmethod
+        def backward(dy, ctx):
+            y = ctx
+            dy = _as_input(dy, y.dtype, "dy")
+            if dy.shape != y.shape:
+                raise ValueError(f"activation backward: dy has shape {dy.shape}, expected {y.shape}")
+            dx = np.empty_like(y)
+            kernel_bwd(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+            return dx, {}
+
+    return _Variant
+
+
+class ReluCython(_elementwise(_act.relu_forward, _act.relu_backward)):
+    """max(x, 0), NaN propagating; backward masks dy with y > 0."""
+
+
+class SigmoidCython(_elementwise(_act.sigmoid_forward, _act.sigmoid_backward)):
+    """Overflow-free logistic; backward dy * y * (1 - y)."""
+
+
+class TanhCython(_elementwise(_act.tanh_forward, _act.tanh_backward)):
+    """tanh; backward dy * (1 - y^2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# registration
+# ---------------------------------------------------------------------------------------------
+@hookimpl
+def cnnkit_register_variants(register):
+    dtypes = ("float32", "float64")
+    register("conv2d", "cython", Conv2dCython, priority=100, dtypes=dtypes,
+             capabilities=("stride", "padding", "asymmetric_padding", "dilation", "groups", "bias"),
+             description="Cython im2col/col2im, BLAS GEMM per image and group, OpenMP over images")
+    register("maxpool2d", "cython", MaxPool2dCython, priority=100, dtypes=dtypes,
+             capabilities=("stride", "padding", "ceil_mode"),
+             description="Cython direct loops, OpenMP over (image, channel), int32 argmax")
+    register("avgpool2d", "cython", AvgPool2dCython, priority=100, dtypes=dtypes,
+             capabilities=("stride", "padding", "ceil_mode", "count_include_pad"),
+             description="Cython direct loops, OpenMP over (image, channel)")
+    register("relu", "cython", ReluCython, priority=100, dtypes=dtypes, description="Cython elementwise")
+    register("sigmoid", "cython", SigmoidCython, priority=100, dtypes=dtypes,
+             description="Cython elementwise, overflow-free")
+    register("tanh", "cython", TanhCython, priority=100, dtypes=dtypes, description="Cython elementwise")
