@@ -1,0 +1,415 @@
+"""Built-in kernels: Cython against NumPy, NumPy against loop references, both against finite
+differences and (when installed) against PyTorch.  Variant classes are called directly, so
+these tests do not depend on the plugin registry."""
+import numpy as np
+import pytest
+
+try:
+    import _reference as ref
+except ImportError:  # tests/ imported as a package
+    from tests import _reference as ref
+from cnnkit.builtin import cython_variants as cy
+from cnnkit.builtin import numpy_variants as nv
+
+DTYPES = [np.float32, np.float64]
+
+
+def rel_err(actual, expected):
+    """Largest absolute difference relative to the largest magnitude of ``expected``."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape
+    if expected.size == 0:
+        return 0.0
+    return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
+
+
+def tol(dtype):
+    return 1e-4 if dtype == np.float32 else 1e-11
+
+
+def conv_config(stride=1, padding=0, dilation=1, groups=1):
+    stride = (stride, stride) if np.isscalar(stride) else tuple(stride)
+    padding = (padding,) * 4 if np.isscalar(padding) else tuple(padding)
+    dilation = (dilation, dilation) if np.isscalar(dilation) else tuple(dilation)
+    return {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+
+
+# (x shape, out channels, kernel (kh, kw), config, bias)
+CONV_CASES = [
+    ((2, 3, 8, 8), 4, (3, 3), conv_config(), True),
+    ((1, 1, 7, 9), 2, (3, 2), conv_config(), False),  # batch 1, odd sizes
+    ((2, 4, 9, 7), 6, (3, 3), conv_config(stride=2, padding=1, groups=2), True),
+    ((3, 6, 10, 11), 3, (2, 3), conv_config(stride=(3, 1), padding=(1, 2, 0, 1), groups=3), True),
+    ((2, 2, 11, 10), 4, (3, 3), conv_config(dilation=2, padding=2), False),
+    ((2, 3, 12, 9), 5, (3, 2), conv_config(stride=(2, 3), padding=(0, 1, 2, 0), dilation=(2, 1)), True),
+    ((2, 6, 9, 9), 6, (3, 3), conv_config(padding=1, groups=6), True),  # depthwise
+    ((2, 4, 6, 5), 6, (1, 1), conv_config(), True),  # 1x1: no im2col
+    ((2, 6, 5, 7), 9, (1, 1), conv_config(groups=3), False),  # grouped 1x1
+    ((2, 4, 7, 7), 3, (1, 1), conv_config(stride=2, padding=1), True),  # 1x1 with im2col
+    ((1, 3, 5, 5), 2, (5, 5), conv_config(), True),  # kernel = input
+    ((2, 2, 6, 6), 3, (4, 4), conv_config(stride=3, padding=(3, 0, 1, 2)), True),
+]
+CONV_IDS = [f"conv{i}" for i in range(len(CONV_CASES))]
+
+
+def conv_inputs(case, dtype, seed=0):
+    xshape, out, (kh, kw), config, bias = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(xshape).astype(dtype)
+    w = rng.standard_normal((out, xshape[1] // config["groups"], kh, kw)).astype(dtype)
+    b = rng.standard_normal(out).astype(dtype) if bias else None
+    return x, {"weight": w, "bias": b}, config
+
+
+POOL_CASES = [
+    ((2, 3, 8, 8), (2, 2), (2, 2), (0, 0), False, True),
+    ((1, 2, 7, 9), (3, 3), (2, 2), (1, 1), False, True),
+    ((2, 2, 7, 9), (3, 3), (2, 2), (1, 1), True, False),
+    ((2, 2, 10, 7), (3, 2), (3, 1), (1, 0), True, True),
+    ((1, 3, 6, 6), (2, 2), (3, 3), (0, 0), True, True),  # ceil_mode drops a window starting past the input
+    ((2, 1, 11, 8), (4, 3), (2, 3), (2, 1), True, False),
+    ((2, 1, 11, 8), (4, 3), (2, 3), (2, 1), True, True),
+    ((1, 1, 5, 5), (5, 5), (1, 1), (0, 0), False, True),
+    ((2, 2, 9, 9), (2, 3), (1, 2), (1, 1), False, False),
+]
+POOL_IDS = [f"pool{i}" for i in range(len(POOL_CASES))]
+
+
+def pool_config(case):
+    _, k, s, p, ceil_mode, include = case
+    return {"kernel_size": k, "stride": s, "padding": p, "ceil_mode": ceil_mode, "count_include_pad": include}
+
+
+def distinct_values(shape, rng, dtype=np.float64):
+    """Random values that are pairwise at least ~0.05 apart: no max-pool ties, no ReLU kinks."""
+    n = int(np.prod(shape))
+    vals = (rng.permutation(n) - n / 2 + 0.5) * (4.0 / max(n, 1))
+    return (vals + rng.uniform(-0.01, 0.01, n)).reshape(shape).astype(dtype)
+
+
+ACTIVATIONS = {
+    "relu": (nv.ReluNumpy, cy.ReluCython),
+    "sigmoid": (nv.SigmoidNumpy, cy.SigmoidCython),
+    "tanh": (nv.TanhNumpy, cy.TanhCython),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cython against NumPy
+# ---------------------------------------------------------------------------------------------
+def check_pair(impl, oracle, x, params, config, dtype, seed=1):
+    y1, ctx1 = impl.forward(x, params, config, True)
+    y0, ctx0 = oracle.forward(x, params, config, True)
+    assert y1.dtype == dtype and y1.flags.c_contiguous
+    assert rel_err(y1, y0) <= tol(dtype)
+    dy = np.random.default_rng(seed).standard_normal(y0.shape).astype(dtype)
+    dx1, g1 = impl.backward(dy, ctx1)
+    dx0, g0 = oracle.backward(dy, ctx0)
+    assert dx1.dtype == dtype and dx1.flags.c_contiguous and dx1.shape == x.shape
+    assert rel_err(dx1, dx0) <= tol(dtype)
+    assert g1.keys() == g0.keys() == {k for k, v in params.items() if v is not None}
+    for k in g0:
+        assert g1[k].dtype == dtype and g1[k].shape == params[k].shape and g1[k].flags.c_contiguous
+        assert rel_err(g1[k], g0[k]) <= tol(dtype), k
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv_cython_matches_numpy(case, dtype):
+    x, params, config = conv_inputs(case, dtype)
+    check_pair(cy.Conv2dCython, nv.Conv2dNumpy, x, params, config, dtype)
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[i] for i in (0, 3, 5, 7)], ids=[CONV_IDS[i] for i in (0, 3, 5, 7)])
+def test_conv_cython_row_bands(case, monkeypatch):
+    """A tiny workspace bound splits every image into one-row bands; results must not change."""
+    monkeypatch.setattr(cy, "COL_WORKSPACE_BYTES", 64)
+    x, params, config = conv_inputs(case, np.float64)
+    check_pair(cy.Conv2dCython, nv.Conv2dNumpy, x, params, config, np.float64)
+
+
+def test_conv_cython_larger_batch_multithreaded():
+    """More images than threads, so every OpenMP thread contributes partial weight gradients."""
+    case = ((9, 4, 10, 10), 8, (3, 3), conv_config(stride=1, padding=1, groups=2), True)
+    for dtype in DTYPES:
+        x, params, config = conv_inputs(case, dtype)
+        check_pair(cy.Conv2dCython, nv.Conv2dNumpy, x, params, config, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool_cython_matches_numpy(kind, case, dtype):
+    rng = np.random.default_rng(2)
+    x = distinct_values(case[0], rng, dtype)
+    pair = (cy.MaxPool2dCython, nv.MaxPool2dNumpy) if kind == "max" else (cy.AvgPool2dCython, nv.AvgPool2dNumpy)
+    check_pair(*pair, x, {}, pool_config(case), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool_ties_go_to_first_maximum(dtype):
+    x = np.zeros((1, 2, 4, 5), dtype=dtype)
+    x[0, 1, 1:3, 1:4] = 1.0
+    config = {"kernel_size": (2, 2), "stride": (1, 2), "padding": (1, 1), "ceil_mode": True}
+    check_pair(cy.MaxPool2dCython, nv.MaxPool2dNumpy, x, {}, config, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3,), (2, 5, 7), (4, 3, 50, 50), (1,), (0, 3)])
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_cython_matches_numpy(name, shape, dtype):
+    """(4, 3, 50, 50) is above the parallel threshold, the others below."""
+    x = (np.random.default_rng(3).standard_normal(shape) * 4).astype(dtype)
+    oracle, impl = ACTIVATIONS[name]
+    check_pair(impl, oracle, x, {}, {}, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", [nv.SigmoidNumpy, cy.SigmoidCython], ids=["numpy", "cython"])
+def test_sigmoid_is_stable_for_large_inputs(variant, dtype):
+    x = np.array([-1e4, -800.0, -100.0, 0.0, 100.0, 800.0, 1e4], dtype=dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        y, ctx = variant.forward(x, {}, {}, True)
+        dx, _ = variant.backward(np.ones_like(x), ctx)
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
+    np.testing.assert_allclose(y, [0, 0, 0, 0.5, 1, 1, 1], atol=1e-30 if dtype == np.float64 else 1e-37)
+
+
+@pytest.mark.parametrize("variant", [nv.ReluNumpy, cy.ReluCython], ids=["numpy", "cython"])
+def test_relu_nan_and_zero(variant):
+    x = np.array([np.nan, -0.0, 0.0, -1.0, 2.0])
+    y, ctx = variant.forward(x, {}, {}, True)
+    assert np.isnan(y[0]) and list(y[1:]) == [0, 0, 0, 2]
+    dx, _ = variant.backward(np.ones_like(x), ctx)
+    assert list(dx[1:]) == [0, 0, 0, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy against the loop references
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv_numpy_matches_loop_reference(case):
+    x, params, config = conv_inputs(case, np.float64)
+    y, _ = nv.Conv2dNumpy.forward(x, params, config, False)
+    expected = ref.conv2d_forward(x, params["weight"], params["bias"], config["stride"], config["padding"],
+                                  config["dilation"], config["groups"])
+    assert rel_err(y, expected) <= 1e-12
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
+def test_pools_numpy_match_loop_reference(case):
+    x = np.random.default_rng(4).standard_normal(case[0])
+    config = pool_config(case)
+    y, _ = nv.MaxPool2dNumpy.forward(x, {}, config, False)
+    assert rel_err(y, ref.maxpool2d_forward(x, case[1], case[2], case[3], case[4])) == 0
+    y, _ = nv.AvgPool2dNumpy.forward(x, {}, config, False)
+    assert rel_err(y, ref.avgpool2d_forward(x, *case[1:])) <= 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# finite differences (float64)
+# ---------------------------------------------------------------------------------------------
+def numeric_grad(f, a, eps=1e-6):
+    """Central differences of the scalar f() with respect to every element of a (in place)."""
+    g = np.empty_like(a)
+    flat, gflat = a.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        keep = flat[i]
+        flat[i] = keep + eps
+        up = f()
+        flat[i] = keep - eps
+        down = f()
+        flat[i] = keep
+        gflat[i] = (up - down) / (2 * eps)
+    return g
+
+
+def check_gradients(variant, x, params, config, seed=5):
+    x = x.copy()
+    params = {k: (None if v is None else v.copy()) for k, v in params.items()}
+    y, ctx = variant.forward(x, params, config, True)
+    dy = np.random.default_rng(seed).standard_normal(y.shape)
+    dx, grads = variant.backward(dy, ctx)
+
+    def loss():
+        return float(np.sum(variant.forward(x, params, config, False)[0] * dy))
+
+    assert rel_err(dx, numeric_grad(loss, x)) <= 1e-6
+    for k, v in params.items():
+        if v is not None:
+            assert rel_err(grads[k], numeric_grad(loss, v)) <= 1e-6, k
+
+
+CONV_VARIANTS = [nv.Conv2dNumpy, cy.Conv2dCython]
+VARIANT_IDS = ["numpy", "cython"]
+
+
+@pytest.mark.parametrize("variant", CONV_VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("case", [CONV_CASES[i] for i in (2, 3, 5, 8)], ids=[CONV_IDS[i] for i in (2, 3, 5, 8)])
+def test_conv_gradients_finite_differences(variant, case):
+    x, params, config = conv_inputs(case, np.float64, seed=6)
+    check_gradients(variant, x[:1], params, config)
+
+
+@pytest.mark.parametrize("variant", [nv.MaxPool2dNumpy, cy.MaxPool2dCython, nv.AvgPool2dNumpy, cy.AvgPool2dCython],
+                         ids=["max-numpy", "max-cython", "avg-numpy", "avg-cython"])
+@pytest.mark.parametrize("case", [POOL_CASES[i] for i in (1, 2, 3, 5)], ids=[POOL_IDS[i] for i in (1, 2, 3, 5)])
+def test_pool_gradients_finite_differences(variant, case):
+    x = distinct_values(case[0], np.random.default_rng(7))
+    check_gradients(variant, x, {}, pool_config(case))
+
+
+@pytest.mark.parametrize("variant", [v for pair in ACTIVATIONS.values() for v in pair],
+                         ids=[f"{n}-{i}" for n in ACTIVATIONS for i in VARIANT_IDS])
+def test_activation_gradients_finite_differences(variant):
+    x = distinct_values((2, 3, 4), np.random.default_rng(8)) * 2
+    check_gradients(variant, x, {}, {})
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_gradients_finite_differences(bias):
+    rng = np.random.default_rng(9)
+    params = {"weight": rng.standard_normal((4, 5)), "bias": rng.standard_normal(4) if bias else None}
+    check_gradients(nv.DenseNumpy, rng.standard_normal((3, 5)), params, {})
+
+
+# ---------------------------------------------------------------------------------------------
+# contract: no mutation, ctx None in inference, read-only inputs
+# ---------------------------------------------------------------------------------------------
+def _contract_cases():
+    conv = conv_inputs(CONV_CASES[3], np.float64)
+    pool = pool_config(POOL_CASES[2])
+    rng = np.random.default_rng(10)
+    act_x = rng.standard_normal((2, 3, 4))
+    dense = (rng.standard_normal((3, 5)), {"weight": rng.standard_normal((4, 5)), "bias": rng.standard_normal(4)}, {})
+    pool_x = rng.standard_normal(POOL_CASES[2][0])
+    cases = [
+        ("conv2d-numpy", nv.Conv2dNumpy, conv), ("conv2d-cython", cy.Conv2dCython, conv),
+        ("maxpool-numpy", nv.MaxPool2dNumpy, (pool_x, {}, pool)), ("maxpool-cython", cy.MaxPool2dCython, (pool_x, {}, pool)),
+        ("avgpool-numpy", nv.AvgPool2dNumpy, (pool_x, {}, pool)), ("avgpool-cython", cy.AvgPool2dCython, (pool_x, {}, pool)),
+        ("dense-numpy", nv.DenseNumpy, dense),
+    ]
+    for name, (a, b) in ACTIVATIONS.items():
+        cases += [(f"{name}-numpy", a, (act_x, {}, {})), (f"{name}-cython", b, (act_x, {}, {}))]
+    return cases
+
+
+CONTRACT = _contract_cases()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,variant,inputs", CONTRACT, ids=[c[0] for c in CONTRACT])
+def test_contract_no_mutation_readonly_ctx(name, variant, inputs, dtype):
+    x, params, config = inputs
+    x = x.astype(dtype)
+    params = {k: (None if v is None else v.astype(dtype)) for k, v in params.items()}
+    for a in [x, *params.values()]:
+        if a is not None:
+            a.flags.writeable = False
+    saved = (x.copy(), {k: (None if v is None else v.copy()) for k, v in params.items()})
+
+    y, ctx = variant.forward(x, params, config, False)
+    assert ctx is None
+    y2, ctx = variant.forward(x, params, config, True)
+    assert ctx is not None and y.dtype == dtype and y.flags.c_contiguous
+    np.testing.assert_array_equal(y, y2)
+    dy = np.random.default_rng(11).standard_normal(y.shape).astype(dtype)
+    dy.flags.writeable = False
+    dy_saved = dy.copy()
+    dx, grads = variant.backward(dy, ctx)
+    assert dx.dtype == dtype and dx.shape == x.shape and dx.flags.c_contiguous
+    for g in grads.values():
+        assert g.dtype == dtype and g.flags.c_contiguous
+
+    np.testing.assert_array_equal(x, saved[0])
+    np.testing.assert_array_equal(dy, dy_saved)
+    for k, v in params.items():
+        if v is not None:
+            np.testing.assert_array_equal(v, saved[1][k])
+
+
+def test_cython_conv_rejects_mismatched_shapes():
+    x, params, config = conv_inputs(CONV_CASES[0], np.float32)
+    with pytest.raises(ValueError):
+        cy.Conv2dCython.forward(x, {"weight": params["weight"][:, :2], "bias": None}, config, False)
+    with pytest.raises(ValueError):
+        cy.Conv2dCython.forward(x, {"weight": params["weight"], "bias": params["bias"][:2]}, config, False)
+    with pytest.raises(ValueError):
+        cy.Conv2dCython.forward(x, {"weight": params["weight"].astype(np.float64), "bias": None}, config, False)
+    y, ctx = cy.Conv2dCython.forward(x, params, config, True)
+    with pytest.raises(ValueError):
+        cy.Conv2dCython.backward(np.zeros((y.shape[0], y.shape[1], 1, 1), np.float32), ctx)
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch as the peer reference
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def torch():
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: peer comparison tests need torch==2.13.0")
+    return torch
+
+
+ALL_CONV = [nv.Conv2dNumpy, cy.Conv2dCython]
+
+
+def check_against_torch(torch, variant, torch_fn, x, params, config):
+    """Forward and every gradient of ``variant`` against ``torch_fn`` under torch autograd (float32)."""
+    y, ctx = variant.forward(x, params, config, True)
+    dy = np.random.default_rng(12).standard_normal(y.shape).astype(x.dtype)
+    dx, grads = variant.backward(dy, ctx)
+    tx = torch.tensor(x, requires_grad=True)
+    tparams = {k: torch.tensor(v, requires_grad=True) for k, v in params.items() if v is not None}
+    ty = torch_fn(tx, tparams)
+    ty.backward(torch.tensor(dy))
+    assert rel_err(y, ty.detach().numpy()) <= 1e-4
+    assert rel_err(dx, tx.grad.numpy()) <= 1e-4
+    for k, t in tparams.items():
+        assert rel_err(grads[k], t.grad.numpy()) <= 1e-4, k
+
+
+@pytest.mark.parametrize("variant", ALL_CONV, ids=VARIANT_IDS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv_matches_torch(torch, variant, case):
+    x, params, config = conv_inputs(case, np.float32)
+    top, bottom, left, right = config["padding"]
+
+    def fn(tx, p):
+        tx = torch.nn.functional.pad(tx, (left, right, top, bottom))
+        return torch.nn.functional.conv2d(tx, p["weight"], p.get("bias"), stride=config["stride"],
+                                          dilation=config["dilation"], groups=config["groups"])
+
+    check_against_torch(torch, variant, fn, x, params, config)
+
+
+@pytest.mark.parametrize("variant", [nv.MaxPool2dNumpy, cy.MaxPool2dCython, nv.AvgPool2dNumpy, cy.AvgPool2dCython],
+                         ids=["max-numpy", "max-cython", "avg-numpy", "avg-cython"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
+def test_pools_match_torch(torch, variant, case):
+    x = distinct_values(case[0], np.random.default_rng(13), np.float32)
+    config = pool_config(case)
+    F = torch.nn.functional
+    if "Max" in variant.__name__:
+        fn = lambda tx, p: F.max_pool2d(tx, case[1], case[2], case[3], ceil_mode=case[4])  # noqa: E731
+    else:
+        fn = lambda tx, p: F.avg_pool2d(tx, case[1], case[2], case[3], ceil_mode=case[4],  # noqa: E731
+                                        count_include_pad=case[5])
+    check_against_torch(torch, variant, fn, x, {}, config)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("which", [0, 1], ids=VARIANT_IDS)
+def test_activations_match_torch(torch, name, which):
+    x = (np.random.default_rng(14).standard_normal((3, 4, 40, 40)) * 5).astype(np.float32)
+    fn = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[name]
+    check_against_torch(torch, ACTIVATIONS[name][which], lambda tx, p: fn(tx), x, {}, {})
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_matches_torch(torch, bias):
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((8, 30)).astype(np.float32)
+    params = {"weight": rng.standard_normal((10, 30)).astype(np.float32),
+              "bias": rng.standard_normal(10).astype(np.float32) if bias else None}
+    check_against_torch(torch, nv.DenseNumpy, lambda tx, p: torch.nn.functional.linear(tx, p["weight"], p.get("bias")),
+                        x, params, {})
