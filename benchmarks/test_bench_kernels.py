@@ -1,0 +1,94 @@
+"""Kernel benchmarks: every registered variant and PyTorch on the same shapes, in one run.
+
+    python -m pytest benchmarks --benchmark-only --benchmark-group-by=group
+"""
+import numpy as np
+import pytest
+
+import cnnkit as ck
+from conftest import variant_names
+
+# (name, input shape, out channels, kernel, stride, padding)
+CONV_SHAPES = [
+    ("lenet-conv1", (64, 1, 28, 28), 6, 5, 1, 0),
+    ("lenet-conv2", (64, 6, 12, 12), 16, 5, 1, 0),
+    ("cifar-3x3", (64, 3, 32, 32), 32, 3, 1, 1),
+    ("64ch-32px", (32, 64, 32, 32), 64, 3, 1, 1),
+    ("128ch-28px", (16, 128, 28, 28), 128, 3, 1, 1),
+    ("64to128-s2", (32, 64, 56, 56), 128, 3, 2, 1),
+]
+PEERS = variant_names("conv2d") + ["torch"]
+
+
+def _conv_case(shape, cout, k, stride, pad):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    conv = ck.layers.Conv2D(shape[1], cout, k, stride=stride, padding=pad, rng=0)
+    return x, conv
+
+
+def _torch_conv(torch, x, conv, stride, pad, backward):
+    import torch.nn.functional as F
+
+    tx = torch.from_numpy(x).requires_grad_(backward)
+    w = torch.from_numpy(conv.params["weight"]).requires_grad_(backward)
+    b = torch.from_numpy(conv.params["bias"]).requires_grad_(backward)
+
+    def run():
+        if backward:
+            y = F.conv2d(tx, w, b, stride=stride, padding=pad)
+            y.backward(torch.ones_like(y))
+            tx.grad = w.grad = b.grad = None
+        else:
+            with torch.no_grad():
+                F.conv2d(tx, w, b, stride=stride, padding=pad)
+    return run
+
+
+@pytest.mark.parametrize("variant", PEERS)
+@pytest.mark.parametrize("name,shape,cout,k,stride,pad", CONV_SHAPES, ids=[s[0] for s in CONV_SHAPES])
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
+def test_conv2d(benchmark, request, mode, name, shape, cout, k, stride, pad, variant):
+    benchmark.group = f"conv2d {mode} {name}"
+    x, conv = _conv_case(shape, cout, k, stride, pad)
+    backward = mode != "forward"
+    if variant == "torch":
+        run = _torch_conv(request.getfixturevalue("torch_peer"), x, conv, stride, pad, backward)
+    else:
+        conv.impl = variant
+        if backward:
+            def run():
+                y = conv.forward(x, training=True)
+                conv.backward(np.ones_like(y))
+        else:
+            def run():
+                conv.forward(x, training=False)
+    benchmark(run)
+
+
+@pytest.mark.parametrize("variant", variant_names("maxpool2d") + ["torch"])
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
+def test_maxpool2d(benchmark, request, mode, variant):
+    benchmark.group = f"maxpool2d 2x2 {mode} (64,32,32,32)"
+    x = np.random.default_rng(0).standard_normal((64, 32, 32, 32), dtype=np.float32)
+    backward = mode != "forward"
+    if variant == "torch":
+        torch = request.getfixturevalue("torch_peer")
+        tx = torch.from_numpy(x).requires_grad_(backward)
+
+        def run():
+            if backward:
+                y = torch.nn.functional.max_pool2d(tx, 2)
+                y.backward(torch.ones_like(y))
+                tx.grad = None
+            else:
+                with torch.no_grad():
+                    torch.nn.functional.max_pool2d(tx, 2)
+    else:
+        pool = ck.layers.MaxPool2D(2, impl=variant)
+
+        def run():
+            y = pool.forward(x, training=backward)
+            if backward:
+                pool.backward(np.ones_like(y))
+    benchmark(run)
