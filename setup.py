@@ -76,4 +76,5 @@ def extensions():
     return cythonize(exts, compiler_directives=directives, build_dir=build_dir, quiet=True)
 
 
-setup(ext_modules=extensions())
+if __name__ == "__main__":
+    setup(ext_modules=extensions())
