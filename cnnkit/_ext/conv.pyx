@@ -150,43 +150,46 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef bint has_bias = bias is not None
     cdef bint direct = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0
                         and oh == h and ow == w)
-    cdef Py_ssize_t n, r0, r1, g, oc, p, band
+    cdef Py_ssize_t n_bands = (oh + rows_per_band - 1) // rows_per_band
+    cdef Py_ssize_t task, n, r0, r1, g, oc, p, band
     cdef floating* col = NULL
     cdef const floating* bsrc
     cdef floating* yo
     cdef floating bv
     cdef int tid = 0
+    if rows_per_band < 1:
+        raise ValueError("rows_per_band must be positive")
     if n_img == 0 or o == 0 or plane == 0:
         return
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
         col = &workspace[tid, 0]
-        for n in prange(n_img, schedule="static"):
-            r0 = 0
-            while r0 < oh:
-                r1 = r0 + rows_per_band
-                if r1 > oh:
-                    r1 = oh
-                band = (r1 - r0) * ow
-                if not direct:
-                    im2col_band(&x[n, 0, 0, 0], c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, ow, r0, r1, col)
-                for g in range(groups):
-                    if direct:
-                        bsrc = &x[n, g * cg, 0, 0] + r0 * ow
-                        gemm_rm(False, False, <int> og, <int> band, <int> kg, <floating> 1.0,
-                                &weight[g * og, 0, 0, 0], <int> kg, bsrc, <int> plane,
-                                <floating> 0.0, &y[n, g * og, 0, 0] + r0 * ow, <int> plane)
-                    else:
-                        gemm_rm(False, False, <int> og, <int> band, <int> kg, <floating> 1.0,
-                                &weight[g * og, 0, 0, 0], <int> kg, col + g * kg * band, <int> band,
-                                <floating> 0.0, &y[n, g * og, 0, 0] + r0 * ow, <int> plane)
-                if has_bias:
-                    for oc in range(o):
-                        bv = bias[oc]
-                        yo = &y[n, oc, 0, 0] + r0 * ow
-                        for p in range(band):
-                            yo[p] = yo[p] + bv
-                r0 = r1
+        # one task = one band of output rows of one image; tasks write disjoint parts of y
+        for task in prange(n_img * n_bands, schedule="static"):
+            n = task // n_bands
+            r0 = (task % n_bands) * rows_per_band
+            r1 = r0 + rows_per_band
+            if r1 > oh:
+                r1 = oh
+            band = (r1 - r0) * ow
+            if not direct:
+                im2col_band(&x[n, 0, 0, 0], c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, ow, r0, r1, col)
+            for g in range(groups):
+                if direct:
+                    bsrc = &x[n, g * cg, 0, 0] + r0 * ow
+                    gemm_rm(False, False, <int> og, <int> band, <int> kg, <floating> 1.0,
+                            &weight[g * og, 0, 0, 0], <int> kg, bsrc, <int> plane,
+                            <floating> 0.0, &y[n, g * og, 0, 0] + r0 * ow, <int> plane)
+                else:
+                    gemm_rm(False, False, <int> og, <int> band, <int> kg, <floating> 1.0,
+                            &weight[g * og, 0, 0, 0], <int> kg, col + g * kg * band, <int> band,
+                            <floating> 0.0, &y[n, g * og, 0, 0] + r0 * ow, <int> plane)
+            if has_bias:
+                for oc in range(o):
+                    bv = bias[oc]
+                    yo = &y[n, oc, 0, 0] + r0 * ow
+                    for p in range(band):
+                        yo[p] = yo[p] + bv
 
 
 def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
@@ -215,6 +218,8 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     cdef const floating* bsrc
     cdef floating acc
     cdef int tid = 0
+    if rows_per_band < 1:
+        raise ValueError("rows_per_band must be positive")
     if n_img == 0:
         return
     if o == 0 or plane == 0:

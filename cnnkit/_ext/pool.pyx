@@ -42,6 +42,7 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, 
     cdef Py_ssize_t pidx, r, s, i, j, r0, r1, s0, s1, best_i, idx
     cdef const floating* src
     cdef floating best, v
+    cdef bint take
     if planes == 0 or oh == 0 or ow == 0:
         return
     for pidx in prange(planes, nogil=True, schedule="static",
@@ -67,13 +68,10 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, 
                     for j in range(s0, s1):
                         idx = i * w + j
                         v = src[idx]
-                        if v > best or v != v:
-                            best = v
-                            best_i = idx
-                            if v != v:
-                                break
-                    if best != best:
-                        break
+                        # larger, or the first NaN; written as selects, not branches
+                        take = (v > best) | ((v != v) & (best == best))
+                        best = v if take else best
+                        best_i = idx if take else best_i
                 y[pidx // c, pidx % c, r, s] = best
                 if keep:
                     argmax[pidx // c, pidx % c, r, s] = <int> best_i

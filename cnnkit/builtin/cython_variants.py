@@ -3,11 +3,12 @@
 Everything that reaches a nogil loop is checked here first (rank, shapes, dtype, contiguity),
 so a wrong call raises ``ValueError`` instead of reading out of bounds.
 
-Threads: the convolution kernels run an OpenMP team over the images of the batch and call
-single-threaded BLAS GEMM inside it.  While such a team runs, BLAS is limited to one thread
-with threadpoolctl, so the two thread pools never nest (2 OpenMP x 2 BLAS threads on 2 cores
-would oversubscribe).  A batch of one image runs on one OpenMP thread and leaves BLAS free to
-use its own threads.
+Threads: the convolution kernels run an OpenMP team over the images of the batch (forward:
+over bands of output rows when the batch is smaller than the team) and call single-threaded
+BLAS GEMM inside it.  BLAS is limited to one thread with threadpoolctl during these calls, so
+the two thread pools never nest (2 OpenMP x 2 BLAS threads on 2 cores would oversubscribe),
+and BLAS never wakes its own worker threads for our products: idle OpenBLAS workers keep
+spinning for a long while after a multi-threaded call and would compete with the OpenMP team.
 """
 from __future__ import annotations
 
@@ -53,11 +54,33 @@ def _blas_controller():
     return _controller
 
 
-def _single_threaded_blas(num_threads):
-    """Context limiting BLAS to one thread when ``num_threads`` OpenMP threads will call it."""
-    if num_threads <= 1:
+def _single_threaded_blas():
+    """Context limiting BLAS to one thread while the OpenMP threads of a kernel call it.
+
+    Without OpenMP (one thread) BLAS keeps its own threads: they are the only parallelism left.
+    """
+    if _conv.max_threads() <= 1:
         return contextlib.nullcontext()
     return _blas_controller().limit(limits=1, user_api="blas")
+
+
+_workspaces = threading.local()
+
+
+def _workspace(shape, dtype):
+    """Scratch buffer for the column matrices, reused across calls from the same Python thread.
+
+    Keeping it avoids page-faulting up to ``COL_WORKSPACE_BYTES`` of fresh memory on every call
+    (expensive in virtual machines); each calling thread gets its own, so concurrent calls from
+    several Python threads never share one.
+    """
+    size = int(np.prod(shape))
+    key = np.dtype(dtype).str
+    cache = _workspaces.__dict__
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
 
 
 def _as_input(a, dtype, name):
@@ -70,17 +93,26 @@ def _as_input(a, dtype, name):
 # ---------------------------------------------------------------------------------------------
 # conv2d
 # ---------------------------------------------------------------------------------------------
-def _conv_plan(x_shape, w_shape, oh, ow, itemsize, direct):
-    """(threads, rows per band, workspace shape) for one call."""
+def _conv_plan(x_shape, w_shape, oh, ow, itemsize, direct, split_images):
+    """(threads, rows per band, workspace shape) for one call.
+
+    Forward (``split_images``) may cut images into bands of output rows so that a batch
+    smaller than the thread count still keeps every thread busy; backward parallelises over
+    whole images only (bands of one image overlap in the input gradient).
+    """
     n, c = x_shape[:2]
     _, _, kh, kw = w_shape
-    threads = max(1, min(_conv.max_threads(), n))
-    if direct:
-        return threads, oh, (threads, 1)
+    threads = max(1, _conv.max_threads())
     k = c * kh * kw
-    row_bytes = k * ow * itemsize
-    rows = max(1, min(oh, (COL_WORKSPACE_BYTES // threads) // max(row_bytes, 1)))
-    return threads, rows, (threads, k * rows * ow)
+    rows = oh if direct else max(1, min(oh, (COL_WORKSPACE_BYTES // threads) // max(k * ow * itemsize, 1)))
+    if split_images:
+        if n < threads:
+            per_image = -(-threads // max(n, 1))
+            rows = max(1, min(rows, -(-oh // per_image)))
+        threads = max(1, min(threads, n * -(-oh // rows)))
+    else:
+        threads = max(1, min(threads, n))
+    return threads, rows, (threads, 1 if direct else k * rows * ow)
 
 
 class Conv2dCython:
@@ -118,9 +150,9 @@ class Conv2dCython:
         b = None if b is None else _as_input(b, x.dtype, "bias")
         geom, oh, ow, direct = Conv2dCython._check(x, w, b, config)
         y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
-        threads, rows, ws_shape = _conv_plan(x.shape, w.shape, oh, ow, x.itemsize, direct)
-        ws = np.empty(ws_shape, dtype=x.dtype)
-        with _single_threaded_blas(threads):
+        threads, rows, ws_shape = _conv_plan(x.shape, w.shape, oh, ow, x.itemsize, direct, True)
+        ws = _workspace(ws_shape, x.dtype)
+        with _single_threaded_blas():
             _conv.conv2d_forward(x, w, b, y, ws, *geom, rows, threads)
         ctx = (x, w, b is not None, geom, oh, ow, direct) if need_backward else None
         return y, ctx
@@ -132,12 +164,12 @@ class Conv2dCython:
         n, o = x.shape[0], w.shape[0]
         if dy.shape != (n, o, oh, ow):
             raise ValueError(f"conv2d backward: dy has shape {dy.shape}, expected {(n, o, oh, ow)}")
-        threads, rows, ws_shape = _conv_plan(x.shape, w.shape, oh, ow, x.itemsize, direct)
-        ws = np.empty(ws_shape, dtype=x.dtype)
+        threads, rows, ws_shape = _conv_plan(x.shape, w.shape, oh, ow, x.itemsize, direct, False)
+        ws = _workspace(ws_shape, x.dtype)
         dx = np.empty_like(x)
         dw_part = np.zeros((threads, o, w[0].size), dtype=x.dtype)
         db_part = np.zeros((threads, o), dtype=x.dtype) if has_bias else None
-        with _single_threaded_blas(threads):
+        with _single_threaded_blas():
             _conv.conv2d_backward(x, w, dy, dx, dw_part, db_part, ws, *geom, rows, threads)
         grads = {"weight": (dw_part[0] if threads == 1 else dw_part.sum(axis=0)).reshape(w.shape)}
         if has_bias:
