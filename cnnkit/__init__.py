@@ -25,6 +25,10 @@ def _check_compiled():
 _check_compiled()
 del _check_compiled
 
+from ._runtime import tune_malloc as _tune_malloc  # noqa: E402
+
+_tune_malloc()
+
 from . import datasets, init, io, layers, losses, models, optim  # noqa: E402
 from ._random import seed  # noqa: E402
 from .graph import Graph, Input, Model, Parameter, Sequential  # noqa: E402

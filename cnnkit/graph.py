@@ -299,9 +299,12 @@ class Model:
                  for i in range(0, x.shape[0], batch_size)]
         return np.concatenate(parts, axis=0)
 
-    def backward(self, dy):
-        """Back-propagate output gradients; fills every layer's ``grads``; returns the input
-        gradient(s)."""
+    def backward(self, dy, input_grads: bool = True):
+        """Back-propagate output gradients; fills every layer's ``grads``.
+
+        Returns the gradient(s) w.r.t. the model's input(s); with ``input_grads=False`` they
+        are not computed where a variant can skip them (``None`` is returned), as a trainer
+        wants."""
         dys = list(dy) if self._multi_out else [dy]
         if self._multi_out and (not isinstance(dy, (list, tuple)) or len(dys) != len(self.outputs)):
             raise ValueError(f"{self.name}: expected a list of {len(self.outputs)} output "
@@ -327,13 +330,16 @@ class Model:
             if g is None:
                 raise RuntimeError(f"{self.name}: node {node.name!r} received no gradient (every "
                                    "output needs a gradient)")
-            dx = node.layer.backward(g)
+            need = input_grads or not all(isinstance(p, Input) for p in node.inputs)
+            dx = node.layer.backward(g, need_input_grad=need)
+            if dx is None:
+                continue
             if node.layer.is_merge:
                 for p, gp in zip(node.inputs, dx):
                     accumulate(p, gp)
             else:
                 accumulate(node.inputs[0], dx)
-        dxs = [grads.get(id(n)) for n in self.inputs]
+        dxs = [grads.get(id(n)) if input_grads else None for n in self.inputs]
         return dxs if self._multi_in else dxs[0]
 
     # ------------------------------------------------------------------ description
@@ -438,10 +444,10 @@ class Sequential(Model):
 
     __call__ = forward
 
-    def backward(self, dy):
+    def backward(self, dy, input_grads: bool = True):
         if not self._built:
             raise RuntimeError(f"{self.name}: backward() before any forward()")
-        return super().backward(dy)
+        return super().backward(dy, input_grads)
 
     def summary(self, dtype=None):
         if not self._built:

@@ -23,6 +23,10 @@ names to arrays of the same dtype (for ``conv2d``: ``weight`` (out, in/groups, k
 class's ``config``); ``need_backward`` is False in inference, where ``ctx`` must be ``None`` so
 nothing is kept.  ``backward`` returns the input gradient and a dict with one gradient per
 non-``None`` parameter.  Variants never modify their inputs.
+
+A variant whose ``backward`` accepts a keyword ``need_input_grad`` is called with
+``need_input_grad=False`` when nobody needs the input gradient (a network's first layer during
+training); it may then skip that work and return ``None`` for it.
 """
 from __future__ import annotations
 

@@ -189,8 +189,11 @@ class Layer:
                                f"from plugin {variant.plugin!r} returned {got}; expected shape "
                                f"{expected}, dtype {x.dtype}")
 
-    def backward(self, dy):
-        """Gradient of the loss w.r.t. the input; fills ``self.grads`` (overwriting)."""
+    def backward(self, dy, need_input_grad: bool = True):
+        """Gradient of the loss w.r.t. the input; fills ``self.grads`` (overwriting).
+
+        With ``need_input_grad=False`` a variant that can skip the input gradient does so and
+        ``None`` is returned."""
         owner = f"{self.name} ({type(self).__name__})"
         if self._ctx is None:
             raise RuntimeError(f"{owner}: backward() needs a forward(x, training=True) first "
@@ -204,7 +207,15 @@ class Layer:
                              f"shape {expected}")
         if dy.dtype != x_dtype:
             dy = dy.astype(x_dtype)
-        dx, grads = variant.impl.backward(np.ascontiguousarray(dy), ctx)
+        dy = np.ascontiguousarray(dy)
+        if not need_input_grad and variant.skips_input_grad:
+            dx, grads = variant.impl.backward(dy, ctx, need_input_grad=False)
+            if dx is None:
+                self._ctx = None
+                self.grads = dict(grads)
+                return None
+        else:
+            dx, grads = variant.impl.backward(dy, ctx)
         if not isinstance(dx, np.ndarray) or dx.shape != in_shape:
             raise RuntimeError(f"{owner}: variant {variant.name!r} from plugin {variant.plugin!r} "
                                f"returned an input gradient of shape "
@@ -476,7 +487,7 @@ class Flatten(Layer):
         self._ctx = (None, None, x.shape, x.dtype) if training else None
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy):
+    def backward(self, dy, need_input_grad=True):
         if self._ctx is None:
             raise RuntimeError(f"{self.name} (Flatten): backward() needs a forward(x, "
                                "training=True) first")
@@ -566,7 +577,7 @@ class Add(Layer):
         self._ctx = (len(xs), out.shape) if training else None
         return out
 
-    def backward(self, dy):
+    def backward(self, dy, need_input_grad=True):
         if self._ctx is None:
             raise RuntimeError(f"{self.name} (Add): backward() needs a forward(x, training=True) "
                                "first")

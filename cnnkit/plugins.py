@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import importlib
 import importlib.metadata as importlib_metadata
+import inspect
 import os
 import threading
 import traceback
@@ -62,6 +63,8 @@ class Variant:
     capabilities: frozenset = frozenset()
     supports: Callable | None = None
     description: str = ""
+    #: backward() accepts ``need_input_grad`` and may then skip the input gradient
+    skips_input_grad: bool = False
 
     def refusal(self, dtype, features, config) -> str | None:
         """Why this variant cannot serve the request, or ``None`` if it can."""
@@ -408,9 +411,13 @@ def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float3
     if supports is not None and not callable(supports):
         raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: supports must be "
                           "callable or None")
+    try:
+        skips = "need_input_grad" in inspect.signature(impl.backward).parameters
+    except (TypeError, ValueError):
+        skips = False
     return Variant(layer_type=layer_type.lower(), name=name, impl=impl, plugin=plugin,
                    priority=priority, dtypes=dtypes, capabilities=frozenset(capabilities),
-                   supports=supports, description=description)
+                   supports=supports, description=description, skips_input_grad=skips)
 
 
 def _name_obj(kind, name, obj):

@@ -116,7 +116,7 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
                 raise FloatingPointError(f"fit: loss became {value} at epoch {epoch}, step "
                                          f"{step + 1}; lower the learning rate")
             optimizer.zero_grad()
-            model.backward(loss.backward())
+            model.backward(loss.backward(), input_grads=False)
             optimizer.step()
             total += value * len(idx)
             seen += len(idx)

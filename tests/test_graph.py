@@ -138,3 +138,21 @@ def test_float64_model_via_astype():
     model = residual_model(np.float32).astype(np.float64)
     assert model.dtype == np.float64
     assert model.forward(RNG.standard_normal((1, 2, 6, 6))).dtype == np.float64
+
+
+def test_input_gradient_can_be_skipped_without_changing_parameter_gradients():
+    model = residual_model()
+    x = RNG.standard_normal((2, 2, 6, 6))
+    w = RNG.standard_normal((2, 4))
+    model.forward(x, training=True)
+    dx = model.backward(w)
+    full = {f"{l.name}.{k}": g.copy() for l in model.layers for k, g in l.grads.items()}
+    for impl in ("cython", "numpy"):
+        with ck.use(conv2d=impl):
+            model.forward(x, training=True)
+            assert model.backward(w, input_grads=False) is None
+        for l in model.layers:
+            for k, g in l.grads.items():
+                np.testing.assert_allclose(g, full[f"{l.name}.{k}"], rtol=1e-10, atol=1e-12)
+    assert model.get_layer("c1").variant(np.float64).skips_input_grad
+    assert dx.shape == x.shape

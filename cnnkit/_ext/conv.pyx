@@ -197,10 +197,12 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
                     floating[:, :, ::1] dw_partial, floating[:, ::1] db_partial,
                     floating[:, ::1] workspace,
                     int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                    Py_ssize_t rows_per_band, int num_threads):
+                    Py_ssize_t rows_per_band, int num_threads, bint compute_dx=True):
     """dx (overwritten), and per-thread partial sums dw_partial[t] (O, Kg), db_partial[t] (O,).
 
-    The partial sums must be zeroed by the caller, who adds them up over threads.
+    The partial sums must be zeroed by the caller, who adds them up over threads.  With
+    ``compute_dx`` false (the input needs no gradient, e.g. a network's first layer) ``dx`` may
+    be None and the input-gradient GEMM and col2im are skipped.
     ``db_partial`` may be None (no bias).  Each image belongs to one thread, so its dx slice is
     written without races even though bands of output rows overlap in the input.
     """
@@ -220,17 +222,21 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     cdef int tid = 0
     if rows_per_band < 1:
         raise ValueError("rows_per_band must be positive")
+    if compute_dx and (dx is None or dx.shape[0] != n_img or dx.shape[1] != c
+                       or dx.shape[2] != h or dx.shape[3] != w):
+        raise ValueError("dx must be an array shaped like x when compute_dx is set")
     if n_img == 0:
         return
     if o == 0 or plane == 0:
-        memset(&dx[0, 0, 0, 0], 0, n_img * c * h * w * sizeof(floating))
+        if compute_dx:
+            memset(&dx[0, 0, 0, 0], 0, n_img * c * h * w * sizeof(floating))
         return
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
         col = &workspace[tid, 0]
         dwt = &dw_partial[tid, 0, 0]
         for n in prange(n_img, schedule="static"):
-            if not direct:
+            if compute_dx and not direct:
                 memset(&dx[n, 0, 0, 0], 0, c * h * w * sizeof(floating))
             r0 = 0
             while r0 < oh:
@@ -247,6 +253,9 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
                     gemm_rm(False, True, <int> og, <int> kg, <int> band, <floating> 1.0,
                             dyg, <int> plane, bsrc, <int> (plane if direct else band),
                             <floating> 1.0, dwt + g * og * kg, <int> kg)
+                if not compute_dx:
+                    r0 = r1
+                    continue
                 for g in range(groups):
                     dyg = &dy[n, g * og, 0, 0] + r0 * ow
                     # dcol_g (kg x band) = W_g^T (kg x og) @ dy_g (og x band); reuses the columns

@@ -158,7 +158,7 @@ class Conv2dCython:
         return y, ctx
 
     @staticmethod
-    def backward(dy, ctx):
+    def backward(dy, ctx, need_input_grad=True):
         x, w, has_bias, geom, oh, ow, direct = ctx
         dy = _as_input(dy, x.dtype, "dy")
         n, o = x.shape[0], w.shape[0]
@@ -166,11 +166,12 @@ class Conv2dCython:
             raise ValueError(f"conv2d backward: dy has shape {dy.shape}, expected {(n, o, oh, ow)}")
         threads, rows, ws_shape = _conv_plan(x.shape, w.shape, oh, ow, x.itemsize, direct, False)
         ws = _workspace(ws_shape, x.dtype)
-        dx = np.empty_like(x)
+        dx = np.empty_like(x) if need_input_grad else None
         dw_part = np.zeros((threads, o, w[0].size), dtype=x.dtype)
         db_part = np.zeros((threads, o), dtype=x.dtype) if has_bias else None
         with _single_threaded_blas():
-            _conv.conv2d_backward(x, w, dy, dx, dw_part, db_part, ws, *geom, rows, threads)
+            _conv.conv2d_backward(x, w, dy, dx, dw_part, db_part, ws, *geom, rows, threads,
+                                  bool(need_input_grad))
         grads = {"weight": (dw_part[0] if threads == 1 else dw_part.sum(axis=0)).reshape(w.shape)}
         if has_bias:
             grads["bias"] = db_part[0] if threads == 1 else db_part.sum(axis=0)
