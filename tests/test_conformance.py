@@ -7,7 +7,6 @@ import importlib
 import importlib.metadata
 import sys
 
-import numpy as np
 import pytest
 
 from conftest import PLUGIN_DIR, write_dist_infos
@@ -242,8 +241,8 @@ def test_unknown_capability_and_uncovered_cases_are_reported():
 def test_unregistered_variant_and_bad_cases_are_reported(registry):
     report = check_variant("conv2d", "nope", registry=registry)
     assert not report.ok and "not registered" in report.failures[0].message
-    report = check_variant("conv2d", "numpy", registry=registry,
-                           cases=[(dict(in_channels=2, out_channels=2, kernel_size=5), (1, 3, 4, 4))])
+    wrong_channels = (dict(in_channels=2, out_channels=2, kernel_size=5), (1, 3, 4, 4))
+    report = check_variant("conv2d", "numpy", registry=registry, cases=[wrong_channels])
     assert failures(report, "setup") and "invalid" in failures(report, "setup")[0].message
     with pytest.raises(TypeError, match="case"):
         check_variant("conv2d", "numpy", registry=registry, cases=["not a case"])
