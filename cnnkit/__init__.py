@@ -29,14 +29,14 @@ from ._runtime import tune_malloc as _tune_malloc  # noqa: E402
 
 _tune_malloc()
 
-from . import datasets, init, io, layers, losses, models, optim  # noqa: E402
+from . import datasets, init, io, layers, losses, models, optim, schedules  # noqa: E402
 from ._random import seed  # noqa: E402
 from .graph import Graph, Input, Model, Parameter, Sequential  # noqa: E402
 from .hookspecs import hookspec  # noqa: E402
 from .plugins import SelectionError, PluginError, get_registry, hookimpl, use  # noqa: E402
 
 __all__ = [
-    "__version__", "datasets", "init", "io", "layers", "models", "losses", "optim", "seed", "Graph", "Input", "Model",
+    "__version__", "datasets", "init", "io", "layers", "models", "schedules", "losses", "optim", "seed", "Graph", "Input", "Model",
     "Parameter", "Sequential", "hookimpl", "hookspec", "use", "get_registry", "SelectionError",
     "PluginError",
 ]

@@ -138,6 +138,7 @@ def test_load_allow_list_applies_before_import(plugin_env, monkeypatch):
     for mod in ("cnnkit_broken_import", "cnnkit_broken_hook", "cnnkit_duplicate"):
         assert mod not in sys.modules
     reset_registry()
+    sys.modules.pop("cnnkit_demo_plugin", None)
     monkeypatch.setenv("CNNKIT_LOAD_PLUGINS", "")
     reg = get_registry()
     assert all(p.source == "builtin" for p in reg.plugins.values())
@@ -226,3 +227,48 @@ def test_invalid_registrations_are_rejected():
 
     with pytest.warns(PluginWarning, match="unknown hook"):
         assert not reg.register_plugin(UnknownHook, "typo", strict=False)
+
+
+def test_each_hook_registers_through_the_callback():
+    """cnnkit_register_layers, cnnkit_register_variants, cnnkit_register_optimizers and
+    cnnkit_register_initializers each reach the registry, stamped with the plugin's name."""
+    import numpy as np
+
+    reg = ck.plugins.Registry()
+
+    def constant_half(shape, *, fan_in, fan_out, rng, dtype):
+        return np.full(shape, 0.5, dtype=dtype)
+
+    class Relu2(ck.layers.ReLU):
+        layer_type = "relu2"
+
+    class P:
+        @staticmethod
+        @ck.hookimpl
+        def cnnkit_register_layers(register):
+            register("relu2", Relu2)
+
+        @staticmethod
+        @ck.hookimpl
+        def cnnkit_register_variants(register):
+            from cnnkit.builtin.numpy_variants import ReluNumpy
+
+            register("relu2", "numpy", ReluNumpy)
+
+        @staticmethod
+        @ck.hookimpl
+        def cnnkit_register_optimizers(register):
+            register("plain", ck.optim.SGD)
+
+        @staticmethod
+        @ck.hookimpl
+        def cnnkit_register_initializers(register):
+            register("half", constant_half)
+
+    assert reg.register_plugin(P, "p")
+    assert reg.plugins["p"].registered == {"layer": ["relu2"], "variant": ["relu2/numpy"],
+                                           "optimizer": ["plain"], "initializer": ["half"]}
+    assert reg.initializers["half"] == (constant_half, "p")
+    assert reg.optimizers["plain"] == (ck.optim.SGD, "p")
+    assert reg.layer_types["relu2"] == (Relu2, "p")
+    assert reg.variants["relu2"]["numpy"].plugin == "p"
