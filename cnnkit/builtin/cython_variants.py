@@ -38,6 +38,9 @@ __all__ = [
 #: (a whole image for ordinary sizes), but never less than one output row.
 COL_WORKSPACE_BYTES = 32 * 2**20
 
+#: Convolutions with fewer multiply-adds than this run on one thread.
+SERIAL_MACS = 1 << 18
+
 _INT32_MAX = 2**31 - 1
 _controller = None
 _controller_lock = threading.Lock()
@@ -101,9 +104,11 @@ def _conv_plan(x_shape, w_shape, oh, ow, itemsize, direct, split_images):
     whole images only (bands of one image overlap in the input gradient).
     """
     n, c = x_shape[:2]
-    _, _, kh, kw = w_shape
+    o, _, kh, kw = w_shape
     threads = max(1, _conv.max_threads())
     k = c * kh * kw
+    if n * o * oh * ow * (k // max(c // w_shape[1], 1)) < SERIAL_MACS:
+        threads = 1  # waking a thread team costs more than it saves on tiny convolutions
     rows = oh if direct else max(1, min(oh, (COL_WORKSPACE_BYTES // threads) // max(k * ow * itemsize, 1)))
     if split_images:
         if n < threads:
