@@ -298,7 +298,7 @@ class TanhNumpy:
 # dense
 # ---------------------------------------------------------------------------------------------
 #: Matrix products below this many multiply-adds run on one BLAS thread (see ``_blas_threads``).
-SMALL_PRODUCT_MACS = 1 << 22
+SMALL_PRODUCT_MACS = 1 << 27
 _blas_controller = None
 
 
