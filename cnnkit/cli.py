@@ -65,8 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     train.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
+    train.set_defaults(func=cmd_train)
+
     plugins = sub.add_parser("plugins", help="list installed plugins and what they registered")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.set_defaults(func=cmd_plugins)
+
+    from . import cli_tools
+
+    cli_tools.add_commands(sub)
     return parser
 
 
@@ -148,9 +155,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.command == "train":
-            return cmd_train(args)
-        return cmd_plugins(args)
+        return args.func(args)
     except (ValueError, TypeError, KeyError, OSError) as exc:
         print(f"cnnkit {args.command}: error: {exc}", file=sys.stderr)
         return 1
