@@ -25,6 +25,7 @@ def _check_compiled():
 _check_compiled()
 del _check_compiled
 
+from ._runtime import get_num_threads, num_threads, set_num_threads  # noqa: E402
 from ._runtime import tune_malloc as _tune_malloc  # noqa: E402
 
 _tune_malloc()
@@ -36,6 +37,7 @@ from .hookspecs import hookspec  # noqa: E402
 from .plugins import SelectionError, PluginError, get_registry, hookimpl, use  # noqa: E402
 
 __all__ = [
+    "get_num_threads", "num_threads", "set_num_threads",
     "__version__", "datasets", "init", "io", "layers", "models", "schedules", "losses", "optim", "seed", "Graph", "Input", "Model",
     "Parameter", "Sequential", "hookimpl", "hookspec", "use", "get_registry", "SelectionError",
     "PluginError",
