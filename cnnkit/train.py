@@ -1,4 +1,35 @@
-"""Training loop: minibatches, a progress bar, per-epoch loss and accuracy."""
+"""Training loop: minibatches, shuffling, a progress bar, per-epoch metrics, callbacks, early
+stopping, learning-rate schedules, an optional weight penalty and resumable checkpoints.
+
+::
+
+    history = fit(model, (x, y), (xv, yv), optimizer=opt, epochs=10)
+    history["val_accuracy"]            # one value per epoch
+    fit(model, (x, y), (xv, yv), optimizer=opt, epochs=10, seed=0,
+        scheduler=ck.schedules.CosineAnnealingLR(opt, T_max=10),
+        early_stopping=EarlyStopping(patience=3, restore_best_weights=True),
+        checkpoint="run.npz")          # written atomically after every epoch
+    fit(..., resume_from="run.npz")    # continues bit for bit where run.npz left off
+
+Reproducibility: with the same seed (or a Generator in the same state), the same data and the
+same thread count, two runs give bitwise identical weights; a run interrupted after epoch k and
+resumed from its checkpoint gives the same weights as an uninterrupted one.  For that a
+checkpoint holds the weights and buffers, the optimizer state, the schedule state, the shuffling
+generator's state, the state of every layer's own generator (any layer attribute ``rng`` that is
+a ``numpy.random.Generator``, e.g. Dropout's), the callbacks' state (early stopping), the epoch
+and the history.
+
+Checkpoint file (``.npz`` read with pickling disabled, see :mod:`cnnkit.io`):
+
+* ``model/<layer>.<key>``: the model's ``state_dict()`` (parameters and buffers);
+* ``optimizer/...``, ``scheduler/...``, ``trainer/...`` (epoch, history, shuffling generator),
+  ``rng/<layer name>/...`` (layers' generators), ``callbacks/<i>/...``: the entries of
+  :func:`cnnkit.optim.flatten_state` of those structures (generator states' 128-bit integers are
+  stored as ``("bigint", "<decimal digits>")`` pairs, strings (``...@s`` entries) as UTF-8
+  bytes);
+* metadata (JSON): ``{"format": "cnnkit-checkpoint", "format_version": 1, "epoch": ...,
+  "optimizer": class name, "scheduler": class name or null, "layers": [[name, type], ...]}``.
+"""
 from __future__ import annotations
 
 import math
@@ -11,12 +42,23 @@ import numpy as np
 from . import _random
 from .losses import Loss, SoftmaxCrossEntropy
 
+__all__ = ["fit", "evaluate", "History", "ProgressBar", "Callback", "EarlyStopping",
+           "LambdaCallback", "save_checkpoint", "load_checkpoint", "CheckpointError",
+           "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "cnnkit-checkpoint"
+_CHECKPOINT_VERSION = 1
+
 
 @dataclass
 class History:
-    """Per-epoch metrics of a :func:`fit` run."""
+    """Per-epoch metrics of a :func:`fit` run: ``history.epochs`` is a list of dicts (``epoch``,
+    ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, ``lr``, ``time``) and
+    ``history["val_accuracy"]`` the list of one metric (``None`` where an epoch lacks it)."""
 
     epochs: list = field(default_factory=list)
+    #: why training stopped before its last epoch (early stopping, a callback), else None
+    stop_reason: str | None = None
 
     def append(self, **metrics):
         self.epochs.append(metrics)
@@ -26,6 +68,16 @@ class History:
 
     def __len__(self):
         return len(self.epochs)
+
+    def keys(self) -> list[str]:
+        out: list[str] = []
+        for e in self.epochs:
+            out.extend(k for k in e if k not in out)
+        return out
+
+    def to_dict(self) -> dict[str, list]:
+        """``{metric: [value per epoch]}``."""
+        return {k: self[k] for k in self.keys()}
 
 
 class ProgressBar:
@@ -38,6 +90,7 @@ class ProgressBar:
         self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.perf_counter()
         self._last = 0.0
+        self._done = 0
 
     def _line(self, done, suffix):
         filled = int(self.width * done / max(self.total, 1))
@@ -46,93 +99,588 @@ class ProgressBar:
         return f"{self.prefix} [{bar}] {done}/{self.total} {elapsed:5.1f}s {suffix}"
 
     def update(self, done, suffix=""):
+        self._done = done
         now = time.perf_counter()
         if self.live and (now - self._last > 0.1 or done == self.total):
             self._last = now
             self.stream.write("\r" + self._line(done, suffix) + "\033[K")
             self.stream.flush()
 
-    def close(self, suffix=""):
-        self.stream.write(("\r" if self.live else "") + self._line(self.total, suffix)
+    def close(self, suffix="", done=None):
+        done = self.total if done is None else done
+        self.stream.write(("\r" if self.live else "") + self._line(done, suffix)
                           + ("\033[K" if self.live else "") + "\n")
         self.stream.flush()
 
 
-def _check_data(name, data):
+# ---------------------------------------------------------------------------------- callbacks
+class TrainState:
+    """What callbacks see of a running :func:`fit` (``callback.trainer``)."""
+
+    def __init__(self, model, optimizer, scheduler, history, epochs, steps_per_epoch):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.history = history
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = 0
+        self.stop_training = False
+        self.stop_reason: str | None = None
+
+    def request_stop(self, reason: str | None = None):
+        self.stop_training = True
+        if reason and not self.stop_reason:
+            self.stop_reason = reason
+
+
+class Callback:
+    """Base class of training callbacks; override any of the hooks.
+
+    :func:`fit` calls, in this order: ``on_train_begin(logs)``, then per epoch
+    ``on_epoch_begin(epoch, logs)``, ``on_batch_end(batch, logs)`` after every optimizer step
+    (``logs``: ``batch`` (1-based), ``size``, ``loss``), ``on_epoch_end(epoch, logs)`` with the
+    epoch's metrics (before the checkpoint of that epoch is written), and finally
+    ``on_train_end(logs)`` (``logs``: the last epoch's metrics).  Epochs are numbered from 1.
+
+    ``self.model``, ``self.optimizer`` and ``self.trainer`` (a :class:`TrainState`) are set
+    before ``on_train_begin``.  :meth:`request_stop` ends training: after the current epoch when
+    called from an epoch hook, after the current batch when called from ``on_batch_end``.
+    A callback with state to keep across a resumed run implements :meth:`state_dict` /
+    :meth:`load_state_dict` (plain numbers, strings, lists, dicts and arrays).
+    """
+
+    model = None
+    optimizer = None
+    trainer: TrainState | None = None
+
+    def set_trainer(self, trainer: TrainState):
+        self.trainer = trainer
+        self.model, self.optimizer = trainer.model, trainer.optimizer
+
+    def request_stop(self, reason: str | None = None):
+        if self.trainer is None:
+            raise RuntimeError(f"{type(self).__name__}: request_stop() outside of fit()")
+        self.trainer.request_stop(reason or f"stopped by {type(self).__name__}")
+
+    def on_train_begin(self, logs):
+        pass
+
+    def on_epoch_begin(self, epoch, logs):
+        pass
+
+    def on_batch_end(self, batch, logs):
+        pass
+
+    def on_epoch_end(self, epoch, logs):
+        pass
+
+    def on_train_end(self, logs):
+        pass
+
+    def state_dict(self) -> dict | None:
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class LambdaCallback(Callback):
+    """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda e, logs: ...)``."""
+
+    _HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
+
+    def __init__(self, **hooks):
+        unknown = set(hooks) - set(self._HOOKS)
+        if unknown:
+            raise TypeError(f"LambdaCallback: unknown hooks {sorted(unknown)}; known: "
+                            f"{', '.join(self._HOOKS)}")
+        for name, fn in hooks.items():
+            if not callable(fn):
+                raise TypeError(f"LambdaCallback: {name} must be callable, got {fn!r}")
+            setattr(self, name, fn)
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
+    epochs.  ``mode`` is ``"min"``, ``"max"`` or ``"auto"`` (``"max"`` for accuracies, else
+    ``"min"``).  With ``restore_best_weights`` the model ends training (stopped early or not)
+    with the weights and buffers of its best epoch."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 mode: str = "auto", restore_best_weights: bool = False):
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"EarlyStopping: monitor must be a metric name, got {monitor!r}")
+        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
+        if (not isinstance(min_delta, (int, float)) or isinstance(min_delta, bool)
+                or not math.isfinite(min_delta) or min_delta < 0):
+            raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got "
+                             f"{min_delta!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"EarlyStopping: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        if mode == "auto":
+            mode = "max" if "acc" in monitor else "min"
+        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.mode, self.restore_best_weights = mode, bool(restore_best_weights)
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.best_weights: dict | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+
+    def _improved(self, value):
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch, logs):
+        value = logs.get(self.monitor)
+        if value is None:
+            raise ValueError(f"EarlyStopping: monitored metric {self.monitor!r} is not among the "
+                             f"epoch's metrics ({', '.join(k for k, v in logs.items() if v is not None)})"
+                             + ("; pass validation data to fit()" if self.monitor.startswith("val_")
+                                else ""))
+        if not math.isfinite(value):
+            value = math.inf if self.mode == "min" else -math.inf
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = float(value), int(epoch), 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.state_dict()
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.stopped_epoch = int(epoch)
+                self.request_stop(f"early stopping: {self.monitor} has not improved for "
+                                  f"{self.wait} epoch{'s' if self.wait != 1 else ''} (best "
+                                  f"{self.best:.6g} at epoch {self.best_epoch})")
+
+    def on_train_end(self, logs):
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights, source="EarlyStopping best weights")
+
+    def state_dict(self):
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                "stopped_epoch": self.stopped_epoch,
+                "best_weights": self.best_weights}
+
+    def load_state_dict(self, state):
+        self.best = None if state.get("best") is None else float(state["best"])
+        self.best_epoch = state.get("best_epoch")
+        self.wait = int(state.get("wait", 0))
+        self.stopped_epoch = state.get("stopped_epoch")
+        bw = state.get("best_weights")
+        self.best_weights = None if bw is None else {k: np.array(v) for k, v in bw.items()}
+
+
+def _early_stopping(spec):
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return EarlyStopping()
+    if isinstance(spec, EarlyStopping):
+        return spec
+    if isinstance(spec, dict):
+        return EarlyStopping(**spec)
+    raise TypeError(f"fit: early_stopping must be an EarlyStopping, a dict of its arguments, "
+                    f"True or None, got {spec!r}")
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _check_data(name, data, caller="fit"):
     if (not isinstance(data, (tuple, list)) or len(data) != 2
             or not all(isinstance(a, np.ndarray) for a in data)):
-        raise TypeError(f"fit: {name} must be a pair (x, y) of numpy arrays")
+        raise TypeError(f"{caller}: {name} must be a pair (x, y) of numpy arrays")
     x, y = data
     if len(x) != len(y):
-        raise ValueError(f"fit: {name} has {len(x)} inputs but {len(y)} targets")
+        raise ValueError(f"{caller}: {name} has {len(x)} inputs but {len(y)} targets")
     if len(x) == 0:
-        raise ValueError(f"fit: {name} is empty")
+        raise ValueError(f"{caller}: {name} is empty")
     return x, y
 
 
+def _is_classification(out, yb):
+    return out.ndim == 2 and yb.ndim == 1 and yb.dtype.kind in "iu"
+
+
 def evaluate(model, data, *, loss: Loss | None = None, batch_size: int = 256) -> dict:
-    """Mean loss and accuracy (for class-label targets) of ``model`` on ``data`` in inference."""
-    x, y = _check_data("data", data)
+    """Mean loss and accuracy (for class-label targets; else None) of ``model`` on ``data`` in
+    inference mode."""
+    x, y = _check_data("data", data, "evaluate")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"evaluate: batch_size must be a positive int, got {batch_size!r}")
     loss = loss or SoftmaxCrossEntropy()
     total, correct, n = 0.0, 0, 0
+    classify = True
     for i in range(0, len(x), batch_size):
         out = model.forward(x[i:i + batch_size], training=False)
         yb = y[i:i + batch_size]
         total += loss.forward(out, yb) * len(yb)
         loss._ctx = None
-        if out.ndim == 2 and yb.ndim == 1:
+        if _is_classification(out, yb):
             correct += int(np.sum(np.argmax(out, axis=1) == yb))
+        else:
+            classify = False
         n += len(yb)
-    return {"loss": total / n, "accuracy": correct / n}
+    return {"loss": total / n, "accuracy": correct / n if classify else None}
 
 
+def _regularize(regularizer, model):
+    """Add the penalty's gradients to the model's gradients; return the penalty's value.
+
+    ``regularizer`` is a callable ``(model) -> float`` with a ``backward(model)`` (or
+    ``add_grads(model)``) that adds its gradients to ``layer.grads`` (cnnkit.losses.L2Penalty),
+    or a plain number (L2 coefficient ``c``: penalty ``c/2 * sum(w**2)`` over weights)."""
+    if isinstance(regularizer, (int, float)) and not isinstance(regularizer, bool):
+        c = float(regularizer)
+        value = 0.0
+        for layer in model.layers:
+            for key, w in layer.params.items():
+                if w is None or key == "bias" or w.ndim < 2:
+                    continue
+                value += 0.5 * c * float(np.sum(w.astype(np.float64) ** 2))
+                g = layer.grads.get(key)
+                layer.grads[key] = (c * w) if g is None else g + c * w
+        return value
+    value = float(regularizer(model))
+    for name in ("backward", "add_grads", "apply"):
+        fn = getattr(regularizer, name, None)
+        if callable(fn):
+            fn(model)
+            break
+    else:
+        raise TypeError(f"fit: regularizer {regularizer!r} has no backward(model) method")
+    return value
+
+
+def _needs_closure(optimizer):
+    from .optim import LBFGS
+
+    return isinstance(optimizer, LBFGS) or bool(getattr(optimizer, "needs_closure", False))
+
+
+# ---------------------------------------------------------------------------------- the loop
 def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: int = 10,
-        batch_size: int = 64, shuffle: bool = True, rng=None, verbose: bool = True,
-        stream=None) -> History:
-    """Train ``model`` on ``train`` = (x, y) for ``epochs``; report metrics on ``val``."""
+        batch_size: int = 64, shuffle: bool = True, rng=None, seed: int | None = None,
+        callbacks=(), early_stopping=None, checkpoint=None, checkpoint_every: int = 1,
+        scheduler=None, regularizer=None, initial_epoch: int = 0, resume_from=None,
+        verbose: bool = True, stream=None) -> History:
+    """Train ``model`` on ``train`` = (x, y) up to epoch ``epochs``; report metrics on ``val``.
+
+    * ``rng`` (a Generator or an int seed) or ``seed`` drives shuffling; neither: cnnkit's
+      global generator (``cnnkit.seed``).
+    * ``scheduler``: a :mod:`cnnkit.schedules` schedule, stepped after every epoch.
+    * ``regularizer``: a weight penalty added to the training loss (``losses.L2Penalty`` or a
+      number, see :func:`_regularize`); the reported ``loss`` includes it.
+    * ``callbacks``: :class:`Callback` objects; ``early_stopping``: an :class:`EarlyStopping`
+      (or a dict of its arguments, or True), run after the other callbacks.
+    * ``checkpoint``: a path; a checkpoint is written atomically every ``checkpoint_every``
+      epochs and after the last epoch.  ``resume_from``: a checkpoint to continue from (loads
+      everything it holds into ``model``, ``optimizer``, ``scheduler``, the shuffling generator,
+      the layers' generators and the callbacks; training continues at the epoch after it, up to
+      ``epochs``).  ``initial_epoch``: start numbering after this epoch without loading anything.
+
+    Returns a :class:`History` (with a resumed run: the checkpoint's epochs, then the new ones).
+    """
     x, y = _check_data("train", train)
     if val is not None:
         _check_data("val", val)
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+    for name, v in (("epochs", epochs), ("batch_size", batch_size),
+                    ("checkpoint_every", checkpoint_every)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"fit: {name} must be a positive int, got {v!r}")
+    if not isinstance(initial_epoch, int) or isinstance(initial_epoch, bool) or initial_epoch < 0:
+        raise ValueError(f"fit: initial_epoch must be an int >= 0, got {initial_epoch!r}")
+    if rng is not None and seed is not None:
+        raise ValueError("fit: pass rng or seed, not both")
     loss = loss or SoftmaxCrossEntropy()
-    rng = _random.generator(rng)
+    rng = _random.generator(seed if seed is not None else rng)
     stream = stream if stream is not None else sys.stderr
+    callbacks = list(callbacks or ())
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"fit: callbacks must be cnnkit.train.Callback objects, got {cb!r}")
+    stopper = _early_stopping(early_stopping)
+    if stopper is not None and stopper not in callbacks:
+        callbacks.append(stopper)
+    if regularizer is not None and not (callable(regularizer) or (
+            isinstance(regularizer, (int, float)) and not isinstance(regularizer, bool))):
+        raise TypeError(f"fit: regularizer must be a penalty object or a number, got "
+                        f"{regularizer!r}")
+
     history = History()
+    if resume_from is not None:
+        initial_epoch, history = load_checkpoint(resume_from, model, optimizer,
+                                                 scheduler=scheduler, rng=rng,
+                                                 callbacks=callbacks)
     steps = math.ceil(len(x) / batch_size)
+    state = TrainState(model, optimizer, scheduler, history, epochs, steps)
+    for cb in callbacks:
+        cb.set_trainer(state)
     model.train()
-    for epoch in range(1, epochs + 1):
+    for cb in callbacks:
+        cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch,
+                           "steps_per_epoch": steps})
+    logs: dict = {}
+    for epoch in range(initial_epoch + 1, epochs + 1):
+        state.epoch = epoch
+        lr = getattr(optimizer, "lr", None)
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch, {"lr": lr})
         order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
         bar = ProgressBar(steps, f"epoch {epoch}/{epochs}", stream) if verbose else None
         total, correct, seen = 0.0, 0, 0
+        classify = True
         t0 = time.perf_counter()
         for step in range(steps):
             idx = order[step * batch_size:(step + 1) * batch_size]
             xb, yb = x[idx], y[idx]
-            out = model.forward(xb, training=True)
-            value = loss.forward(out, yb)
+            result = {}
+
+            def closure():
+                out = model.forward(xb, training=True)
+                value = loss.forward(out, yb)
+                optimizer.zero_grad()
+                model.backward(loss.backward(), input_grads=False)
+                if regularizer is not None:
+                    value += _regularize(regularizer, model)
+                result.setdefault("out", out)
+                result.setdefault("value", value)
+                return value
+
+            if _needs_closure(optimizer):
+                optimizer.step(closure)
+            else:
+                closure()
+            value, out = result["value"], result["out"]
             if not math.isfinite(value):
                 raise FloatingPointError(f"fit: loss became {value} at epoch {epoch}, step "
                                          f"{step + 1}; lower the learning rate")
-            optimizer.zero_grad()
-            model.backward(loss.backward(), input_grads=False)
-            optimizer.step()
+            if not _needs_closure(optimizer):
+                optimizer.step()
             total += value * len(idx)
             seen += len(idx)
-            if out.ndim == 2 and yb.ndim == 1:
+            if _is_classification(out, yb):
                 correct += int(np.sum(np.argmax(out, axis=1) == yb))
+            else:
+                classify = False
             if bar:
-                bar.update(step + 1, f"loss {total / seen:.4f} acc {correct / seen:.4f}")
-        metrics = {"epoch": epoch, "loss": total / seen, "accuracy": correct / seen,
-                   "time": time.perf_counter() - t0}
+                bar.update(step + 1, f"loss {total / seen:.4f}"
+                           + (f" acc {correct / seen:.4f}" if classify else ""))
+            if callbacks:
+                for cb in callbacks:
+                    cb.on_batch_end(step + 1, {"batch": step + 1, "size": len(idx),
+                                               "loss": value})
+                if state.stop_training:
+                    break
+        metrics = {"epoch": epoch, "loss": total / seen}
+        if classify:
+            metrics["accuracy"] = correct / seen
         if val is not None:
             v = evaluate(model, val, loss=loss, batch_size=max(batch_size, 256))
-            metrics.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
+            metrics["val_loss"] = v["loss"]
+            if v["accuracy"] is not None:
+                metrics["val_accuracy"] = v["accuracy"]
+        if lr is not None:
+            metrics["lr"] = float(lr)
+        metrics["time"] = time.perf_counter() - t0
         history.append(**metrics)
+        if scheduler is not None:
+            scheduler.step()
         if bar:
-            suffix = f"loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f}"
+            suffix = f"loss {metrics['loss']:.4f}"
+            if "accuracy" in metrics:
+                suffix += f" acc {metrics['accuracy']:.4f}"
             if val is not None:
-                suffix += f" val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_accuracy']:.4f}"
-            bar.close(suffix)
+                suffix += f" val_loss {metrics['val_loss']:.4f}"
+                if "val_accuracy" in metrics:
+                    suffix += f" val_acc {metrics['val_accuracy']:.4f}"
+            if scheduler is not None:
+                suffix += f" lr {metrics['lr']:.4g}"
+            bar.close(suffix, done=step + 1)
+        logs = dict(metrics)
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, logs)
+        last = epoch == epochs or state.stop_training
+        if checkpoint is not None and (last or (epoch - initial_epoch) % checkpoint_every == 0):
+            save_checkpoint(checkpoint, model, optimizer, epoch=epoch, history=history,
+                            scheduler=scheduler, rng=rng, callbacks=callbacks)
+        if state.stop_training:
+            history.stop_reason = state.stop_reason
+            if verbose and state.stop_reason:
+                stream.write(f"{state.stop_reason}; stopped after epoch {epoch}\n")
+                stream.flush()
+            break
+    for cb in callbacks:
+        cb.on_train_end(logs)
     return history
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (corrupt, not a checkpoint, another model...)."""
+
+
+def _encode_rng_state(x):
+    """A bit generator's state with integers beyond 64 bits as ("bigint", digits) pairs."""
+    if isinstance(x, dict):
+        return {k: _encode_rng_state(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_encode_rng_state(v) for v in x]
+    if isinstance(x, int) and not isinstance(x, bool) and not -2 ** 63 <= x < 2 ** 63:
+        return ("bigint", str(x))
+    return x
+
+
+def _decode_rng_state(x):
+    if isinstance(x, tuple) and len(x) == 2 and x[0] == "bigint":
+        return int(x[1])
+    if isinstance(x, dict):
+        return {k: _decode_rng_state(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_decode_rng_state(v) for v in x]
+    return x
+
+
+def _layer_generators(model) -> dict[str, np.random.Generator]:
+    return {layer.name: layer.rng for layer in model.layers
+            if isinstance(getattr(layer, "rng", None), np.random.Generator)}
+
+
+def save_checkpoint(path, model, optimizer, *, epoch: int, history: History | None = None,
+                    scheduler=None, rng=None, callbacks=()) -> None:
+    """Write a training checkpoint (see the module docstring for its layout) atomically."""
+    from . import __version__
+    from .io import save_weights
+    from .optim import flatten_state
+
+    tree: dict = {"optimizer": optimizer.state_dict()}
+    if scheduler is not None:
+        tree["scheduler"] = scheduler.state_dict()
+    trainer = {"epoch": int(epoch),
+               "history": [dict(e) for e in (history.epochs if history is not None else [])]}
+    if rng is not None:
+        trainer["rng"] = _encode_rng_state(rng.bit_generator.state)
+    tree["trainer"] = trainer
+    gens = _layer_generators(model)
+    if gens:
+        tree["rng"] = {name: _encode_rng_state(g.bit_generator.state) for name, g in gens.items()}
+    cb_states = {}
+    for i, cb in enumerate(callbacks or ()):
+        st = cb.state_dict()
+        if st is not None:
+            cb_states[i] = {"type": type(cb).__name__, "state": st}
+    if cb_states:
+        tree["callbacks"] = cb_states
+    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    for key, value in flatten_state(tree).items():
+        if key.endswith("@s"):  # strings as UTF-8 bytes: weight files hold numeric arrays only
+            value = np.frombuffer(str(value[()]).encode("utf-8"), dtype=np.uint8).copy()
+        arrays[key] = value
+    meta = {"format": CHECKPOINT_FORMAT, "format_version": _CHECKPOINT_VERSION,
+            "cnnkit_version": __version__, "epoch": int(epoch), "model": model.name,
+            "layers": [[layer.name, type(layer).__name__] for layer in model.layers],
+            "optimizer": type(optimizer).__name__,
+            "scheduler": type(scheduler).__name__ if scheduler is not None else None}
+    save_weights(path, arrays, meta)
+
+
+def load_checkpoint(path, model, optimizer=None, *, scheduler=None, rng=None, callbacks=()):
+    """Restore a checkpoint written by :func:`save_checkpoint` (or ``fit(checkpoint=...)``) into
+    ``model`` and, when given, ``optimizer``, ``scheduler``, the generator ``rng`` and
+    ``callbacks``; returns ``(epoch, history)``.  Layers' own generators are restored too.
+
+    Errors (:class:`CheckpointError`, a ``ValueError``) start with the file name and name the
+    offending tensor or part.  On error nothing is changed."""
+    from .io import load_weights
+    from .optim import unflatten_state
+
+    where = str(path)
+    arrays, meta = load_weights(path)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{where}: not a cnnkit training checkpoint (its metadata has no "
+                              f"format {CHECKPOINT_FORMAT!r}); a weight file is loaded with "
+                              "model.load_weights()")
+    if meta.get("format_version") != _CHECKPOINT_VERSION:
+        raise CheckpointError(f"{where}: checkpoint format version {meta.get('format_version')!r}"
+                              f" is not supported (expected {_CHECKPOINT_VERSION})")
+    weights = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    flat = {k: v for k, v in arrays.items() if not k.startswith("model/")}
+    try:
+        for key, value in flat.items():
+            if key.endswith("@s"):
+                if value.dtype != np.uint8 or value.ndim != 1:
+                    raise ValueError(f"entry {key!r} should hold UTF-8 bytes")
+                flat[key] = np.array(value.tobytes().decode("utf-8"))
+        tree = unflatten_state(flat)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{where}: corrupt checkpoint state: {exc}") from None
+    trainer = tree.get("trainer")
+    if not isinstance(trainer, dict) or not isinstance(trainer.get("epoch"), int):
+        raise CheckpointError(f"{where}: corrupt checkpoint: no trainer/epoch entry")
+    epoch = trainer["epoch"]
+    if optimizer is not None:
+        saved = meta.get("optimizer")
+        if saved != type(optimizer).__name__:
+            raise CheckpointError(f"{where}: the checkpoint holds the state of a {saved} "
+                                  f"optimizer, cannot resume a {type(optimizer).__name__}")
+        if "optimizer" not in tree:
+            raise CheckpointError(f"{where}: corrupt checkpoint: no optimizer state")
+    if scheduler is not None and meta.get("scheduler") != type(scheduler).__name__:
+        raise CheckpointError(f"{where}: the checkpoint holds "
+                              + (f"a {meta.get('scheduler')} schedule" if meta.get("scheduler")
+                                 else "no schedule state")
+                              + f", cannot resume a {type(scheduler).__name__}")
+    gens = _layer_generators(model)
+    saved_gens = tree.get("rng", {})
+    missing = sorted(set(gens) - set(saved_gens))
+    if missing:
+        raise CheckpointError(f"{where}: no generator state for layer {missing[0]!r} (entry "
+                              f"rng/{missing[0]}); the checkpoint is from another model")
+
+    backup_model = model.state_dict()
+    backup_opt = optimizer.state_dict() if optimizer is not None else None
+    backup_sched = scheduler.state_dict() if scheduler is not None else None
+    backup_gens = {n: g.bit_generator.state for n, g in gens.items()}
+    backup_rng = rng.bit_generator.state if rng is not None else None
+    part = "weights"
+    try:
+        model.load_state_dict(weights, source=where)
+        if optimizer is not None:
+            part = "optimizer state"
+            optimizer.load_state_dict(tree["optimizer"])
+        if scheduler is not None:
+            part = "scheduler state"
+            scheduler.load_state_dict(tree["scheduler"])
+        part = "generator state"
+        for name, g in gens.items():
+            part = f"generator state rng/{name}"
+            g.bit_generator.state = _decode_rng_state(saved_gens[name])
+        if rng is not None and "rng" in trainer:
+            part = "generator state trainer/rng"
+            rng.bit_generator.state = _decode_rng_state(trainer["rng"])
+        saved_cbs = tree.get("callbacks", {})
+        for i, cb in enumerate(callbacks or ()):
+            entry = saved_cbs.get(i)
+            if entry is None or cb.state_dict() is None:
+                continue
+            part = f"callback {i} ({type(cb).__name__}) state"
+            if entry.get("type") != type(cb).__name__:
+                raise ValueError(f"the checkpoint's callback {i} is a {entry.get('type')}")
+            cb.load_state_dict(entry["state"])
+        history = History([dict(e) for e in trainer.get("history", [])])
+    except Exception as exc:
+        model.load_state_dict(backup_model)
+        if optimizer is not None:
+            optimizer.load_state_dict(backup_opt)
+        if scheduler is not None:
+            scheduler.load_state_dict(backup_sched)
+        for name, g in gens.items():
+            g.bit_generator.state = backup_gens[name]
+        if rng is not None:
+            rng.bit_generator.state = backup_rng
+        msg = str(exc)
+        if msg.startswith(where + ":"):
+            raise CheckpointError(msg) from None
+        raise CheckpointError(f"{where}: cannot restore the {part}: {msg}") from None
+    return epoch, history
