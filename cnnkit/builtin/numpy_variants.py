@@ -12,6 +12,7 @@ Pooling uses the same window views.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -343,10 +344,358 @@ class DenseNumpy:
 
 
 # ---------------------------------------------------------------------------------------------
+# activations with hyper-parameters
+# ---------------------------------------------------------------------------------------------
+class LeakyReluNumpy:
+    """x if x > 0 else slope * x; the gradient at 0 is the slope (PyTorch)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        a = x.dtype.type(config["negative_slope"])
+        return np.where(x > 0, x, x * a), ((x, a) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x, a = ctx
+        return np.where(x > 0, dy, dy * a), {}
+
+
+class EluNumpy:
+    """x if x > 0 else alpha * expm1(x); the gradient at 0 is alpha (PyTorch)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        a = x.dtype.type(config["alpha"])
+        y = np.where(x > 0, x, a * np.expm1(np.minimum(x, 0)))
+        return y, ((x, a) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x, a = ctx
+        return np.where(x > 0, dy, dy * (a * np.exp(np.minimum(x, 0)))), {}
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_CUBIC = 0.044715
+
+
+def _erf(x):
+    from scipy.special import erf  # imported on first use: keeps plugin loading light
+
+    return erf(x)
+
+
+class GeluNumpy:
+    """x * Phi(x) (exact, with erf) or PyTorch's tanh approximation (``approximate="tanh"``)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        if config.get("approximate", "none") == "tanh":
+            t = np.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x))
+            y = 0.5 * x * (1 + t)
+            ctx = (x, t, True)
+        else:
+            cdf = 0.5 * (1 + _erf(x * math.sqrt(0.5)))
+            y = x * cdf
+            ctx = (x, cdf, False)
+        return y.astype(x.dtype, copy=False), (ctx if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x, t, tanh_form = ctx
+        if tanh_form:
+            du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
+            g = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du
+        else:
+            g = t + x * (_INV_SQRT_2PI * np.exp(-0.5 * x * x))
+        return (dy * g).astype(dy.dtype, copy=False), {}
+
+
+class ScaledTanhNumpy:
+    """amplitude * tanh(slope * x); backward from y: slope * (amplitude - y^2 / amplitude)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        a, s = config["amplitude"], config["slope"]
+        y = (a * np.tanh(s * x)).astype(x.dtype, copy=False)
+        return y, ((y, a, s) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        y, a, s = ctx
+        if a == 0:
+            return np.zeros_like(dy), {}
+        return (dy * (s * (a - y * y / a))).astype(dy.dtype, copy=False), {}
+
+
+def _feature_axis(config, ndim):
+    axis = int(config.get("axis", 1))
+    return axis + ndim if axis < 0 else axis
+
+
+class SoftmaxNumpy:
+    """exp(x - max) / sum along ``config["axis"]``; backward y * (dy - sum(dy * y))."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        axis = _feature_axis(config, x.ndim)
+        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        y = e / e.sum(axis=axis, keepdims=True)
+        return y, ((y, axis) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        y, axis = ctx
+        return y * (dy - np.sum(dy * y, axis=axis, keepdims=True)), {}
+
+
+class LogSoftmaxNumpy:
+    """x - max - log(sum(exp(x - max))); backward dy - exp(y) * sum(dy)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        axis = _feature_axis(config, x.ndim)
+        shifted = x - x.max(axis=axis, keepdims=True)
+        y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+        return y, ((y, axis) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        y, axis = ctx
+        return dy - np.exp(y) * np.sum(dy, axis=axis, keepdims=True), {}
+
+
+# ---------------------------------------------------------------------------------------------
+# dropout
+# ---------------------------------------------------------------------------------------------
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def dropout_uniforms(seed, n):
+    """The n uniforms in [0, 1) behind a dropout mask: splitmix64 of ``seed + (i + 1) * golden``,
+    top 53 bits.  ``cnnkit._ext.activation.dropout_forward`` computes the same numbers."""
+    z = np.uint64(int(seed) % 2**64) + (np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN)
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
+
+
+def dropout_keep_mask(seed, shape, p):
+    """Boolean keep-mask of a dropout call: element i survives when its uniform is >= p."""
+    return (dropout_uniforms(seed, int(np.prod(shape))) >= p).reshape(shape)
+
+
+class DropoutNumpy:
+    """Inverted dropout with the mask of ``config["seed"]`` (see :func:`dropout_keep_mask`)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        p = float(config["p"])
+        keep = dropout_keep_mask(config["seed"], x.shape, p)
+        scale = x.dtype.type(1.0 / (1.0 - p))
+        y = np.where(keep, x * scale, x.dtype.type(0))
+        return y, ((keep, scale) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        keep, scale = ctx
+        return np.where(keep, dy * scale, dy.dtype.type(0)), {}
+
+
+# ---------------------------------------------------------------------------------------------
+# batch normalisation
+# ---------------------------------------------------------------------------------------------
+class BatchNormNumpy:
+    """Normalise with the batch mean and biased variance of every channel (axis 1), then
+    ``* weight + bias``.  Statistics are accumulated in float64."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        n, c = x.shape[:2]
+        x3 = x.reshape(n, c, -1)
+        mean = x3.mean(axis=(0, 2), dtype=np.float64)
+        var = x3.var(axis=(0, 2), dtype=np.float64)
+        inv = 1.0 / np.sqrt(var + config["eps"])
+        xhat = (x3 - mean[None, :, None]) * inv[None, :, None]
+        w, b = params.get("weight"), params.get("bias")
+        y = xhat if w is None else xhat * w[None, :, None] + b[None, :, None]
+        y = np.ascontiguousarray(y.reshape(x.shape), dtype=x.dtype)
+        ctx = (xhat, inv, mean, var, w, x.dtype, x.shape) if need_backward else None
+        return y, ctx
+
+    @staticmethod
+    def statistics(ctx):
+        return ctx[2], ctx[3]
+
+    @staticmethod
+    def backward(dy, ctx):
+        xhat, inv, _, _, w, dtype, shape = ctx
+        n, c = shape[:2]
+        dy3 = dy.reshape(n, c, -1).astype(np.float64)
+        m = dy3.shape[0] * dy3.shape[2]
+        sum_dy = dy3.sum(axis=(0, 2))
+        sum_dy_xhat = (dy3 * xhat).sum(axis=(0, 2))
+        g = np.ones(c) if w is None else w.astype(np.float64)
+        dx = (g * inv)[None, :, None] * (dy3 - (sum_dy[None, :, None]
+                                                + xhat * sum_dy_xhat[None, :, None]) / m)
+        grads = {} if w is None else {"weight": sum_dy_xhat.astype(dtype),
+                                      "bias": sum_dy.astype(dtype)}
+        return np.ascontiguousarray(dx.reshape(shape), dtype=dtype), grads
+
+
+# ---------------------------------------------------------------------------------------------
+# pooling-like layers
+# ---------------------------------------------------------------------------------------------
+class GlobalAvgPool2dNumpy:
+    """Mean over H and W: (N, C, H, W) -> (N, C)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        y = x.mean(axis=(2, 3)).astype(x.dtype, copy=False)
+        return y, (x.shape if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        shape = ctx
+        g = dy / (shape[2] * shape[3])
+        return np.ascontiguousarray(np.broadcast_to(g[:, :, None, None], shape)), {}
+
+
+class SubsamplingNumpy:
+    """LeNet-5 subsampling: per-channel coefficient * (sum or mean of k x k windows, stride k)
+    + bias."""
+
+    @staticmethod
+    def _windows(x, config):
+        kh, kw = config["kernel_size"]
+        n, c, h, w = x.shape
+        oh, ow = h // kh, w // kw
+        win = x[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)
+        s = win.sum(axis=(3, 5))
+        if config["mode"] == "average":
+            s = s / (kh * kw)
+        return s
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        s = SubsamplingNumpy._windows(x, config)
+        w, b = params["weight"], params.get("bias")
+        y = s * w[None, :, None, None]
+        if b is not None:
+            y = y + b[None, :, None, None]
+        y = np.ascontiguousarray(y, dtype=x.dtype)
+        return y, ((s, w, b is not None, x.shape, config) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        s, w, has_bias, shape, config = ctx
+        kh, kw = config["kernel_size"]
+        n, c, oh, ow = dy.shape
+        g = dy * w[None, :, None, None]
+        if config["mode"] == "average":
+            g = g / (kh * kw)
+        dx = np.zeros(shape, dtype=dy.dtype)
+        dx[:, :, :oh * kh, :ow * kw] = np.broadcast_to(
+            g[:, :, :, None, :, None], (n, c, oh, kh, ow, kw)).reshape(n, c, oh * kh, ow * kw)
+        grads = {"weight": np.einsum("ncij,ncij->c", dy, s).astype(dy.dtype, copy=False)}
+        if has_bias:
+            grads["bias"] = dy.sum(axis=(0, 2, 3))
+        return dx, grads
+
+
+class ZeroPad2dNumpy:
+    """Zero padding of the last two axes; backward slices the padding off."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        top, bottom, left, right = config["padding"]
+        y = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        return y, ((x.shape, config["padding"]) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        shape, (top, bottom, left, right) = ctx
+        return np.ascontiguousarray(dy[:, :, top:top + shape[2], left:left + shape[3]]), {}
+
+
+# ---------------------------------------------------------------------------------------------
+# transposed convolution
+# ---------------------------------------------------------------------------------------------
+class ConvTranspose2dNumpy:
+    """Transposed convolution as the input-gradient of a convolution: one matmul per group
+    gives every (input pixel, kernel offset) contribution, col2im scatters them into the
+    output enlarged by the padding (and output_padding), which is then cropped.  Backward is
+    the forward convolution: im2col of the padded output gradient, two matmuls."""
+
+    @staticmethod
+    def _geometry(x_shape, w_shape, config):
+        n, cin, h, wd = x_shape
+        _, cog, kh, kw = w_shape
+        sh, sw = config["stride"]
+        ph, pw = config["padding"]
+        oph, opw = config["output_padding"]
+        dh, dw = config["dilation"]
+        fh = (h - 1) * sh + dh * (kh - 1) + 1 + oph  # full (uncropped) output
+        fw = (wd - 1) * sw + dw * (kw - 1) + 1 + opw
+        return fh, fw, fh - 2 * ph, fw - 2 * pw
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        w, b = params["weight"], params.get("bias")
+        groups = config["groups"]
+        sh, sw = config["stride"]
+        ph, pw = config["padding"]
+        dh, dw = config["dilation"]
+        n, cin, h, wd = x.shape
+        _, cog, kh, kw = w.shape
+        fh, fw, oh, ow = ConvTranspose2dNumpy._geometry(x.shape, w.shape, config)
+        cig = cin // groups
+        xg = x.reshape(n, groups, cig, h * wd).transpose(1, 0, 3, 2).reshape(groups, n * h * wd, cig)
+        wmat = w.reshape(groups, cig, cog * kh * kw)
+        cols = np.matmul(xg, wmat)  # (g, N*h*w, cog*kh*kw)
+        full = _col2im(cols, (n, cog * groups, fh, fw), kh, kw, sh, sw, dh, dw, h, wd, groups)
+        y = full[:, :, ph:ph + oh, pw:pw + ow]
+        if b is not None:
+            y = y + b.reshape(1, -1, 1, 1)
+        y = np.ascontiguousarray(y, dtype=x.dtype)
+        return y, ((x, w, b is not None, config) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x, w, has_bias, config = ctx
+        groups = config["groups"]
+        sh, sw = config["stride"]
+        ph, pw = config["padding"]
+        dh, dw = config["dilation"]
+        n, cin, h, wd = x.shape
+        _, cog, kh, kw = w.shape
+        fh, fw, oh, ow = ConvTranspose2dNumpy._geometry(x.shape, w.shape, config)
+        dfull = np.zeros((n, dy.shape[1], fh, fw), dtype=dy.dtype)
+        dfull[:, :, ph:ph + oh, pw:pw + ow] = dy
+        dcols = _im2col(dfull, kh, kw, sh, sw, dh, dw, h, wd, groups)  # (g, N*h*w, cog*kh*kw)
+        cig = cin // groups
+        wmat = w.reshape(groups, cig, cog * kh * kw)
+        dxg = np.matmul(dcols, wmat.transpose(0, 2, 1))  # (g, N*h*w, cig)
+        dx = dxg.reshape(groups, n, h * wd, cig).transpose(1, 0, 3, 2).reshape(x.shape)
+        xg = x.reshape(n, groups, cig, h * wd).transpose(1, 0, 2, 3)  # (g, N, cig, hw)
+        xg = xg.transpose(0, 2, 1, 3).reshape(groups, cig, n * h * wd)
+        dw_ = np.matmul(xg, dcols).reshape(w.shape)
+        grads = {"weight": np.ascontiguousarray(dw_, dtype=w.dtype)}
+        if has_bias:
+            grads["bias"] = dy.sum(axis=(0, 2, 3)).astype(w.dtype, copy=False)
+        return np.ascontiguousarray(dx, dtype=x.dtype), grads
+
+
+# ---------------------------------------------------------------------------------------------
 # registration
 # ---------------------------------------------------------------------------------------------
 _CONV_CAPS = ("stride", "padding", "asymmetric_padding", "dilation", "groups", "bias")
 _POOL_CAPS = ("stride", "padding", "ceil_mode")
+_CONVT_CAPS = ("stride", "padding", "output_padding", "dilation", "groups", "bias")
 
 
 @hookimpl
@@ -364,3 +713,28 @@ def cnnkit_register_variants(register):
     register("tanh", "numpy", TanhNumpy, priority=0, dtypes=dtypes, description="NumPy elementwise")
     register("dense", "numpy", DenseNumpy, priority=0, dtypes=dtypes, capabilities=("bias",),
              description="BLAS matmul")
+    register("leakyrelu", "numpy", LeakyReluNumpy, priority=0, dtypes=dtypes,
+             description="NumPy elementwise")
+    register("elu", "numpy", EluNumpy, priority=0, dtypes=dtypes, description="NumPy elementwise")
+    register("gelu", "numpy", GeluNumpy, priority=0, dtypes=dtypes, capabilities=("approximate",),
+             description="NumPy elementwise, scipy.special.erf or the tanh form")
+    register("scaledtanh", "numpy", ScaledTanhNumpy, priority=0, dtypes=dtypes,
+             description="NumPy elementwise")
+    register("softmax", "numpy", SoftmaxNumpy, priority=0, dtypes=dtypes,
+             description="NumPy, max-shifted")
+    register("logsoftmax", "numpy", LogSoftmaxNumpy, priority=0, dtypes=dtypes,
+             description="NumPy, max-shifted log-sum-exp")
+    register("dropout", "numpy", DropoutNumpy, priority=0, dtypes=dtypes,
+             description="NumPy splitmix64 counter-based mask")
+    for bn in ("batchnorm1d", "batchnorm2d"):
+        register(bn, "numpy", BatchNormNumpy, priority=0, dtypes=dtypes,
+                 description="NumPy, statistics in float64")
+    register("globalavgpool2d", "numpy", GlobalAvgPool2dNumpy, priority=0, dtypes=dtypes,
+             description="NumPy mean over H, W")
+    register("subsampling", "numpy", SubsamplingNumpy, priority=0, dtypes=dtypes,
+             capabilities=("bias",), description="NumPy window reshape + sum")
+    register("zeropad2d", "numpy", ZeroPad2dNumpy, priority=0, dtypes=dtypes,
+             description="numpy.pad")
+    register("convtranspose2d", "numpy", ConvTranspose2dNumpy, priority=0, dtypes=dtypes,
+             capabilities=_CONVT_CAPS,
+             description="NumPy matmul + col2im (forward), im2col + matmul (backward)")
