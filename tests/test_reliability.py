@@ -158,3 +158,43 @@ def test_conv2d_workspace_stays_bounded():
     assert peak <= tensors + 4 * 2**20, (peak, tensors)
     cached = sum(b.nbytes for b in cython_variants._workspaces.__dict__.values())
     assert cached <= cython_variants.COL_WORKSPACE_BYTES
+
+
+def test_variant_returning_the_wrong_dtype_is_caught_naming_variant_and_plugin(monkeypatch):
+    reg = ck.plugins.Registry()
+    reg.load(entry_points=False)
+
+    class Float64Relu:
+        @staticmethod
+        def forward(x, params, config, need_backward):
+            return np.maximum(x, 0).astype(np.float64), None
+
+        @staticmethod
+        def backward(dy, ctx):
+            return dy, {}
+
+    class Plugin:
+        @staticmethod
+        @ck.hookimpl
+        def cnnkit_register_variants(register):
+            register("relu", "f64", Float64Relu)
+
+    assert reg.register_plugin(Plugin, "sloppy-plugin")
+    monkeypatch.setattr(ck.plugins, "_registry", reg)
+    with pytest.raises(RuntimeError, match=r"variant 'f64' from plugin 'sloppy-plugin' returned "
+                                           r"shape \(2, 3\), dtype float64; expected shape "
+                                           r"\(2, 3\), dtype float32"):
+        L.ReLU(impl="f64").forward(np.ones((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("impl", ["cython", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_and_tanh_stay_finite_for_huge_logits(impl, dtype):
+    x = np.array([[-1e4, -50.0, 0.0, 50.0, 1e4]], dtype=dtype)
+    for cls in (L.Sigmoid, L.Tanh):
+        layer = cls(impl=impl)
+        y = layer.forward(x, training=True)
+        dx = layer.backward(np.ones_like(y))
+        assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
+    y = L.Sigmoid(impl=impl).forward(x)
+    assert y[0, 0] == 0.0 and y[0, -1] == 1.0 and y[0, 2] == 0.5
