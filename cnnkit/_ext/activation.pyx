@@ -68,3 +68,197 @@ def tanh_backward(const floating[::1] dy, const floating[::1] y, floating[::1] d
     cdef Py_ssize_t i, n = dy.shape[0]
     for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
         dx[i] = dy[i] * (1 - y[i] * y[i])
+
+
+# ------------------------------------------------------------------------------------------------
+# activations with hyper-parameters; their backward passes read the input x
+# ------------------------------------------------------------------------------------------------
+from libc.math cimport erf, erff, expm1, expm1f, log, logf, sqrt
+from libc.stdint cimport uint64_t, uint8_t
+
+cdef double SQRT_HALF = 0.7071067811865476
+cdef double SQRT_2_OVER_PI = 0.7978845608028654
+cdef double INV_SQRT_2PI = 0.3989422804014327
+cdef double GELU_CUBIC = 0.044715
+
+
+def leaky_relu_forward(const floating[::1] x, floating[::1] y, double negative_slope):
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef floating v, a = <floating> negative_slope
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+        v = x[i]
+        y[i] = v if v > 0 else v * a
+
+
+def leaky_relu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
+                        double negative_slope):
+    """dx = dy where x > 0, else slope * dy (the gradient at 0 is the slope, as in PyTorch)."""
+    cdef Py_ssize_t i, n = dy.shape[0]
+    cdef floating g, a = <floating> negative_slope
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+        g = dy[i]
+        dx[i] = g if x[i] > 0 else g * a
+
+
+def elu_forward(const floating[::1] x, floating[::1] y, double alpha):
+    """y = x for x > 0, alpha * expm1(x) otherwise."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef floating v, a = <floating> alpha
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 4):
+        v = x[i]
+        if v > 0:
+            y[i] = v
+        elif floating is float:
+            y[i] = a * expm1f(v)
+        else:
+            y[i] = a * expm1(v)
+
+
+def elu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx, double alpha):
+    cdef Py_ssize_t i, n = dy.shape[0]
+    cdef floating v, a = <floating> alpha
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 4):
+        v = x[i]
+        if v > 0:
+            dx[i] = dy[i]
+        elif floating is float:
+            dx[i] = dy[i] * a * expf(v)
+        else:
+            dx[i] = dy[i] * a * exp(v)
+
+
+cdef inline double _gelu_tanh_t(double v) noexcept nogil:
+    return tanh(SQRT_2_OVER_PI * (v + GELU_CUBIC * v * v * v))
+
+
+def gelu_forward(const floating[::1] x, floating[::1] y, bint tanh_form):
+    """x * Phi(x) with erf, or PyTorch's tanh approximation; computed in double."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef double v
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 8):
+        v = x[i]
+        if tanh_form:
+            y[i] = <floating> (0.5 * v * (1 + _gelu_tanh_t(v)))
+        else:
+            y[i] = <floating> (0.5 * v * (1 + erf(v * SQRT_HALF)))
+
+
+def gelu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx, bint tanh_form):
+    cdef Py_ssize_t i, n = dy.shape[0]
+    cdef double v, t, g
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 8):
+        v = x[i]
+        if tanh_form:
+            t = _gelu_tanh_t(v)
+            g = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * SQRT_2_OVER_PI * (1 + 3 * GELU_CUBIC * v * v)
+        else:
+            g = 0.5 * (1 + erf(v * SQRT_HALF)) + v * INV_SQRT_2PI * exp(-0.5 * v * v)
+        dx[i] = <floating> (dy[i] * g)
+
+
+def scaled_tanh_forward(const floating[::1] x, floating[::1] y, double amplitude, double slope):
+    """y = amplitude * tanh(slope * x)."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef floating a = <floating> amplitude, s = <floating> slope
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 4):
+        if floating is float:
+            y[i] = a * tanhf(s * x[i])
+        else:
+            y[i] = a * tanh(s * x[i])
+
+
+def scaled_tanh_backward(const floating[::1] dy, const floating[::1] y, floating[::1] dx,
+                         double amplitude, double slope):
+    """dx = dy * slope * (amplitude - y^2 / amplitude), from the output alone."""
+    cdef Py_ssize_t i, n = dy.shape[0]
+    cdef floating a = <floating> amplitude, s = <floating> slope
+    cdef floating inv_a = <floating> (1.0 / amplitude) if amplitude != 0 else 0
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+        dx[i] = dy[i] * s * (a - y[i] * y[i] * inv_a) if inv_a != 0 else 0
+
+
+# ------------------------------------------------------------------------------------------------
+# softmax / log-softmax along the middle axis of an (outer, C, inner) array
+# ------------------------------------------------------------------------------------------------
+def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, bint log_form):
+    """Softmax (or log-softmax) over axis 1; sums in double; parallel over the outer axis."""
+    cdef Py_ssize_t outer = x.shape[0], c = x.shape[1], inner = x.shape[2]
+    cdef Py_ssize_t o, i, k
+    cdef double m, total, lse
+    if outer == 0 or c == 0 or inner == 0:
+        return
+    for o in prange(outer, nogil=True, schedule="static",
+                    use_threads_if=outer * c * inner >= PARALLEL_MIN // 4):
+        for i in range(inner):
+            m = x[o, 0, i]
+            for k in range(1, c):
+                if x[o, k, i] > m:
+                    m = x[o, k, i]
+            total = 0
+            for k in range(c):
+                total = total + exp(x[o, k, i] - m)
+            if log_form:
+                lse = m + log(total)
+                for k in range(c):
+                    y[o, k, i] = <floating> (x[o, k, i] - lse)
+            else:
+                for k in range(c):
+                    y[o, k, i] = <floating> (exp(x[o, k, i] - m) / total)
+
+
+def softmax_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] y,
+                     floating[:, :, ::1] dx, bint log_form):
+    """softmax: dx = y * (dy - sum(dy * y)); log-softmax: dx = dy - exp(y) * sum(dy)."""
+    cdef Py_ssize_t outer = dy.shape[0], c = dy.shape[1], inner = dy.shape[2]
+    cdef Py_ssize_t o, i, k
+    cdef double acc
+    if outer == 0 or c == 0 or inner == 0:
+        return
+    for o in prange(outer, nogil=True, schedule="static",
+                    use_threads_if=outer * c * inner >= PARALLEL_MIN // 4):
+        for i in range(inner):
+            acc = 0
+            if log_form:
+                for k in range(c):
+                    acc = acc + dy[o, k, i]
+                for k in range(c):
+                    dx[o, k, i] = <floating> (dy[o, k, i] - exp(<double> y[o, k, i]) * acc)
+            else:
+                for k in range(c):
+                    acc = acc + <double> dy[o, k, i] * y[o, k, i]
+                for k in range(c):
+                    dx[o, k, i] = <floating> (y[o, k, i] * (dy[o, k, i] - acc))
+
+
+# ------------------------------------------------------------------------------------------------
+# dropout: a counter-based mask (splitmix64 of seed + (i + 1) * golden), so any thread can draw
+# element i's number without shared state, and the NumPy reference draws the same ones
+# ------------------------------------------------------------------------------------------------
+cdef inline double _uniform(uint64_t seed, uint64_t i) noexcept nogil:
+    cdef uint64_t z = seed + (i + 1) * <uint64_t> 0x9E3779B97F4A7C15ULL
+    z = (z ^ (z >> 30)) * <uint64_t> 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * <uint64_t> 0x94D049BB133111EBULL
+    z = z ^ (z >> 31)
+    return <double> (z >> 11) * (1.0 / 9007199254740992.0)
+
+
+def dropout_forward(const floating[::1] x, floating[::1] y, uint8_t[::1] keep, uint64_t seed,
+                    double p):
+    """y = x / (1 - p) where the element's uniform is >= p, else 0; ``keep`` (or None) gets the
+    mask."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef bint record = keep is not None
+    cdef floating scale = <floating> (1.0 / (1.0 - p))
+    cdef bint k
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 4):
+        k = _uniform(seed, <uint64_t> i) >= p
+        y[i] = x[i] * scale if k else 0
+        if record:
+            keep[i] = k
+
+
+def dropout_backward(const floating[::1] dy, const uint8_t[::1] keep, floating[::1] dx, double p):
+    cdef Py_ssize_t i, n = dy.shape[0]
+    cdef floating scale = <floating> (1.0 / (1.0 - p))
+    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
+        dx[i] = dy[i] * scale if keep[i] else 0

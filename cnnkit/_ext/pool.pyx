@@ -177,3 +177,97 @@ def avgpool2d_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] d
                 for i in range(r0 if r0 > 0 else 0, r1):
                     for j in range(s0 if s0 > 0 else 0, s1):
                         dst[i * w + j] += g
+
+
+def global_avgpool2d_forward(const floating[:, :, :, ::1] x, floating[:, ::1] y):
+    """y[n, c] = mean of plane (n, c), summed in double."""
+    cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t c = x.shape[1], hw = x.shape[2] * x.shape[3]
+    cdef Py_ssize_t pidx, p
+    cdef const floating* src
+    cdef double acc
+    if planes == 0 or hw == 0:
+        return
+    for pidx in prange(planes, nogil=True, schedule="static",
+                       use_threads_if=planes * hw >= PARALLEL_MIN):
+        src = &x[pidx // c, pidx % c, 0, 0]
+        acc = 0
+        for p in range(hw):
+            acc = acc + src[p]
+        y[pidx // c, pidx % c] = <floating> (acc / hw)
+
+
+def global_avgpool2d_backward(const floating[:, ::1] dy, floating[:, :, :, ::1] dx):
+    """dx[n, c, :, :] = dy[n, c] / (H * W)."""
+    cdef Py_ssize_t planes = dx.shape[0] * dx.shape[1]
+    cdef Py_ssize_t c = dx.shape[1], hw = dx.shape[2] * dx.shape[3]
+    cdef Py_ssize_t pidx, p
+    cdef floating* dst
+    cdef floating g
+    if planes == 0 or hw == 0:
+        return
+    for pidx in prange(planes, nogil=True, schedule="static",
+                       use_threads_if=planes * hw >= PARALLEL_MIN):
+        dst = &dx[pidx // c, pidx % c, 0, 0]
+        g = dy[pidx // c, pidx % c] / hw
+        for p in range(hw):
+            dst[p] = g
+
+
+def subsampling_forward(const floating[:, :, :, ::1] x, const floating[::1] weight,
+                        const floating[::1] bias, floating[:, :, :, ::1] y,
+                        floating[:, :, :, ::1] sums, int kh, int kw, bint average):
+    """LeNet-5 subsampling: y = weight[c] * S + bias[c] with S the sum (or mean) of the
+    non-overlapping kh x kw window; ``sums`` (or None) receives S for the backward pass;
+    ``bias`` may be None."""
+    cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t c = x.shape[1], w = x.shape[3]
+    cdef Py_ssize_t oh = y.shape[2], ow = y.shape[3]
+    cdef bint keep = sums is not None, has_bias = bias is not None
+    cdef Py_ssize_t pidx, ch, r, s, i, j
+    cdef const floating* src
+    cdef floating acc, coef, b, inv = <floating> (1.0 / (kh * kw)) if average else 1
+    if planes == 0 or oh == 0 or ow == 0:
+        return
+    for pidx in prange(planes, nogil=True, schedule="static",
+                       use_threads_if=planes * oh * ow * kh * kw >= PARALLEL_MIN):
+        ch = pidx % c
+        src = &x[pidx // c, ch, 0, 0]
+        coef = weight[ch]
+        b = bias[ch] if has_bias else 0
+        for r in range(oh):
+            for s in range(ow):
+                acc = 0
+                for i in range(r * kh, r * kh + kh):
+                    for j in range(s * kw, s * kw + kw):
+                        acc = acc + src[i * w + j]
+                acc = acc * inv
+                if keep:
+                    sums[pidx // c, ch, r, s] = acc
+                y[pidx // c, ch, r, s] = coef * acc + b
+
+
+def subsampling_backward(const floating[:, :, :, ::1] dy, const floating[::1] weight,
+                         floating[:, :, :, ::1] dx, int kh, int kw, bint average):
+    """dx = weight[c] * dy (/ kh*kw for the average) spread over each window; rows and
+    columns outside every window get 0."""
+    cdef Py_ssize_t planes = dx.shape[0] * dx.shape[1]
+    cdef Py_ssize_t c = dx.shape[1], h = dx.shape[2], w = dx.shape[3]
+    cdef Py_ssize_t oh = dy.shape[2], ow = dy.shape[3]
+    cdef Py_ssize_t pidx, ch, r, s, i, j
+    cdef floating* dst
+    cdef floating g, inv = <floating> (1.0 / (kh * kw)) if average else 1
+    if planes == 0:
+        return
+    for pidx in prange(planes, nogil=True, schedule="static",
+                       use_threads_if=planes * h * w >= PARALLEL_MIN):
+        ch = pidx % c
+        dst = &dx[pidx // c, ch, 0, 0]
+        if oh * kh < h or ow * kw < w:
+            memset(dst, 0, h * w * sizeof(floating))
+        for r in range(oh):
+            for s in range(ow):
+                g = dy[pidx // c, ch, r, s] * weight[ch] * inv
+                for i in range(r * kh, r * kh + kh):
+                    for j in range(s * kw, s * kw + kw):
+                        dst[i * w + j] = g

@@ -19,6 +19,7 @@ import numpy as np
 
 from cnnkit._ext import activation as _act
 from cnnkit._ext import conv as _conv
+from cnnkit._ext import norm as _norm
 from cnnkit._ext import pool as _pool
 from cnnkit.builtin.numpy_variants import conv2d_output_size, pool2d_output_size
 from cnnkit.plugins import hookimpl
@@ -289,6 +290,270 @@ class TanhCython(_elementwise(_act.tanh_forward, _act.tanh_backward)):
 
 
 # ---------------------------------------------------------------------------------------------
+# activations with hyper-parameters (backward reads x), softmax, dropout
+# ---------------------------------------------------------------------------------------------
+def _flat_pair(dy, x, what):
+    dy = _as_input(dy, x.dtype, "dy")
+    if dy.shape != x.shape:
+        raise ValueError(f"{what} backward: dy has shape {dy.shape}, expected {x.shape}")
+    return dy
+
+
+class LeakyReluCython:
+    """x if x > 0 else slope * x; backward from x (the gradient at 0 is the slope)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        slope = float(config["negative_slope"])
+        _act.leaky_relu_forward(x.reshape(-1), y.reshape(-1), slope)
+        return y, ((x, slope) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x, slope = ctx
+        dy = _flat_pair(dy, x, "leakyrelu")
+        dx = np.empty_like(x)
+        _act.leaky_relu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), slope)
+        return dx, {}
+
+
+class EluCython:
+    """x if x > 0 else alpha * expm1(x); backward from x."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        alpha = float(config["alpha"])
+        _act.elu_forward(x.reshape(-1), y.reshape(-1), alpha)
+        return y, ((x, alpha) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x, alpha = ctx
+        dy = _flat_pair(dy, x, "elu")
+        dx = np.empty_like(x)
+        _act.elu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), alpha)
+        return dx, {}
+
+
+class GeluCython:
+    """Exact (erf) or tanh-approximated GELU, evaluated in double; backward from x."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        tanh_form = config.get("approximate", "none") == "tanh"
+        _act.gelu_forward(x.reshape(-1), y.reshape(-1), tanh_form)
+        return y, ((x, tanh_form) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x, tanh_form = ctx
+        dy = _flat_pair(dy, x, "gelu")
+        dx = np.empty_like(x)
+        _act.gelu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), tanh_form)
+        return dx, {}
+
+
+class ScaledTanhCython:
+    """amplitude * tanh(slope * x); backward from y."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        a, s = float(config["amplitude"]), float(config["slope"])
+        _act.scaled_tanh_forward(x.reshape(-1), y.reshape(-1), a, s)
+        return y, ((y, a, s) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        y, a, s = ctx
+        dy = _flat_pair(dy, y, "scaledtanh")
+        dx = np.empty_like(y)
+        _act.scaled_tanh_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), a, s)
+        return dx, {}
+
+
+def _outer_c_inner(shape, config):
+    axis = int(config.get("axis", 1))
+    axis = axis + len(shape) if axis < 0 else axis
+    if not 0 <= axis < len(shape):
+        raise ValueError(f"softmax: axis {config.get('axis')} out of range for shape {shape}")
+    outer = int(np.prod(shape[:axis]))
+    inner = int(np.prod(shape[axis + 1:]))
+    return (outer, shape[axis], inner)
+
+
+def _softmax_variant(log_form):
+    class _Variant:
+        @staticmethod
+        def forward(x, params, config, need_backward):
+            x = np.ascontiguousarray(x)
+            view = _outer_c_inner(x.shape, config)
+            y = np.empty_like(x)
+            _act.softmax_forward(x.reshape(view), y.reshape(view), log_form)
+            return y, ((y, view) if need_backward else None)
+
+        @staticmethod
+        def backward(dy, ctx):
+            y, view = ctx
+            dy = _flat_pair(dy, y, "softmax")
+            dx = np.empty_like(y)
+            _act.softmax_backward(dy.reshape(view), y.reshape(view), dx.reshape(view), log_form)
+            return dx, {}
+
+    return _Variant
+
+
+class SoftmaxCython(_softmax_variant(False)):
+    """Softmax over one axis of an (outer, C, inner) view, sums in double."""
+
+
+class LogSoftmaxCython(_softmax_variant(True)):
+    """Log-softmax over one axis of an (outer, C, inner) view, sums in double."""
+
+
+class DropoutCython:
+    """Inverted dropout; the splitmix64 counter-based mask of ``config["seed"]`` (the same
+    numbers as the NumPy reference), drawn inside the loop, kept as uint8 for backward."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = np.ascontiguousarray(x)
+        p = float(config["p"])
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+        y = np.empty_like(x)
+        keep = np.empty(x.shape, dtype=np.uint8) if need_backward else None
+        _act.dropout_forward(x.reshape(-1), y.reshape(-1),
+                             None if keep is None else keep.reshape(-1),
+                             int(config["seed"]) % 2**64, p)
+        return y, ((keep, p) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        keep, p = ctx
+        dy = _as_input(dy, dy.dtype, "dy")
+        if dy.shape != keep.shape:
+            raise ValueError(f"dropout backward: dy has shape {dy.shape}, expected {keep.shape}")
+        dx = np.empty_like(dy)
+        _act.dropout_backward(dy.reshape(-1), keep.reshape(-1), dx.reshape(-1), p)
+        return dx, {}
+
+
+# ---------------------------------------------------------------------------------------------
+# batch normalisation, global average pooling, subsampling
+# ---------------------------------------------------------------------------------------------
+class BatchNormCython:
+    """Batch-statistics normalisation over (N, C, M), parallel over channels; keeps x, the
+    mean and 1/std (not x-hat) for backward; ``statistics(ctx)`` gives the batch mean and
+    biased variance to the layer's running averages."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = np.ascontiguousarray(x)
+        if x.ndim < 2:
+            raise ValueError(f"batchnorm expects (N, C, ...), got {x.shape}")
+        w, b = params.get("weight"), params.get("bias")
+        c = x.shape[1]
+        if (w is None) != (b is None):
+            raise ValueError("batchnorm: weight and bias must both be given or both be None")
+        if w is not None:
+            w, b = _as_input(w, x.dtype, "weight"), _as_input(b, x.dtype, "bias")
+            if w.shape != (c,) or b.shape != (c,):
+                raise ValueError(f"batchnorm: weight/bias shapes {w.shape}, {b.shape}, expected ({c},)")
+        view = (x.shape[0], c, int(np.prod(x.shape[2:])))
+        y = np.empty_like(x)
+        mean, var, inv = np.empty(c), np.empty(c), np.empty(c)
+        _norm.batchnorm_forward(x.reshape(view), w, b, y.reshape(view), float(config["eps"]),
+                                mean, var, inv)
+        return y, ((x, w, mean, var, inv, view) if need_backward else None)
+
+    @staticmethod
+    def statistics(ctx):
+        return ctx[2], ctx[3]
+
+    @staticmethod
+    def backward(dy, ctx):
+        x, w, mean, var, inv, view = ctx
+        dy = _flat_pair(dy, x, "batchnorm")
+        dx = np.empty_like(x)
+        c = view[1]
+        dw = np.empty(c, dtype=x.dtype) if w is not None else None
+        db = np.empty(c, dtype=x.dtype) if w is not None else None
+        _norm.batchnorm_backward(dy.reshape(view), x.reshape(view), w, mean, inv,
+                                 dx.reshape(view), dw, db)
+        return dx, ({} if w is None else {"weight": dw, "bias": db})
+
+
+class GlobalAvgPool2dCython:
+    """Plane means, summed in double; parallel over (image, channel)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = np.ascontiguousarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"globalavgpool2d expects (N, C, H, W), got {x.shape}")
+        y = np.empty(x.shape[:2], dtype=x.dtype)
+        _pool.global_avgpool2d_forward(x, y)
+        return y, ((x.shape, x.dtype) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        shape, dtype = ctx
+        dy = _as_input(dy, dtype, "dy")
+        if dy.shape != shape[:2]:
+            raise ValueError(f"globalavgpool2d backward: dy has shape {dy.shape}, expected {shape[:2]}")
+        dx = np.empty(shape, dtype=dtype)
+        _pool.global_avgpool2d_backward(dy, dx)
+        return dx, {}
+
+
+class SubsamplingCython:
+    """LeNet-5 subsampling in one pass per plane; keeps the window sums for the coefficient
+    gradient."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = np.ascontiguousarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"subsampling expects (N, C, H, W), got {x.shape}")
+        kh, kw = (int(v) for v in config["kernel_size"])
+        w = _as_input(params["weight"], x.dtype, "weight")
+        b = params.get("bias")
+        b = None if b is None else _as_input(b, x.dtype, "bias")
+        n, c, h, wd = x.shape
+        if w.shape != (c,) or (b is not None and b.shape != (c,)) or kh < 1 or kw < 1:
+            raise ValueError(f"subsampling: parameters {w.shape} do not fit input {x.shape}")
+        oh, ow = h // kh, wd // kw
+        if oh < 1 or ow < 1:
+            raise ValueError(f"subsampling: input {x.shape} is smaller than the window {(kh, kw)}")
+        average = config["mode"] == "average"
+        y = np.empty((n, c, oh, ow), dtype=x.dtype)
+        sums = np.empty_like(y) if need_backward else None
+        _pool.subsampling_forward(x, w, b, y, sums, kh, kw, average)
+        return y, ((sums, w, b is not None, x.shape, kh, kw, average) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        sums, w, has_bias, shape, kh, kw, average = ctx
+        dy = _as_input(dy, w.dtype, "dy")
+        if dy.shape != sums.shape:
+            raise ValueError(f"subsampling backward: dy has shape {dy.shape}, expected {sums.shape}")
+        dx = np.empty(shape, dtype=w.dtype)
+        _pool.subsampling_backward(dy, w, dx, kh, kw, average)
+        grads = {"weight": np.einsum("ncij,ncij->c", dy, sums)}
+        if has_bias:
+            grads["bias"] = dy.sum(axis=(0, 2, 3))
+        return dx, grads
+
+
+# ---------------------------------------------------------------------------------------------
 # registration
 # ---------------------------------------------------------------------------------------------
 @hookimpl
@@ -307,3 +572,24 @@ def cnnkit_register_variants(register):
     register("sigmoid", "cython", SigmoidCython, priority=100, dtypes=dtypes,
              description="Cython elementwise, overflow-free")
     register("tanh", "cython", TanhCython, priority=100, dtypes=dtypes, description="Cython elementwise")
+    register("leakyrelu", "cython", LeakyReluCython, priority=100, dtypes=dtypes,
+             description="Cython elementwise")
+    register("elu", "cython", EluCython, priority=100, dtypes=dtypes,
+             description="Cython elementwise (expm1)")
+    register("gelu", "cython", GeluCython, priority=100, dtypes=dtypes,
+             capabilities=("approximate",), description="Cython elementwise, libm erf, in double")
+    register("scaledtanh", "cython", ScaledTanhCython, priority=100, dtypes=dtypes,
+             description="Cython elementwise")
+    register("softmax", "cython", SoftmaxCython, priority=100, dtypes=dtypes,
+             description="Cython, (outer, C, inner) view, sums in double")
+    register("logsoftmax", "cython", LogSoftmaxCython, priority=100, dtypes=dtypes,
+             description="Cython, (outer, C, inner) view, sums in double")
+    register("dropout", "cython", DropoutCython, priority=100, dtypes=dtypes,
+             description="Cython, splitmix64 counter-based mask drawn in the loop")
+    for bn in ("batchnorm1d", "batchnorm2d"):
+        register(bn, "cython", BatchNormCython, priority=100, dtypes=dtypes,
+                 description="Cython, OpenMP over channels, two-pass statistics in double")
+    register("globalavgpool2d", "cython", GlobalAvgPool2dCython, priority=100, dtypes=dtypes,
+             description="Cython, OpenMP over (image, channel)")
+    register("subsampling", "cython", SubsamplingCython, priority=100, dtypes=dtypes,
+             capabilities=("bias",), description="Cython, OpenMP over (image, channel)")
