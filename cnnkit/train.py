@@ -15,9 +15,9 @@ Reproducibility: with the same seed (or a Generator in the same state), the same
 same thread count, two runs give bitwise identical weights; a run interrupted after epoch k and
 resumed from its checkpoint gives the same weights as an uninterrupted one.  For that a
 checkpoint holds the weights and buffers, the optimizer state, the schedule state, the shuffling
-generator's state, the state of every layer's own generator (any layer attribute ``rng`` that is
-a ``numpy.random.Generator``, e.g. Dropout's), the callbacks' state (early stopping), the epoch
-and the history.
+generator's state, the state of every layer's own generator (a layer attribute ``rng``, or
+``_rng`` as Dropout has, that is a ``numpy.random.Generator``), the callbacks' state (early
+stopping), the epoch and the history.
 
 Checkpoint file (``.npz`` read with pickling disabled, see :mod:`cnnkit.io`):
 
@@ -543,8 +543,15 @@ def _decode_rng_state(x):
 
 
 def _layer_generators(model) -> dict[str, np.random.Generator]:
-    return {layer.name: layer.rng for layer in model.layers
-            if isinstance(getattr(layer, "rng", None), np.random.Generator)}
+    """Every layer's own generator: its attribute ``rng`` (or ``_rng``) if a Generator."""
+    out = {}
+    for layer in model.layers:
+        for attr in ("rng", "_rng"):
+            g = getattr(layer, attr, None)
+            if isinstance(g, np.random.Generator):
+                out[layer.name] = g
+                break
+    return out
 
 
 def save_checkpoint(path, model, optimizer, *, epoch: int, history: History | None = None,
