@@ -170,6 +170,51 @@ _BUILTIN_CASES = {
 }
 
 
+def _convt(cin, cout, k, **kw):
+    return dict(in_channels=cin, out_channels=cout, kernel_size=k, **kw)
+
+
+_CONVT_CASES = [
+    Case(_convt(2, 3, 3, bias=False), (2, 2, 4, 5)),                              # nothing
+    Case(_convt(3, 2, 3), (1, 3, 3, 3)),                                          # bias, batch 1
+    Case(_convt(2, 2, 3, stride=2, padding=1, output_padding=1), (2, 2, 3, 4)),   # stride, pads
+    Case(_convt(2, 3, (2, 3), stride=(1, 2), padding=(0, 1), bias=False), (1, 2, 3, 3)),
+    Case(_convt(2, 2, 3, dilation=2, padding=2), (2, 2, 4, 4)),                   # dilation
+    Case(_convt(4, 6, 3, groups=2, stride=2, output_padding=(1, 0)), (1, 4, 3, 3)),  # groups
+    Case(_convt(3, 3, 2, groups=3, bias=False), (2, 3, 2, 3)),                    # depthwise
+    Case(_convt(2, 4, (3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2),
+                groups=2, dilation=(1, 2)), (2, 2, 3, 3)),                        # all
+]
+
+_SOFTMAX_CASES = [Case({}, (4, 7)), Case({}, (2, 3, 4, 5)), Case({"axis": -1}, (2, 3, 4, 5)),
+                  Case({"axis": 2}, (2, 3, 4)), Case({}, (1, 1))]
+
+_BUILTIN_CASES.update({
+    "leakyrelu": [Case({}, (4, 7)), Case({"negative_slope": 0.2}, (2, 3, 4, 5)),
+                  Case({"negative_slope": -0.5}, (1, 1))],
+    "elu": [Case({}, (4, 7)), Case({"alpha": 0.5}, (2, 3, 4, 5)), Case({"alpha": 1.7}, (1, 1))],
+    "gelu": [Case({}, (4, 7)), Case({"approximate": "tanh"}, (2, 3, 4, 5)),
+             Case({"approximate": "tanh"}, (1, 1)), Case({}, (2, 3, 2, 2))],
+    "scaledtanh": _ELEMENTWISE_CASES + [Case({"amplitude": 2.0, "slope": 0.5}, (3, 4))],
+    "softmax": _SOFTMAX_CASES,
+    "logsoftmax": _SOFTMAX_CASES,
+    "dropout": [Case({"p": 0.5, "rng": 0}, (4, 7)), Case({"p": 0.2, "rng": 1}, (2, 3, 4, 5)),
+                Case({"p": 0.0, "rng": 2}, (1, 3))],
+    "batchnorm2d": [Case({"num_features": 3}, (4, 3, 2, 3)),
+                    Case({"num_features": 2, "affine": False}, (3, 2, 3, 2)),
+                    Case({"num_features": 1, "eps": 1e-3}, (2, 1, 3, 3))],
+    "batchnorm1d": [Case({"num_features": 5}, (6, 5)), Case({"num_features": 3}, (4, 3, 5)),
+                    Case({"num_features": 2, "affine": False}, (3, 2))],
+    "globalavgpool2d": [Case({}, (2, 3, 4, 5)), Case({}, (1, 1, 1, 1)), Case({}, (3, 2, 1, 7))],
+    "subsampling": [Case({"channels": 3}, (2, 3, 4, 6)),
+                    Case({"channels": 2, "mode": "average", "bias": False}, (2, 2, 5, 7)),
+                    Case({"channels": 1, "kernel_size": (3, 2), "mode": "average"}, (1, 1, 7, 5))],
+    "zeropad2d": [Case({"padding": 1}, (2, 3, 4, 5)), Case({"padding": (2, 1)}, (1, 2, 3, 3)),
+                  Case({"padding": (0, 3, 1, 2)}, (2, 1, 2, 4))],
+    "convtranspose2d": _CONVT_CASES,
+})
+
+
 def builtin_cases(layer_type: str) -> list[Case] | None:
     """The built-in cases of a built-in layer type (``None`` for other layer types)."""
     cases = _BUILTIN_CASES.get(layer_type.lower())
@@ -349,6 +394,114 @@ _LOOP_REFERENCES: dict[str, Callable] = {
                                         + (0.0 if params.get("bias") is None
                                            else params["bias"])),
 }
+
+
+def _loop_convtranspose2d(x, params, config):
+    """Scatter form: every input pixel adds weight * value into the (uncropped) output."""
+    w, b = params["weight"], params.get("bias")
+    sh, sw = config["stride"]
+    ph, pw = config["padding"]
+    oph, opw = config["output_padding"]
+    dh, dw = config["dilation"]
+    groups = config["groups"]
+    n, c, h, wd = x.shape
+    _, og, kh, kw = w.shape
+    cg = c // groups
+    fh = (h - 1) * sh + dh * (kh - 1) + 1 + oph
+    fw = (wd - 1) * sw + dw * (kw - 1) + 1 + opw
+    full = np.zeros((n, og * groups, fh, fw))
+    for g in range(groups):
+        for p in range(kh):
+            for q in range(kw):
+                contrib = np.einsum("ncij,co->noij", x[:, g * cg:(g + 1) * cg],
+                                    w[g * cg:(g + 1) * cg, :, p, q])
+                full[:, g * og:(g + 1) * og, p * dh:p * dh + (h - 1) * sh + 1:sh,
+                     q * dw:q * dw + (wd - 1) * sw + 1:sw] += contrib
+    y = full[:, :, ph:fh - ph, pw:fw - pw]
+    return y if b is None else y + b[None, :, None, None]
+
+
+def _loop_softmax(x, config, log):
+    axis = config["axis"] % x.ndim
+    moved = np.moveaxis(x, axis, -1)
+    out = np.empty_like(moved)
+    for idx in np.ndindex(moved.shape[:-1]):
+        row = moved[idx]
+        lse = row.max() + math.log(sum(math.exp(v - row.max()) for v in row))
+        out[idx] = row - lse if log else np.exp(row - lse)
+    return np.moveaxis(out, -1, axis)
+
+
+def _loop_dropout(x, config):
+    """Python-int splitmix64, one element at a time."""
+    mask64 = 2**64 - 1
+    seed, p = int(config["seed"]), float(config["p"])
+    flat = x.reshape(-1)
+    out = np.empty_like(flat)
+    for i, v in enumerate(flat):
+        z = (seed + (i + 1) * 0x9E3779B97F4A7C15) & mask64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask64
+        z ^= z >> 31
+        out[i] = v / (1 - p) if (z >> 11) / 2.0**53 >= p else 0.0
+    return out.reshape(x.shape)
+
+
+def _loop_batchnorm(x, params, config):
+    y = np.empty_like(x)
+    for ch in range(x.shape[1]):
+        v = x[:, ch]
+        y[:, ch] = (v - v.mean()) / math.sqrt(v.var() + config["eps"])
+        if params.get("weight") is not None:
+            y[:, ch] = y[:, ch] * params["weight"][ch] + params["bias"][ch]
+    return y
+
+
+def _loop_subsampling(x, params, config):
+    kh, kw = config["kernel_size"]
+    n, c, h, w = x.shape
+    y = np.empty((n, c, h // kh, w // kw))
+    for i in range(h // kh):
+        for j in range(w // kw):
+            s = x[:, :, i * kh:(i + 1) * kh, j * kw:(j + 1) * kw].sum(axis=(2, 3))
+            if config["mode"] == "average":
+                s = s / (kh * kw)
+            y[:, :, i, j] = s * params["weight"] + (0.0 if params.get("bias") is None
+                                                   else params["bias"])
+    return y
+
+
+def _loop_zeropad(x, config):
+    top, bottom, left, right = config["padding"]
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, h + top + bottom, w + left + right))
+    y[:, :, top:top + h, left:left + w] = x
+    return y
+
+
+def _loop_gelu(x, config):
+    if config["approximate"] == "tanh":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return np.vectorize(lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))))(x)
+
+
+_LOOP_REFERENCES.update({
+    "leakyrelu": lambda x, params, config: (np.maximum(x, 0)
+                                            + config["negative_slope"] * np.minimum(x, 0)),
+    "elu": lambda x, params, config: np.where(x > 0, x, config["alpha"] * (np.exp(x) - 1)),
+    "gelu": lambda x, params, config: _loop_gelu(x, config),
+    "scaledtanh": lambda x, params, config: config["amplitude"] * np.tanh(config["slope"] * x),
+    "softmax": lambda x, params, config: _loop_softmax(x, config, False),
+    "logsoftmax": lambda x, params, config: _loop_softmax(x, config, True),
+    "dropout": lambda x, params, config: _loop_dropout(x, config),
+    "batchnorm2d": _loop_batchnorm,
+    "batchnorm1d": _loop_batchnorm,
+    "globalavgpool2d": lambda x, params, config: np.array(
+        [[x[i, ch].sum() / x[i, ch].size for ch in range(x.shape[1])] for i in range(x.shape[0])]),
+    "subsampling": _loop_subsampling,
+    "zeropad2d": lambda x, params, config: _loop_zeropad(x, config),
+    "convtranspose2d": _loop_convtranspose2d,
+})
 
 
 # ---------------------------------------------------------------------------------------------
