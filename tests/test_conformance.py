@@ -39,8 +39,11 @@ def registry():
 
 
 def test_builtin_variants_cover_every_builtin_layer_type():
-    assert {lt for lt, _ in BUILTIN_VARIANTS} == {"conv2d", "maxpool2d", "avgpool2d", "relu",
-                                                   "sigmoid", "tanh", "dense"}
+    assert {lt for lt, _ in BUILTIN_VARIANTS} == {
+        "conv2d", "maxpool2d", "avgpool2d", "relu", "sigmoid", "tanh", "dense",
+        "leakyrelu", "elu", "gelu", "scaledtanh", "softmax", "logsoftmax", "dropout",
+        "batchnorm1d", "batchnorm2d", "globalavgpool2d", "subsampling", "zeropad2d",
+        "convtranspose2d"}
     assert ("conv2d", "cython") in BUILTIN_VARIANTS and ("conv2d", "numpy") in BUILTIN_VARIANTS
 
 
@@ -59,7 +62,8 @@ def test_builtin_variants_conform(layer_type, variant):
 def test_builtin_cases_use_every_feature_of_their_layer_type():
     """Each capability of a built-in layer type is exercised by some built-in case (otherwise a
     variant declaring it could never be checked)."""
-    for layer_type in ("conv2d", "maxpool2d", "avgpool2d", "dense"):
+    for layer_type in ("conv2d", "maxpool2d", "avgpool2d", "dense", "gelu", "subsampling",
+                       "convtranspose2d"):
         cls = _BUILTINS.layer_class(layer_type)
         used = set()
         for case in builtin_cases(layer_type):
