@@ -1,4 +1,12 @@
-"""Shared pieces of the benchmark suite: the variants to compare and the PyTorch peer."""
+"""Shared pieces of the benchmark suite: the variants to compare and the PyTorch peer.
+
+Two different things carry PyTorch's name in the tables:
+
+- ``torch`` is a cnnkit *variant*, registered by the ``cnnkit-torch`` plugin when it is
+  installed; like every variant it is timed through cnnkit's layer objects (NumPy in and out);
+- ``pytorch`` is the *peer*: PyTorch used directly on tensors, as a PyTorch user would, the
+  outside reference the variants are compared with.  It runs whenever torch is importable.
+"""
 import os
 
 import pytest
@@ -6,6 +14,9 @@ import pytest
 from cnnkit.plugins import get_registry
 
 THREADS = int(os.environ.get("CNNKIT_BENCH_THREADS", "2"))
+
+#: Parameter id of the PyTorch peer (distinct from the "torch" variant of cnnkit-torch).
+PEER = "pytorch"
 
 
 def variant_names(layer_type):
@@ -27,11 +38,16 @@ def pytest_report_header(config):
     from threadpoolctl import threadpool_info
 
     import cnnkit
+    from cnnkit.cli_tools import installed_plugins
 
     torch = torch_or_none()
     pools = ", ".join(f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info())
+    plugins = ", ".join(f"{p['name']} ({p['distribution']} {p['version']}"
+                        + (", FAILED" if p["error"] else "") + ")"
+                        for p in installed_plugins()) or "none"
     return [f"cnnkit {cnnkit.__version__}, numpy {np.__version__}, "
-            f"torch {torch.__version__ if torch else 'not installed'}, threads {THREADS} ({pools})"]
+            f"torch {torch.__version__ if torch else 'not installed'}, threads {THREADS} ({pools})",
+            f"cnnkit plugins: {plugins}"]
 
 
 @pytest.fixture

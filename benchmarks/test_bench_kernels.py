@@ -1,23 +1,22 @@
-"""Kernel benchmarks: every registered variant and PyTorch on the same shapes, in one run.
+"""Kernel benchmarks: every registered variant and the PyTorch peer on the same shapes, in one run.
 
     python -m pytest benchmarks --benchmark-only --benchmark-group-by=group
+
+Variants are whatever the registry holds (the cnnkit-torch plugin adds the "torch" variant);
+the peer "pytorch" is PyTorch itself, on tensors (see conftest.py).  ``cnnkit bench conv2d``
+times the same shapes.
 """
 import numpy as np
 import pytest
 
 import cnnkit as ck
-from conftest import variant_names
+from cnnkit.cli_tools import CONV2D_SHAPES
+from conftest import PEER, variant_names
 
 # (name, input shape, out channels, kernel, stride, padding)
-CONV_SHAPES = [
-    ("lenet-conv1", (64, 1, 28, 28), 6, 5, 1, 0),
-    ("lenet-conv2", (64, 6, 12, 12), 16, 5, 1, 0),
-    ("cifar-3x3", (64, 3, 32, 32), 32, 3, 1, 1),
-    ("64ch-32px", (32, 64, 32, 32), 64, 3, 1, 1),
-    ("128ch-28px", (16, 128, 28, 28), 128, 3, 1, 1),
-    ("64to128-s2", (32, 64, 56, 56), 128, 3, 2, 1),
-]
-PEERS = variant_names("conv2d") + ["torch"]
+CONV_SHAPES = [(s.name, s.input_shape, s.kwargs["out_channels"], s.kwargs["kernel_size"],
+                s.kwargs.get("stride", 1), s.kwargs.get("padding", 0)) for s in CONV2D_SHAPES]
+PEERS = variant_names("conv2d") + [PEER]
 
 
 def _conv_case(shape, cout, k, stride, pad):
@@ -52,7 +51,7 @@ def test_conv2d(benchmark, request, mode, name, shape, cout, k, stride, pad, var
     benchmark.group = f"conv2d {mode} {name}"
     x, conv = _conv_case(shape, cout, k, stride, pad)
     backward = mode != "forward"
-    if variant == "torch":
+    if variant == PEER:
         run = _torch_conv(request.getfixturevalue("torch_peer"), x, conv, stride, pad, backward)
     else:
         conv.impl = variant
@@ -66,13 +65,13 @@ def test_conv2d(benchmark, request, mode, name, shape, cout, k, stride, pad, var
     benchmark(run)
 
 
-@pytest.mark.parametrize("variant", variant_names("maxpool2d") + ["torch"])
+@pytest.mark.parametrize("variant", variant_names("maxpool2d") + [PEER])
 @pytest.mark.parametrize("mode", ["forward", "forward+backward"])
 def test_maxpool2d(benchmark, request, mode, variant):
     benchmark.group = f"maxpool2d 2x2 {mode} (64,32,32,32)"
     x = np.random.default_rng(0).standard_normal((64, 32, 32, 32), dtype=np.float32)
     backward = mode != "forward"
-    if variant == "torch":
+    if variant == PEER:
         torch = request.getfixturevalue("torch_peer")
         tx = torch.from_numpy(x).requires_grad_(backward)
 

@@ -3,16 +3,17 @@ import numpy as np
 import pytest
 
 import cnnkit as ck
+from conftest import PEER
 
 
-@pytest.mark.parametrize("framework", ["cnnkit", "torch"])
+@pytest.mark.parametrize("framework", ["cnnkit", PEER])
 @pytest.mark.parametrize("batch", [64, 256])
 def test_lenet5_training_step(benchmark, request, batch, framework):
     benchmark.group = f"lenet5 training step, batch {batch}"
     rng = np.random.default_rng(0)
     x = rng.random((batch, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, batch)
-    if framework == "torch":
+    if framework == PEER:
         torch = request.getfixturevalue("torch_peer")
         nn = torch.nn
         model = nn.Sequential(

@@ -682,8 +682,11 @@ def _environment(reg):
         "cpu_count": os.cpu_count(),
         "threads": _threads(),
         "plugins": plugins,
-        "requirements": [f"{p['distribution']}=={p['version']}" for p in plugins
-                         if p["distribution"] and p["version"] and not p["error"]],
+        # pinned like `pip freeze` / `datasette plugins --requirements`: what to install to
+        # reproduce the set of variants that was measured
+        "requirements": [f"cnnkit=={__version__}"] + [
+            f"{p['distribution']}=={p['version']}" for p in plugins
+            if p["distribution"] and p["version"] and not p["error"]],
     }
 
 
