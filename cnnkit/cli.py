@@ -1,4 +1,5 @@
-"""The ``cnnkit`` command line: ``cnnkit train`` and ``cnnkit plugins``."""
+"""The ``cnnkit`` command line: ``cnnkit train [CONFIG]`` and ``cnnkit plugins`` (and the
+tools of ``cli_tools``)."""
 from __future__ import annotations
 
 import argparse
@@ -46,24 +47,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    train = sub.add_parser("train", help="train LeNet-5 on MNIST (the embedded sample by default)",
-                           description="Train LeNet-5 (conv 6@5x5 pad 2, ReLU, max-pool 2, conv "
-                           "16@5x5, ReLU, max-pool 2, dense 120, 84, 10) with SGD + momentum.")
-    train.add_argument("--epochs", type=_positive_int, default=10, help="default: 10")
-    train.add_argument("--batch-size", type=_positive_int, default=64, help="default: 64")
-    train.add_argument("--lr", type=_positive_float, default=0.05, help="default: 0.05")
-    train.add_argument("--momentum", type=float, default=0.9, help="default: 0.9")
-    train.add_argument("--weight-decay", type=float, default=0.0, help="default: 0")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train = sub.add_parser(
+        "train", help="train LeNet-5 on MNIST (the embedded sample by default), or the model of "
+        "a config file",
+        description="Without CONFIG: train LeNet-5 (conv 6@5x5 pad 2, ReLU, max-pool 2, conv "
+        "16@5x5, ReLU, max-pool 2, dense 120, 84, 10) with SGD + momentum.  With CONFIG (a .toml "
+        "or .json model config, see cnnkit.config and examples/): train the model it describes "
+        "with its [training] section; the options below override that section.")
+    train.add_argument("config", nargs="?", metavar="CONFIG", default=None,
+                       help="model config file (.toml or .json) with an optional [training] "
+                       "section")
+    train.add_argument("--epochs", type=_positive_int, default=None, help="default: 10")
+    train.add_argument("--batch-size", type=_positive_int, default=None, help="default: 64")
+    train.add_argument("--lr", type=_positive_float, default=None, help="default: 0.05")
+    train.add_argument("--momentum", type=float, default=None, help="default: 0.9")
+    train.add_argument("--weight-decay", type=float, default=None, help="default: 0")
+    train.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     train.add_argument("--data", metavar="FOLDER", default=None,
                        help="folder with the standard MNIST IDX files (plain or .gz); default: "
                        "the 5,000-image sample embedded in cnnkit")
-    train.add_argument("--output", "-o", metavar="FILE", default="lenet5.npz",
-                       help="where to save the trained weights (.npz; default: lenet5.npz)")
+    train.add_argument("--output", "-o", metavar="FILE", default=None,
+                       help="where to save the trained weights (.npz; default: lenet5.npz, or "
+                       "the config's name with .npz)")
     train.add_argument("--impl", type=_impl_choices, default=None, metavar="TYPE=VARIANT,...",
                        help="pick variants, e.g. conv2d=numpy,relu=cython")
-    train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    train.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                       help="default: float32 (or the config's dtype)")
     train.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    train.add_argument("--checkpoint", metavar="FILE", default=None,
+                       help="write a resumable training checkpoint (.npz) after every epoch")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
+                       help="write the checkpoint every N epochs (and after the last)")
+    train.add_argument("--resume", metavar="FILE", default=None,
+                       help="continue training from a checkpoint (same recipe and seed)")
+    train.add_argument("--plot", metavar="DIR", default=None,
+                       help="write PNGs of the loss/accuracy curves and of the first convolution "
+                       "layer's filters to DIR (needs matplotlib: pip install \"cnnkit[plot]\")")
 
     train.set_defaults(func=cmd_train)
 
@@ -77,7 +96,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DEFAULTS = {"epochs": 10, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
+             "seed": 0, "output": "lenet5.npz", "dtype": "float32"}
+
+
 def cmd_train(args) -> int:
+    if args.plot:
+        from .plot import require_matplotlib
+
+        require_matplotlib()  # fail before training, not after
+    if args.config is not None:
+        return _train_config(args)
+    for key, value in _DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return _train_lenet5(args)
+
+
+def _print_epochs(history, out):
+    for e in history.epochs:
+        parts = [f"epoch {e['epoch']:>3}: loss {e['loss']:.4f}"]
+        for key in ("accuracy", "val_loss", "val_accuracy"):
+            if e.get(key) is not None:
+                parts.append(f"{key} {e[key]:.4f}")
+        print("  ".join(parts) + f"  ({e['time']:.1f}s)", file=out)
+
+
+def _finish(args, model, history, n_test, t0, out, metadata):
+    final = history.epochs[-1] if history.epochs else {}
+    elapsed = time.perf_counter() - t0
+    meta = {"epochs": len(history), "seed": args.seed, **metadata}
+    if final.get("val_accuracy") is not None:
+        meta["val_accuracy"] = final["val_accuracy"]
+    model.save_weights(args.output, meta)
+    if final.get("val_accuracy") is not None:
+        print(f"held-out accuracy: {final['val_accuracy'] * 100:.2f}% on {n_test} test images "
+              f"({elapsed:.1f}s in all)", file=out)
+    elif final.get("val_loss") is not None:
+        print(f"held-out loss: {final['val_loss']:.4f} on {n_test} test samples "
+              f"({elapsed:.1f}s in all)", file=out)
+    if history.stop_reason:
+        print(f"stopped early: {history.stop_reason}", file=out)
+    print(f"weights saved to {os.path.abspath(args.output)}", file=out)
+    if args.plot:
+        from .plot import plot_training
+
+        for path in plot_training(history, model, args.plot):
+            print(f"plot written to {os.path.abspath(path)}", file=out)
+
+
+def _train_lenet5(args) -> int:
     import numpy as np
 
     from . import optim, use
@@ -102,18 +170,61 @@ def cmd_train(args) -> int:
         out.flush()
         history = fit(model, (x_train, y_train), (x_test, y_test), optimizer=opt,
                       epochs=args.epochs, batch_size=args.batch_size, rng=rng,
-                      verbose=not args.quiet, stream=sys.stderr)
-    for e in history.epochs:
-        print(f"epoch {e['epoch']:>3}: loss {e['loss']:.4f}  accuracy {e['accuracy']:.4f}  "
-              f"val_loss {e['val_loss']:.4f}  val_accuracy {e['val_accuracy']:.4f}  "
-              f"({e['time']:.1f}s)", file=out)
-    final = history.epochs[-1]["val_accuracy"]
-    elapsed = time.perf_counter() - t0
-    model.save_weights(args.output, {"val_accuracy": final, "epochs": args.epochs,
-                                     "seed": args.seed})
-    print(f"held-out accuracy: {final * 100:.2f}% on {len(x_test)} test images "
-          f"({elapsed:.1f}s in all)", file=out)
-    print(f"weights saved to {os.path.abspath(args.output)}", file=out)
+                      verbose=not args.quiet, stream=sys.stderr, checkpoint=args.checkpoint,
+                      checkpoint_every=args.checkpoint_every or 1, resume_from=args.resume)
+    _print_epochs(history, out)
+    _finish(args, model, history, len(x_test), t0, out, {})
+    return 0
+
+
+def _train_config(args) -> int:
+    import numpy as np
+
+    from . import config as C
+    from . import use
+    from .train import fit
+
+    out = sys.stdout
+    t0 = time.perf_counter()
+    cfg = C.load_config(args.config)
+    spec = C.training_from_config(cfg)
+    for key in ("epochs", "batch_size", "seed"):
+        if getattr(args, key) is not None:
+            setattr(spec, key, getattr(args, key))
+    args.seed = spec.seed
+    if args.checkpoint_every is None:
+        args.checkpoint_every = spec.checkpoint_every
+    if args.output is None:
+        args.output = spec.output or os.path.splitext(os.path.basename(args.config))[0] + ".npz"
+    dtype = np.dtype(args.dtype or cfg.get("dtype", "float32"))
+    (x_train, y_train), (x_test, y_test), source = C.load_data(spec, dtype=dtype,
+                                                               path_override=args.data)
+    print(f"data: {source}: {len(x_train)} training, {len(x_test)} test samples", file=out)
+    rng = np.random.default_rng(spec.seed)
+    with use(**(args.impl or {})):
+        model = C.model_from_config(cfg, rng=rng, dtype=dtype)
+        print(model.summary(), file=out)
+        opt = C.make_optimizer(spec, model, lr=args.lr, momentum=args.momentum,
+                               weight_decay=args.weight_decay)
+        scheduler = C.make_schedule(spec, opt, spec.epochs)
+        loss = C.make_loss(spec)
+        regularizer = C.make_regularizer(spec)
+        hyper = ", ".join(f"{k} {v}" for k, v in opt.hyper.items()
+                          if k in ("lr", "momentum", "weight_decay", "betas"))
+        print(f"training: {spec.epochs} epochs, batch {spec.batch_size}, "
+              f"{type(opt).__name__} {hyper}"
+              + (f", schedule {type(scheduler).__name__}" if scheduler else "")
+              + f", loss {type(loss).__name__}, seed {spec.seed}", file=out)
+        out.flush()
+        history = fit(model, (x_train, y_train), (x_test, y_test), optimizer=opt, loss=loss,
+                      epochs=spec.epochs, batch_size=spec.batch_size, shuffle=spec.shuffle,
+                      rng=rng, scheduler=scheduler, regularizer=regularizer,
+                      early_stopping=spec.early_stopping, verbose=not args.quiet,
+                      stream=sys.stderr, checkpoint=args.checkpoint,
+                      checkpoint_every=args.checkpoint_every, resume_from=args.resume)
+    _print_epochs(history, out)
+    _finish(args, model, history, len(x_test), t0, out,
+            {"config": json.dumps(C.model_to_config(model))})
     return 0
 
 
@@ -156,8 +267,9 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, TypeError, KeyError, OSError) as exc:
-        print(f"cnnkit {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"cnnkit {args.command}: error: {msg}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
