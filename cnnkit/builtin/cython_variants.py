@@ -19,6 +19,7 @@ import numpy as np
 
 from cnnkit._ext import activation as _act
 from cnnkit._ext import conv as _conv
+from cnnkit._ext import convt as _convt
 from cnnkit._ext import norm as _norm
 from cnnkit._ext import pool as _pool
 from cnnkit.builtin.numpy_variants import conv2d_output_size, pool2d_output_size
@@ -181,6 +182,93 @@ class Conv2dCython:
         grads = {"weight": (dw_part[0] if threads == 1 else dw_part.sum(axis=0)).reshape(w.shape)}
         if has_bias:
             grads["bias"] = db_part[0] if threads == 1 else db_part.sum(axis=0)
+        return dx, grads
+
+
+# ---------------------------------------------------------------------------------------------
+# convtranspose2d
+# ---------------------------------------------------------------------------------------------
+class ConvTranspose2dCython:
+    """Transposed convolution.  Forward: per image and group one GEMM ``W_g^T @ x_g`` and a
+    scatter into the output (``cnnkit._ext.convt``).  Backward reuses the convolution kernels:
+    the input gradient *is* ``conv2d(dy, W)`` with the same stride/padding/dilation/groups, and
+    the weight gradient is the convolution weight gradient with the roles of x and dy swapped."""
+
+    @staticmethod
+    def _check(x, w, b, config):
+        if x.ndim != 4 or w.ndim != 4:
+            raise ValueError(f"convtranspose2d expects x (N, C, H, W) and weight (C, O/g, kh, kw), "
+                             f"got {x.shape}, {w.shape}")
+        groups = int(config["groups"])
+        cin, cog, kh, kw = w.shape
+        if groups < 1 or cin != x.shape[1] or cin % groups:
+            raise ValueError(f"convtranspose2d: weight {w.shape} does not fit input {x.shape} "
+                             f"with groups={groups}")
+        if b is not None and b.shape != (cog * groups,):
+            raise ValueError(f"convtranspose2d: bias shape {b.shape}, expected ({cog * groups},)")
+        sh, sw = (int(v) for v in config["stride"])
+        ph, pw = (int(v) for v in config["padding"])
+        oph, opw = (int(v) for v in config["output_padding"])
+        dh, dw = (int(v) for v in config["dilation"])
+        if min(sh, sw, dh, dw) < 1 or min(ph, pw, oph, opw) < 0:
+            raise ValueError(f"convtranspose2d: invalid config {config}")
+        h, wd = x.shape[2:]
+        oh = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+        ow = (wd - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"convtranspose2d: padding {config['padding']} leaves no output for "
+                             f"input {x.shape}")
+        if oh * ow > _INT32_MAX or h * wd > _INT32_MAX or cog * kh * kw > _INT32_MAX:
+            raise ValueError("convtranspose2d: matrix dimensions exceed the 32-bit BLAS interface")
+        direct = (kh, kw, sh, sw, ph, pw, oh, ow) == (1, 1, 1, 1, 0, 0, h, wd)
+        return (sh, sw, ph, pw, dh, dw, groups), oh, ow, direct
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = np.ascontiguousarray(x)
+        w = _as_input(params["weight"], x.dtype, "weight")
+        b = params.get("bias")
+        b = None if b is None else _as_input(b, x.dtype, "bias")
+        geom, oh, ow, direct = ConvTranspose2dCython._check(x, w, b, config)
+        n, cin, h, wd = x.shape
+        cout = w.shape[1] * geom[-1]
+        k = cout * w.shape[2] * w.shape[3]
+        threads = max(1, min(_conv.max_threads(), n))
+        if n * cin * h * wd * k < SERIAL_MACS:
+            threads = 1
+        rows = max(1, min(h, (COL_WORKSPACE_BYTES // threads) // max(k * wd * x.itemsize, 1)))
+        ws = _workspace((threads, k * rows * wd), x.dtype)
+        y = np.empty((n, cout, oh, ow), dtype=x.dtype)
+        with _single_threaded_blas():
+            _convt.conv_transpose2d_forward(x, w, b, y, ws, *geom, rows, threads)
+        return y, ((x, w, b is not None, geom, oh, ow, direct) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx, need_input_grad=True):
+        x, w, has_bias, geom, oh, ow, direct = ctx
+        dy = _as_input(dy, x.dtype, "dy")
+        n, cin, h, wd = x.shape
+        if dy.shape != (n, w.shape[1] * geom[-1], oh, ow):
+            raise ValueError(f"convtranspose2d backward: dy has shape {dy.shape}, expected "
+                             f"{(n, w.shape[1] * geom[-1], oh, ow)}")
+        sh, sw, ph, pw, dh, dw, groups = geom
+        conv_geom = (sh, sw, ph, pw, dh, dw, groups)  # the convolution dy -> x
+        dx = None
+        with _single_threaded_blas():
+            if need_input_grad:
+                threads, rows, ws_shape = _conv_plan(dy.shape, w.shape, h, wd, x.itemsize,
+                                                     direct, True)
+                dx = np.empty_like(x)
+                _conv.conv2d_forward(dy, w, None, dx, _workspace(ws_shape, x.dtype), *conv_geom,
+                                     rows, threads)
+            threads, rows, ws_shape = _conv_plan(dy.shape, w.shape, h, wd, x.itemsize, direct,
+                                                 False)
+            dw_part = np.zeros((threads, cin, w[0].size), dtype=x.dtype)
+            _conv.conv2d_backward(dy, w, x, None, dw_part, None, _workspace(ws_shape, x.dtype),
+                                  *conv_geom, rows, threads, False)
+        grads = {"weight": (dw_part[0] if threads == 1 else dw_part.sum(axis=0)).reshape(w.shape)}
+        if has_bias:
+            grads["bias"] = dy.sum(axis=(0, 2, 3))
         return dx, grads
 
 
@@ -562,6 +650,9 @@ def cnnkit_register_variants(register):
     register("conv2d", "cython", Conv2dCython, priority=100, dtypes=dtypes,
              capabilities=("stride", "padding", "asymmetric_padding", "dilation", "groups", "bias"),
              description="Cython im2col/col2im, BLAS GEMM per image and group, OpenMP over images")
+    register("convtranspose2d", "cython", ConvTranspose2dCython, priority=100, dtypes=dtypes,
+             capabilities=("stride", "padding", "output_padding", "dilation", "groups", "bias"),
+             description="Cython GEMM + scatter forward; backward through the conv2d kernels")
     register("maxpool2d", "cython", MaxPool2dCython, priority=100, dtypes=dtypes,
              capabilities=("stride", "padding", "ceil_mode"),
              description="Cython direct loops, OpenMP over (image, channel), int32 argmax")
