@@ -785,6 +785,8 @@ class _BatchNorm(Layer):
     """
 
     _rank_text = ""
+    #: excluded from ``cnnkit.losses.L2Penalty`` by default
+    is_normalization = True
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, dtype=np.float32, impl=None, name=None):

@@ -28,6 +28,18 @@ class Loss:
         if not np.all(np.isfinite(pred)):
             raise ValueError(f"{type(self).__name__}: prediction contains NaN or Inf")
 
+    def _check_labels(self, labels, n, k):
+        """Integer class labels of shape (n,) in [0, k)."""
+        owner = type(self).__name__
+        labels = np.asarray(labels)
+        if labels.shape != (n,) or labels.dtype.kind not in "iu":
+            raise ValueError(f"{owner}: labels must be integers of shape ({n},), got "
+                             f"{labels.dtype} array of shape {labels.shape}")
+        if labels.min() < 0 or labels.max() >= k:
+            raise ValueError(f"{owner}: labels must lie in [0, {k}), got values in "
+                             f"[{labels.min()}, {labels.max()}]")
+        return labels
+
     def backward(self):
         if self._ctx is None:
             raise RuntimeError(f"{type(self).__name__}: backward() needs forward() first")
@@ -38,33 +50,93 @@ class Loss:
 
 class SoftmaxCrossEntropy(Loss):
     """Mean cross-entropy of softmax(logits) against integer class labels (numerically stable:
-    log-sum-exp with the row maximum subtracted)."""
+    log-sum-exp with the row maximum subtracted).
+
+    ``label_smoothing`` (PyTorch's semantics) mixes the one-hot target with the uniform
+    distribution: the target is ``(1 - eps) * one_hot + eps / classes``, so the loss is
+    ``(1 - eps) * nll + eps * mean_k(-log p_k)``.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        if (isinstance(label_smoothing, bool)
+                or not isinstance(label_smoothing, (int, float, np.integer, np.floating))
+                or not 0.0 <= float(label_smoothing) <= 1.0):
+            raise ValueError(f"SoftmaxCrossEntropy: label_smoothing must be a number in [0, 1], "
+                             f"got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits, labels):
         self._check_prediction(logits, ndim=2)
-        labels = np.asarray(labels)
         n, k = logits.shape
-        if labels.shape != (n,) or labels.dtype.kind not in "iu":
-            raise ValueError(f"SoftmaxCrossEntropy: labels must be integers of shape ({n},), got "
-                             f"{labels.dtype} array of shape {labels.shape}")
-        if labels.min() < 0 or labels.max() >= k:
-            raise ValueError(f"SoftmaxCrossEntropy: labels must lie in [0, {k}), got values in "
-                             f"[{labels.min()}, {labels.max()}]")
+        labels = self._check_labels(labels, n, k)
         shifted = logits - logits.max(axis=1, keepdims=True)
         exp = np.exp(shifted)
         sums = exp.sum(axis=1, keepdims=True)
         log_probs = shifted - np.log(sums)
         idx = np.arange(n)
-        loss = -log_probs[idx, labels].mean()
+        eps = self.label_smoothing
+        nll = -log_probs[idx, labels]
+        loss = nll.mean() if eps == 0 else ((1 - eps) * nll - eps * log_probs.mean(axis=1)).mean()
         self._ctx = (exp / sums, labels)
         return float(loss)
 
     def _grad(self):
         probs, labels = self._ctx
-        grad = probs.copy()
-        grad[np.arange(len(labels)), labels] -= 1.0
+        eps = self.label_smoothing
+        grad = probs - eps / probs.shape[1] if eps else probs.copy()
+        grad[np.arange(len(labels)), labels] -= 1.0 - eps
         grad /= len(labels)
         return grad
+
+
+class NLLLoss(Loss):
+    """Mean negative log-likelihood of integer labels under log-probabilities (N, classes), as
+    ``torch.nn.functional.nll_loss``: pair it with a :class:`cnnkit.layers.LogSoftmax` output."""
+
+    def forward(self, log_probs, labels):
+        self._check_prediction(log_probs, ndim=2)
+        n, k = log_probs.shape
+        labels = self._check_labels(labels, n, k)
+        self._ctx = (log_probs.shape, log_probs.dtype, labels)
+        return float(-log_probs[np.arange(n), labels].mean())
+
+    def _grad(self):
+        shape, dtype, labels = self._ctx
+        grad = np.zeros(shape, dtype=dtype)
+        grad[np.arange(shape[0]), labels] = -1.0 / shape[0]
+        return grad
+
+
+class BCEWithLogits(Loss):
+    """Mean binary cross-entropy of sigmoid(logits) against targets in [0, 1] of the same shape
+    (``torch.nn.functional.binary_cross_entropy_with_logits``), computed stably as
+    ``max(z, 0) - z * t + log1p(exp(-|z|))``."""
+
+    def forward(self, logits, targets):
+        self._check_prediction(logits)
+        targets = np.asarray(targets)
+        if targets.shape != logits.shape:
+            raise ValueError(f"BCEWithLogits: target shape {targets.shape} does not match the "
+                             f"logits shape {logits.shape}")
+        if targets.dtype.kind not in "biuf":
+            raise ValueError(f"BCEWithLogits: targets must be numbers, got dtype {targets.dtype}")
+        t = targets.astype(logits.dtype, copy=False)
+        if not np.all(np.isfinite(t)):
+            raise ValueError("BCEWithLogits: targets contain NaN or Inf")
+        if t.min() < 0 or t.max() > 1:
+            raise ValueError(f"BCEWithLogits: targets must lie in [0, 1], got values in "
+                             f"[{t.min()}, {t.max()}]")
+        z = logits
+        loss = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
+        self._ctx = (z, t)
+        return float(loss.mean())
+
+    def _grad(self):
+        z, t = self._ctx
+        e = np.exp(-np.abs(z))
+        sig = np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+        return ((sig - t) / z.size).astype(z.dtype, copy=False)
 
 
 class MSE(Loss):
@@ -83,6 +155,61 @@ class MSE(Loss):
     def _grad(self):
         diff = self._ctx
         return (2.0 / diff.size) * diff
+
+
+class L2Penalty:
+    """Weight decay as a loss term: ``forward(model)`` returns ``0.5 * weight_decay * sum(w^2)``
+    and ``backward(model)`` adds its gradient ``weight_decay * w`` into each weight's
+    ``layer.grads`` (call it after ``model.backward``, before the optimizer step).
+
+    Which parameters: by default every parameter except those named ``bias`` and except the
+    parameters of normalisation layers (BatchNorm's scale and shift), the usual practice;
+    ``include_biases=True`` and ``include_norm=True`` add them.  ``model`` may be a
+    ``cnnkit.Model``/``Sequential``, a single layer or a list of layers.
+    """
+
+    def __init__(self, weight_decay: float, *, include_biases: bool = False,
+                 include_norm: bool = False):
+        if (isinstance(weight_decay, bool)
+                or not isinstance(weight_decay, (int, float, np.integer, np.floating))
+                or not np.isfinite(weight_decay) or weight_decay < 0):
+            raise ValueError(f"L2Penalty: weight_decay must be a finite number >= 0, got "
+                             f"{weight_decay!r}")
+        self.weight_decay = float(weight_decay)
+        self.include_biases = bool(include_biases)
+        self.include_norm = bool(include_norm)
+
+    def _targets(self, model):
+        from .layers import Layer
+
+        if isinstance(model, Layer):
+            layers = [model]
+        elif hasattr(model, "layers"):
+            layers = list(model.layers)
+        elif isinstance(model, (list, tuple)) and all(isinstance(m, Layer) for m in model):
+            layers = list(model)
+        else:
+            raise TypeError(f"L2Penalty: expected a model, a layer or a list of layers, got "
+                            f"{type(model).__name__}")
+        for layer in layers:
+            if getattr(layer, "is_normalization", False) and not self.include_norm:
+                continue
+            for key, p in layer.params.items():
+                if p is None or (key == "bias" and not self.include_biases):
+                    continue
+                yield layer, key, p
+
+    def forward(self, model) -> float:
+        total = sum(float(np.vdot(p, p)) for _, _, p in self._targets(model))
+        return 0.5 * self.weight_decay * total
+
+    __call__ = forward
+
+    def backward(self, model) -> None:
+        for layer, key, p in self._targets(model):
+            g = layer.grads.get(key)
+            layer.grads[key] = (self.weight_decay * p if g is None
+                                else g + self.weight_decay * p).astype(p.dtype, copy=False)
 
 
 def accuracy(logits, labels) -> float:
