@@ -278,6 +278,11 @@ def build_layer(reg, layer_type: str, input_shape: tuple, kwargs: dict, dtype="f
         raise CommandError(exc.args[0]) from None
     kw = dict(kwargs)
     shape = tuple(input_shape)
+    rank = getattr(cls, "input_rank", None)
+    if rank is not None and len(shape) != rank:
+        layout = {4: " N,C,H,W", 2: " N,FEATURES"}.get(rank, "")
+        raise CommandError(f"{layer_type} expects a {rank}-D input shape{layout}, got "
+                           f"{','.join(map(str, shape))}")
     if layer_type == "conv2d" and len(shape) == 4:
         kw.setdefault("in_channels", shape[1])
         kw.setdefault("out_channels", kw["in_channels"])
