@@ -794,7 +794,8 @@ def training_from_config(cfg) -> TrainingSpec:
         regularizer = 1e-4                      # L2 coefficient, or {name = "L2Penalty", ...}
         early_stopping = {monitor = "val_loss", patience = 3, restore_best_weights = true}
         data = "mnist"                          # or {name = "mnist", path = "DIR",
-                                                #  train_size = 1000, test_size = 500}
+                                                #  train_size = 1000, test_size = 500,
+                                                #  pixel_range = [-0.1, 1.175]}
                                                 # or {name = "synthetic", shape = [3, 32, 32],
                                                 #  classes = 4, train_size = 512, ...}
     """
@@ -989,12 +990,26 @@ def load_data(spec: TrainingSpec, *, dtype=np.float32, path_override=None):
     if _norm(name) == "mnist":
         from .datasets import load_mnist
 
-        path = path_override or opts.pop("path", None)
+        path = opts.pop("path", None)
+        path = path_override or path
+        pixel_range = opts.pop("pixel_range", None)
         if opts:
             raise _spec_error(spec, "data", f"unknown mnist options {sorted(opts)}; it takes "
-                              "path, train_size, test_size")
+                              "path, train_size, test_size, pixel_range")
+        if pixel_range is not None and not (
+                isinstance(pixel_range, list) and len(pixel_range) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(v) for v in pixel_range)
+                and pixel_range[0] < pixel_range[1]):
+            raise _spec_error(spec, "data", f"pixel_range must be [low, high] with low < high, "
+                              f"got {pixel_range!r}")
         (xtr, ytr), (xte, yte) = load_mnist(path, dtype=dtype)
         what = path or "embedded MNIST sample"
+        if pixel_range is not None:  # black..white mapped to low..high (the paper: -0.1..1.175)
+            lo, hi = (float(v) for v in pixel_range)
+            xtr = (lo + (hi - lo) * xtr).astype(dtype)
+            xte = (lo + (hi - lo) * xte).astype(dtype)
+            what += f", pixels scaled to [{lo}, {hi}]"
     elif _norm(name) == "synthetic":
         if path_override:
             raise _spec_error(spec, "data", "--data (a folder) does not apply to synthetic data")
