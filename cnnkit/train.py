@@ -328,28 +328,16 @@ def evaluate(model, data, *, loss: Loss | None = None, batch_size: int = 256) ->
 def _regularize(regularizer, model):
     """Add the penalty's gradients to the model's gradients; return the penalty's value.
 
-    ``regularizer`` is a callable ``(model) -> float`` with a ``backward(model)`` (or
-    ``add_grads(model)``) that adds its gradients to ``layer.grads`` (cnnkit.losses.L2Penalty),
-    or a plain number (L2 coefficient ``c``: penalty ``c/2 * sum(w**2)`` over weights)."""
+    ``regularizer`` is a penalty object with ``forward(model) -> float`` (or a call) and
+    ``backward(model)`` adding its gradients into ``layer.grads``, as
+    :class:`cnnkit.losses.L2Penalty`; a plain number ``c`` means ``L2Penalty(c)``."""
     if isinstance(regularizer, (int, float)) and not isinstance(regularizer, bool):
-        c = float(regularizer)
-        value = 0.0
-        for layer in model.layers:
-            for key, w in layer.params.items():
-                if w is None or key == "bias" or w.ndim < 2:
-                    continue
-                value += 0.5 * c * float(np.sum(w.astype(np.float64) ** 2))
-                g = layer.grads.get(key)
-                layer.grads[key] = (c * w) if g is None else g + c * w
-        return value
-    value = float(regularizer(model))
-    for name in ("backward", "add_grads", "apply"):
-        fn = getattr(regularizer, name, None)
-        if callable(fn):
-            fn(model)
-            break
-    else:
-        raise TypeError(f"fit: regularizer {regularizer!r} has no backward(model) method")
+        from .losses import L2Penalty
+
+        regularizer = L2Penalty(regularizer)
+    forward = getattr(regularizer, "forward", None) or regularizer
+    value = float(forward(model))
+    regularizer.backward(model)
     return value
 
 
@@ -370,8 +358,8 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
     * ``rng`` (a Generator or an int seed) or ``seed`` drives shuffling; neither: cnnkit's
       global generator (``cnnkit.seed``).
     * ``scheduler``: a :mod:`cnnkit.schedules` schedule, stepped after every epoch.
-    * ``regularizer``: a weight penalty added to the training loss (``losses.L2Penalty`` or a
-      number, see :func:`_regularize`); the reported ``loss`` includes it.
+    * ``regularizer``: a weight penalty added to the training loss (``losses.L2Penalty``, or a
+      number ``c`` for ``L2Penalty(c)``); the reported ``loss`` includes it.
     * ``callbacks``: :class:`Callback` objects; ``early_stopping``: an :class:`EarlyStopping`
       (or a dict of its arguments, or True), run after the other callbacks.
     * ``checkpoint``: a path; a checkpoint is written atomically every ``checkpoint_every``
@@ -403,9 +391,15 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
     stopper = _early_stopping(early_stopping)
     if stopper is not None and stopper not in callbacks:
         callbacks.append(stopper)
-    if regularizer is not None and not (callable(regularizer) or (
-            isinstance(regularizer, (int, float)) and not isinstance(regularizer, bool))):
-        raise TypeError(f"fit: regularizer must be a penalty object or a number, got "
+    if isinstance(regularizer, (int, float)) and not isinstance(regularizer, bool):
+        from .losses import L2Penalty
+
+        regularizer = L2Penalty(regularizer)
+    if regularizer is not None and not (
+            callable(getattr(regularizer, "backward", None))
+            and (callable(getattr(regularizer, "forward", None)) or callable(regularizer))):
+        raise TypeError(f"fit: regularizer must be a penalty with forward(model) and "
+                        f"backward(model) (cnnkit.losses.L2Penalty) or a number, got "
                         f"{regularizer!r}")
 
     history = History()
