@@ -75,6 +75,19 @@ def tanh_backward(const floating[::1] dy, const floating[::1] y, floating[::1] d
 # ------------------------------------------------------------------------------------------------
 from libc.math cimport erf, erff, expm1, expm1f, log, logf, sqrt
 from libc.stdint cimport uint64_t, uint8_t
+from libc.stdlib cimport malloc, free
+from cython.parallel cimport parallel
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int cnnkit_act_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int cnnkit_act_max_threads(void) { return 1; }
+    #endif
+    """
+    int cnnkit_act_max_threads() nogil
 
 cdef double SQRT_HALF = 0.7071067811865476
 cdef double SQRT_2_OVER_PI = 0.7978845608028654
@@ -135,7 +148,12 @@ def gelu_forward(const floating[::1] x, floating[::1] y, bint tanh_form):
     """x * Phi(x) with erf, or PyTorch's tanh approximation; computed in double."""
     cdef Py_ssize_t i, n = x.shape[0]
     cdef double v
+    cdef float vf
     for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 8):
+        if floating is float and not tanh_form:
+            vf = x[i]  # single-precision erf: accurate to a few ulp, much faster than double
+            y[i] = 0.5 * vf * (1 + erff(vf * <float> SQRT_HALF))
+            continue
         v = x[i]
         if tanh_form:
             y[i] = <floating> (0.5 * v * (1 + _gelu_tanh_t(v)))
@@ -146,7 +164,13 @@ def gelu_forward(const floating[::1] x, floating[::1] y, bint tanh_form):
 def gelu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx, bint tanh_form):
     cdef Py_ssize_t i, n = dy.shape[0]
     cdef double v, t, g
+    cdef float vf
     for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 8):
+        if floating is float and not tanh_form:
+            vf = x[i]
+            dx[i] = dy[i] * (0.5 * (1 + erff(vf * <float> SQRT_HALF))
+                             + vf * <float> INV_SQRT_2PI * expf(-0.5 * vf * vf))
+            continue
         v = x[i]
         if tanh_form:
             t = _gelu_tanh_t(v)
@@ -181,29 +205,48 @@ def scaled_tanh_backward(const floating[::1] dy, const floating[::1] y, floating
 # softmax / log-softmax along the middle axis of an (outer, C, inner) array
 # ------------------------------------------------------------------------------------------------
 def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, bint log_form):
-    """Softmax (or log-softmax) over axis 1; sums in double; parallel over the outer axis."""
+    """Softmax (or log-softmax) over axis 1, parallel over the outer axis.  Each (outer) block
+    is walked row by row (channel k, then the contiguous inner positions), so the loops stream
+    through memory; per-position maxima and sums are kept in double in a per-thread buffer."""
     cdef Py_ssize_t outer = x.shape[0], c = x.shape[1], inner = x.shape[2]
     cdef Py_ssize_t o, i, k
-    cdef double m, total, lse
+    cdef double* m
+    cdef double* total
     if outer == 0 or c == 0 or inner == 0:
         return
-    for o in prange(outer, nogil=True, schedule="static",
-                    use_threads_if=outer * c * inner >= PARALLEL_MIN // 4):
-        for i in range(inner):
-            m = x[o, 0, i]
+    with nogil, parallel(num_threads=1 if outer * c * inner < PARALLEL_MIN // 4 or outer < 2
+                                    else cnnkit_act_max_threads()):
+        m = <double*> malloc(2 * inner * sizeof(double))
+        total = m + inner
+        for o in prange(outer, schedule="static"):
+            for i in range(inner):
+                m[i] = x[o, 0, i]
+                total[i] = 0
             for k in range(1, c):
-                if x[o, k, i] > m:
-                    m = x[o, k, i]
-            total = 0
+                for i in range(inner):
+                    if x[o, k, i] > m[i]:
+                        m[i] = x[o, k, i]
+            # y holds exp(x - max) for a moment: one exponential per element
             for k in range(c):
-                total = total + exp(x[o, k, i] - m)
+                for i in range(inner):
+                    if floating is float:
+                        y[o, k, i] = expf(<float> (x[o, k, i] - m[i]))
+                    else:
+                        y[o, k, i] = exp(x[o, k, i] - m[i])
+                    total[i] += y[o, k, i]
             if log_form:
-                lse = m + log(total)
+                for i in range(inner):
+                    m[i] = m[i] + log(total[i])
                 for k in range(c):
-                    y[o, k, i] = <floating> (x[o, k, i] - lse)
+                    for i in range(inner):
+                        y[o, k, i] = <floating> (x[o, k, i] - m[i])
             else:
+                for i in range(inner):
+                    total[i] = 1.0 / total[i]
                 for k in range(c):
-                    y[o, k, i] = <floating> (exp(x[o, k, i] - m) / total)
+                    for i in range(inner):
+                        y[o, k, i] = <floating> (y[o, k, i] * total[i])
+        free(m)
 
 
 def softmax_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] y,
@@ -211,23 +254,33 @@ def softmax_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] y,
     """softmax: dx = y * (dy - sum(dy * y)); log-softmax: dx = dy - exp(y) * sum(dy)."""
     cdef Py_ssize_t outer = dy.shape[0], c = dy.shape[1], inner = dy.shape[2]
     cdef Py_ssize_t o, i, k
-    cdef double acc
+    cdef double* acc
     if outer == 0 or c == 0 or inner == 0:
         return
-    for o in prange(outer, nogil=True, schedule="static",
-                    use_threads_if=outer * c * inner >= PARALLEL_MIN // 4):
-        for i in range(inner):
-            acc = 0
+    with nogil, parallel(num_threads=1 if outer * c * inner < PARALLEL_MIN // 4 or outer < 2
+                                    else cnnkit_act_max_threads()):
+        acc = <double*> malloc(inner * sizeof(double))
+        for o in prange(outer, schedule="static"):
+            for i in range(inner):
+                acc[i] = 0
             if log_form:
                 for k in range(c):
-                    acc = acc + dy[o, k, i]
+                    for i in range(inner):
+                        acc[i] += dy[o, k, i]
                 for k in range(c):
-                    dx[o, k, i] = <floating> (dy[o, k, i] - exp(<double> y[o, k, i]) * acc)
+                    for i in range(inner):
+                        if floating is float:
+                            dx[o, k, i] = <floating> (dy[o, k, i] - expf(y[o, k, i]) * acc[i])
+                        else:
+                            dx[o, k, i] = dy[o, k, i] - exp(y[o, k, i]) * acc[i]
             else:
                 for k in range(c):
-                    acc = acc + <double> dy[o, k, i] * y[o, k, i]
+                    for i in range(inner):
+                        acc[i] += <double> dy[o, k, i] * y[o, k, i]
                 for k in range(c):
-                    dx[o, k, i] = <floating> (y[o, k, i] * (dy[o, k, i] - acc))
+                    for i in range(inner):
+                        dx[o, k, i] = <floating> (y[o, k, i] * (dy[o, k, i] - acc[i]))
+        free(acc)
 
 
 # ------------------------------------------------------------------------------------------------
