@@ -36,6 +36,9 @@ without ``inputs`` takes the previous entry's output (the model input for the fi
     name = "sum1"
     inputs = ["conv1", "conv2"]
 
+TOML has no null: where JSON has ``null`` (say ``momentum = null`` of a BatchNorm1D, a
+cumulative average), TOML writes ``momentum = { none = true }``.
+
 An optional ``[training]`` section describes how ``cnnkit train CONFIG`` trains the model (see
 :func:`training_from_config`).
 
@@ -122,6 +125,8 @@ class _Locator:
                 if name is None:
                     return None
                 key = "name"
+            if key is None and name is not None:
+                key = "name"  # an entry is pointed at by its name line
             if key is not None:
                 pat = (rf'(?m)^[ \t]*"?{re.escape(key)}"?[ \t]*=' if self.fmt == "toml"
                        else rf'"{re.escape(key)}"\s*:')
@@ -239,9 +244,15 @@ def _layer_entry(layer):
     if not layer.layer_type:
         raise ValueError(f"{owner}: has no registered layer type")
     entry = {"type": layer.layer_type, "name": layer.name}
+    try:
+        params = inspect.signature(type(layer).__init__).parameters
+    except (TypeError, ValueError):
+        params = {}
     for key, value in layer.get_config().items():
         if key in _LAYER_KEYS or key in ("name", "impl"):
             raise ValueError(f"{owner}: get_config() key {key!r} clashes with a config key")
+        if value is None and key in params and params[key].default is None:
+            continue  # implied (TOML has no null)
         entry[key] = _plain(value, owner)
     if layer.impl is not None:
         entry["impl"] = layer.impl
@@ -628,7 +639,23 @@ def loads(text: str, fmt: str, *, path=None) -> Config:
         raise ValueError(f"config format must be 'toml' or 'json', got {fmt!r}")
     if not isinstance(data, dict):
         raise ConfigError(f"{where}a config must be a table (object), got {type(data).__name__}")
+    if fmt == "toml":
+        data = _decode_none(data)
     return Config(data, path=path, text=text, fmt=fmt)
+
+
+_NONE_MARK = {"none": True}
+
+
+def _decode_none(value):
+    """TOML has no null: ``{none = true}`` stands for None (JSON's null)."""
+    if isinstance(value, dict):
+        if value == _NONE_MARK:
+            return None
+        return {k: _decode_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_none(v) for v in value]
+    return value
 
 
 def _format_of(path):
@@ -691,6 +718,8 @@ def _toml_key(k):
 
 
 def _toml_value(v):
+    if v is None:
+        return "{ none = true }"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -705,9 +734,9 @@ def _toml_value(v):
     if isinstance(v, str):
         return json.dumps(v, ensure_ascii=False)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v if x is not None) + "]"
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        items = [f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None]
+        items = [f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()]
         return "{ " + ", ".join(items) + " }" if items else "{}"
     raise TypeError(f"cannot write {v!r} ({type(v).__name__}) as TOML")
 
@@ -718,13 +747,13 @@ def _is_table_array(v):
 
 def dumps_toml(cfg: dict) -> str:
     """Top-level scalars first, then tables (``[name]``) and arrays of tables (``[[name]]``);
-    inside an array-of-tables entry nested tables are written inline.  ``None`` values are
-    omitted (TOML has no null)."""
+    inside an array-of-tables entry nested tables are written inline.  TOML has no null:
+    ``None`` is written ``{ none = true }``, which :func:`loads` reads back as None."""
     lines: list[str] = []
 
     def emit(d, path, in_array):
-        simple = [(k, v) for k, v in d.items() if v is not None
-                  and not (isinstance(v, dict) and not in_array)
+        simple = [(k, v) for k, v in d.items()
+                  if not (isinstance(v, dict) and not in_array)
                   and not (_is_table_array(v) and not in_array)]
         for k, v in simple:
             lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
