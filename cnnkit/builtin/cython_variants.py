@@ -677,15 +677,15 @@ def cnnkit_register_variants(register):
              capabilities=("stride", "padding", "ceil_mode", "count_include_pad"),
              description="Cython direct loops, OpenMP over (image, channel)")
     register("relu", "cython", ReluCython, priority=100, dtypes=dtypes, description="Cython elementwise")
-    register("sigmoid", "cython", SigmoidCython, priority=100, dtypes=dtypes,
-             description="Cython elementwise, overflow-free")
-    register("tanh", "cython", TanhCython, priority=100, dtypes=dtypes, description="Cython elementwise")
     register("leakyrelu", "cython", LeakyReluCython, priority=100, dtypes=dtypes,
              description="Cython elementwise")
     # Transcendental elementwise kernels: scalar libm in these loops loses to NumPy's SIMD
-    # exp/tanh/erf (2-10x on float32, see the module docstring), so they rank below the NumPy
+    # exp/tanh/erf (3-30x on float32, see the module docstring), so they rank below the NumPy
     # reference in automatic selection; impl="cython" still picks them.
     slow = dict(priority=-10, dtypes=dtypes)
+    register("sigmoid", "cython", SigmoidCython, **slow,
+             description="Cython elementwise, overflow-free")
+    register("tanh", "cython", TanhCython, **slow, description="Cython elementwise")
     register("elu", "cython", EluCython, **slow, description="Cython elementwise (expm1)")
     register("gelu", "cython", GeluCython, **slow, capabilities=("approximate",),
              description="Cython elementwise, libm erf (float32: erff)")
