@@ -88,3 +88,156 @@ def test_plugins_lists_builtins_and_third_party(tmp_path):
     assert "demo  [entrypoint]  cnnkit-demo 1.2.3  ok" in res.stdout
     assert "broken_import  [entrypoint]  cnnkit-broken-import 0.1  FAILED" in res.stdout
     assert "variants: scale2/numpy" in res.stdout
+
+
+# --------------------------------------------------------------------------- cnnkit train CONFIG
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+TINY_CONFIG = """name = "tiny"
+input_shape = [1, 28, 28]
+
+[[layers]]
+type = "conv2d"
+name = "conv"
+in_channels = 1
+out_channels = 4
+kernel_size = 5
+stride = 2
+
+[[layers]]
+type = "relu"
+name = "relu"
+
+[[layers]]
+type = "flatten"
+name = "flat"
+
+[[layers]]
+type = "dropout"
+name = "drop"
+p = 0.2
+
+[[layers]]
+type = "dense"
+name = "fc"
+in_features = 576
+out_features = 10
+
+[training]
+epochs = 2
+batch_size = 32
+seed = 3
+optimizer = { name = "adam", lr = 0.003 }
+schedule = { name = "step", step_size = 1, gamma = 0.5 }
+data = { name = "mnist", train_size = 256, test_size = 100 }
+"""
+
+
+def test_train_config_end_to_end(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_CONFIG)
+    res = run_cli("train", str(cfg), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "256 training, 100 test samples" in res.stdout
+    assert "drop (Dropout)" in res.stdout and "Adam lr 0.003" in res.stdout
+    assert "schedule StepLR" in res.stdout
+    assert "epoch 2/2 [########################] 8/8" in res.stderr
+    assert "epoch   2:" in res.stdout and "held-out accuracy" in res.stdout
+    out = tmp_path / "tiny.npz"  # named after the config
+    assert out.exists()
+    import cnnkit as ck
+    from cnnkit import config as C
+
+    meta = ck.io.load_weights(out)[1]
+    model = C.model_from_config(json.loads(meta["config"]))
+    model.load_weights(out)
+    assert model.get_layer("fc").params["weight"].shape == (10, 576)
+
+
+def test_train_config_overrides_checkpoint_and_resume(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_CONFIG)
+    full = run_cli("train", str(cfg), "--epochs", "3", "-o", str(tmp_path / "full.npz"), "-q")
+    assert full.returncode == 0, full.stderr
+    assert "training: 3 epochs" in full.stdout
+    part = run_cli("train", str(cfg), "--epochs", "2", "-o", str(tmp_path / "part.npz"), "-q",
+                   "--checkpoint", str(tmp_path / "ckpt.npz"))
+    assert part.returncode == 0, part.stderr
+    resumed = run_cli("train", str(cfg), "--epochs", "3", "-o", str(tmp_path / "resumed.npz"),
+                      "-q", "--resume", str(tmp_path / "ckpt.npz"))
+    assert resumed.returncode == 0, resumed.stderr
+    import cnnkit as ck
+
+    a, _ = ck.io.load_weights(tmp_path / "full.npz")
+    b, _ = ck.io.load_weights(tmp_path / "resumed.npz")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # the resumed run reports all three epochs, the first two from the checkpoint
+    epochs = lambda text: [l for l in text.splitlines() if l.startswith("epoch ")]
+    strip = lambda lines: [l.rsplit("(", 1)[0] for l in lines]
+    assert strip(epochs(resumed.stdout)) == strip(epochs(full.stdout))
+    # a checkpoint from another model is refused, naming the file and tensor
+    other = tmp_path / "other.toml"
+    other.write_text(TINY_CONFIG.replace("out_channels = 4", "out_channels = 5")
+                     .replace("in_features = 576", "in_features = 720"))
+    res = run_cli("train", str(other), "-q", "--resume", str(tmp_path / "ckpt.npz"),
+                  "-o", str(tmp_path / "x.npz"))
+    assert res.returncode == 1
+    assert "ckpt.npz" in res.stderr and "'conv.weight'" in res.stderr
+
+
+def test_train_config_errors_name_file_and_line(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(TINY_CONFIG.replace("kernel_size = 5", "kernel_size = 5\nkernal = 3"))
+    res = run_cli("train", str(cfg), "-o", str(tmp_path / "w.npz"))
+    assert res.returncode == 1
+    assert f"{cfg}:10: layers[0] \"conv\" (conv2d): unexpected argument 'kernal'" in res.stderr
+    assert not (tmp_path / "w.npz").exists()
+    res = run_cli("train", str(tmp_path / "missing.toml"))
+    assert res.returncode == 1 and "missing.toml: config file not found" in res.stderr
+
+
+def test_modern_example_is_the_default_recipe(tmp_path):
+    a = run_cli("train", "--epochs", "1", "-q", "-o", str(tmp_path / "a.npz"))
+    b = run_cli("train", os.path.join(EXAMPLES, "lenet5-modern.toml"), "--epochs", "1", "-q",
+                "-o", str(tmp_path / "b.npz"))
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    import cnnkit as ck
+
+    wa, _ = ck.io.load_weights(tmp_path / "a.npz")
+    wb, _ = ck.io.load_weights(tmp_path / "b.npz")
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("example", ["lenet5-1998", "lenet5-modern"])
+def test_lenet_examples_reach_95_percent(tmp_path, example):
+    """The examples with their configured training sections, as a user runs them."""
+    res = run_cli("train", os.path.join(EXAMPLES, f"{example}.toml"), "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    line = [l for l in res.stdout.splitlines() if l.startswith("held-out accuracy")][0]
+    assert float(line.split()[2].rstrip("%")) >= 95.0, res.stdout
+    assert (tmp_path / f"{example}.npz").exists()
+
+
+def test_plot_writes_pngs(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (the plot extra)")
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_CONFIG)
+    res = run_cli("train", str(cfg), "--epochs", "2", "-q", "-o", str(tmp_path / "w.npz"),
+                  "--plot", str(tmp_path / "plots"))
+    assert res.returncode == 0, res.stderr
+    for name in ("loss.png", "accuracy.png", "filters.png"):
+        data = (tmp_path / "plots" / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000, name
+        assert f"plot written to {tmp_path / 'plots' / name}" in res.stdout
+
+
+def test_plot_without_matplotlib_says_which_extra(tmp_path):
+    fake = tmp_path / "fake"
+    (fake / "matplotlib").mkdir(parents=True)
+    (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(fake)] + sys.path)}
+    res = run_cli("train", "--plot", str(tmp_path / "plots"), "-o", str(tmp_path / "w.npz"),
+                  env=env)
+    assert res.returncode == 1
+    assert 'pip install "cnnkit[plot]"' in res.stderr
+    assert "epoch" not in res.stderr and not (tmp_path / "w.npz").exists()  # before training
