@@ -548,7 +548,7 @@ def _reference_outputs(reg, layer_type, layer, x, dy):
 
     if REFERENCE_VARIANT not in reg.variants.get(layer_type, {}):
         return None
-    saved = (layer.impl, layer.params, layer.grads, layer._variant_key)
+    saved = (layer.impl, layer.params, layer.grads, layer._variant, layer._variant_key)
     try:
         layer.params = {k: None if v is None else v.astype(np.float64)
                         for k, v in layer.params.items()}
@@ -557,8 +557,7 @@ def _reference_outputs(reg, layer_type, layer, x, dy):
         dx = layer.backward(dy.astype(np.float64))
         return y, dx, dict(layer.grads)
     finally:
-        layer.impl, layer.params, layer.grads, layer._variant_key = saved
-        layer._variant_key = None
+        layer.impl, layer.params, layer.grads, layer._variant, layer._variant_key = saved
 
 
 def run_bench(layer_type, shapes, *, dtype="float32", repeat=5, warmup=1, variants=None,

@@ -67,8 +67,13 @@ def test_bench_conv2d_quick_shows_every_variant(capsys):
     assert main(["bench", "conv2d", "--quick"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("shape "))
+    table = lines[start + 1:lines.index("", start)]
+    # the shape is written on the first row of each shape only
+    variants = [(line.split()[0] if line.startswith(" ") else line.split()[1], line)
+                for line in table]
     for variant in ("cython", "numpy", "torch"):
-        rows = [line for line in lines if line[13:].split()[:1] == [variant]]
+        rows = [line for name, line in variants if name == variant]
         assert len(rows) == 6, out  # one per benchmark shape
         assert all(" ok " in row for row in rows), out
     assert f"torch = plugin torch (cnnkit-torch {_installed('cnnkit-torch')})" in out
