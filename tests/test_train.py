@@ -421,3 +421,23 @@ def test_lbfgs_trains_through_a_closure():
     opt = ck.optim.LBFGS(model, lr=1.0, max_iter=5)
     h = fit(model, (x, y), optimizer=opt, epochs=3, batch_size=64, seed=0, verbose=False)
     assert h["loss"][-1] < h["loss"][0]
+
+
+def test_plot_functions(tmp_path, data):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (the plot extra)")
+    from cnnkit import plot
+
+    train, val = data
+    model = small_model()
+    h = fit(model, train, val, optimizer=ck.optim.SGD(model, lr=0.05), epochs=2, verbose=False)
+    paths = plot.plot_training(h, model, tmp_path / "out")
+    assert [os.path.basename(p) for p in paths] == ["loss.png", "accuracy.png", "filters.png"]
+    rgb = L.Conv2D(3, 5, 3, name="rgb")
+    plot.plot_filters(rgb, tmp_path / "rgb.png")
+    for p in paths + [str(tmp_path / "rgb.png")]:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    dense_only = ck.Sequential([L.Dense(4, 2)], input_shape=(4,))
+    with pytest.raises(ValueError, match="no convolution"):
+        plot.plot_filters(dense_only, tmp_path / "none.png")
+    assert not os.path.exists(tmp_path / "none.png")
