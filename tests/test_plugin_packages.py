@@ -100,7 +100,7 @@ def test_torch_variants_are_picked_only_when_asked_for():
     with ck.use(conv2d="torch"):
         assert conv.variant(np.float32).name == "torch"
     assert ck.layers.Conv2D(3, 4, 3, impl="torch").variant(np.float64).plugin == "torch"
-    assert all(v.priority == -10 for by_name in reg.variants.values()
+    assert all(v.priority == -100 for by_name in reg.variants.values()
                for v in by_name.values() if v.plugin == "torch")
 
 

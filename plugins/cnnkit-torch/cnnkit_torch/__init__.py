@@ -4,9 +4,10 @@ This module is the plugin (entry point ``torch`` in the ``cnnkit`` group).  It i
 every program that loads cnnkit's registry, so it imports nothing heavy: PyTorch is imported by
 :mod:`cnnkit_torch._kernels` the first time one of the variants below computes something.
 
-The variants register with priority -10, below every built-in variant, the NumPy reference (0)
-included (some layer types, dense for one, have no Cython kernel): automatic selection never
-picks them while a built-in can serve a request.  Ask for them with ``impl="torch"``,
+The variants register with priority -100, below every built-in variant: the Cython kernels (100,
+or -10 where NumPy's own SIMD code is faster) and the NumPy reference (0) alike; dense, for one,
+has no Cython kernel.  Automatic selection never picks them while a built-in can serve a
+request.  Ask for them with ``impl="torch"``,
 ``cnnkit.use(conv2d="torch")`` or ``CNNKIT_IMPL=conv2d=torch``.
 
 Threads: the plugin leaves PyTorch's intra-op thread count alone, unless the environment
@@ -19,9 +20,9 @@ from cnnkit.plugins import hookimpl
 
 __version__ = "0.1.0"
 
-#: Priority of every variant here: below the built-in Cython (100) and NumPy (0) variants, so
-#: that installing the plugin changes nothing until a "torch" variant is asked for.
-PRIORITY = -10
+#: Priority of every variant here: below every built-in variant (100, 0, -10), so that
+#: installing the plugin changes nothing until a "torch" variant is asked for.
+PRIORITY = -100
 
 _DTYPES = ("float32", "float64")
 _CONV_CAPS = ("stride", "padding", "asymmetric_padding", "dilation", "groups", "bias")
