@@ -151,8 +151,9 @@ class _Locator:
                     if key_m:
                         return text.count("\n", 0, key_m.start()) + 1
                     return text.count("\n", 0, start) + 1
-            pat = (rf'(?m)^[ \t]*"?{re.escape(key)}"?[ \t]*=|^[ \t]*\[+[ \t]*{re.escape(key)}[ \t]*\]'
-                   if self.fmt == "toml" else rf'"{re.escape(key)}"\s*:')
+            k = re.escape(key)
+            pat = (rf'(?m)^[ \t]*"?{k}"?[ \t]*=|^[ \t]*\[+[ \t]*{k}[ \t]*\]'
+                   if self.fmt == "toml" else rf'"{k}"\s*:')
             m = re.compile(pat).search(text, start, end)
             if m:
                 return text.count("\n", 0, m.start()) + 1

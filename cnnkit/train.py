@@ -237,10 +237,10 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, epoch, logs):
         value = logs.get(self.monitor)
         if value is None:
+            known = ", ".join(k for k, v in logs.items() if v is not None)
+            hint = "; pass validation data to fit()" if self.monitor.startswith("val_") else ""
             raise ValueError(f"EarlyStopping: monitored metric {self.monitor!r} is not among the "
-                             f"epoch's metrics ({', '.join(k for k, v in logs.items() if v is not None)})"
-                             + ("; pass validation data to fit()" if self.monitor.startswith("val_")
-                                else ""))
+                             f"epoch's metrics ({known}){hint}")
         if not math.isfinite(value):
             value = math.inf if self.mode == "min" else -math.inf
         if self._improved(value):
