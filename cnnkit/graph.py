@@ -91,6 +91,10 @@ def apply_layer(layer: Layer, inputs) -> Node:
 class Model:
     """A model as a graph from ``inputs`` to ``outputs`` (nodes or lists of nodes)."""
 
+    #: when True, every layer output and gradient is checked for NaN/Inf and the first layer
+    #: that produces one raises ``FloatingPointError`` naming it (costs one pass per array)
+    check_finite = False
+
     def __init__(self, inputs, outputs, name: str | None = None):
         self.name = name or type(self).__name__.lower()
         self.training = True
@@ -277,6 +281,8 @@ class Model:
             args = [values[id(p)] for p in node.inputs]
             out = (node.layer.forward(args, training) if node.layer.is_merge
                    else node.layer.forward(args[0], training))
+            if self.check_finite:
+                self._check_finite(node, out, "output")
             values[id(node)] = out
             for p in node.inputs:
                 remaining[id(p)] -= 1
@@ -287,6 +293,13 @@ class Model:
         return outs if self._multi_out else outs[0]
 
     __call__ = forward
+
+    def _check_finite(self, node, arr, what):
+        if not np.all(np.isfinite(arr)):
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            raise FloatingPointError(
+                f"{self.name}: layer {node.name!r} ({type(node.layer).__name__}) produced "
+                f"{bad} NaN/Inf value(s) in its {what} (check_finite is on)")
 
     def predict(self, x, batch_size: int = 256):
         """Inference in batches; returns the concatenated outputs (single-output models)."""
@@ -332,6 +345,12 @@ class Model:
                                    "output needs a gradient)")
             need = input_grads or not all(isinstance(p, Input) for p in node.inputs)
             dx = node.layer.backward(g, need_input_grad=need)
+            if self.check_finite:
+                for key, grad in node.layer.grads.items():
+                    self._check_finite(node, grad, f"gradient of {key!r}")
+                for d in (dx if node.layer.is_merge else [dx]):
+                    if d is not None:
+                        self._check_finite(node, d, "input gradient")
             if dx is None:
                 continue
             if node.layer.is_merge:

@@ -352,7 +352,7 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
         batch_size: int = 64, shuffle: bool = True, rng=None, seed: int | None = None,
         callbacks=(), early_stopping=None, checkpoint=None, checkpoint_every: int = 1,
         scheduler=None, regularizer=None, initial_epoch: int = 0, resume_from=None,
-        verbose: bool = True, stream=None) -> History:
+        verbose: bool = True, stream=None, check_finite: bool = False) -> History:
     """Train ``model`` on ``train`` = (x, y) up to epoch ``epochs``; report metrics on ``val``.
 
     * ``rng`` (a Generator or an int seed) or ``seed`` drives shuffling; neither: cnnkit's
@@ -367,6 +367,10 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
       everything it holds into ``model``, ``optimizer``, ``scheduler``, the shuffling generator,
       the layers' generators and the callbacks; training continues at the epoch after it, up to
       ``epochs``).  ``initial_epoch``: start numbering after this epoch without loading anything.
+
+    * ``check_finite``: stop at the first NaN/Inf that any layer produces (in its output or a
+      gradient) with a ``FloatingPointError`` naming that layer; off by default (it costs one
+      pass over every array).
 
     Returns a :class:`History` (with a resumed run: the checkpoint's epochs, then the new ones).
     """
@@ -412,6 +416,19 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
     for cb in callbacks:
         cb.set_trainer(state)
     model.train()
+    previous_check = getattr(model, "check_finite", False)
+    model.check_finite = bool(check_finite)
+    try:
+        return _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rng,
+                         callbacks, checkpoint, checkpoint_every, scheduler, regularizer,
+                         initial_epoch, verbose, stream, history, steps, state)
+    finally:
+        model.check_finite = previous_check
+
+
+def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rng, callbacks,
+              checkpoint, checkpoint_every, scheduler, regularizer, initial_epoch, verbose,
+              stream, history, steps, state):
     for cb in callbacks:
         cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch,
                            "steps_per_epoch": steps})

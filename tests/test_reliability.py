@@ -198,3 +198,30 @@ def test_sigmoid_and_tanh_stay_finite_for_huge_logits(impl, dtype):
         assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
     y = L.Sigmoid(impl=impl).forward(x)
     assert y[0, 0] == 0.0 and y[0, -1] == 1.0 and y[0, 2] == 0.5
+
+
+def test_check_finite_stops_training_at_the_layer_that_produced_nan():
+    model = ck.Sequential([L.Dense(4, 8, name="fc1", rng=0), L.ReLU(name="act"),
+                           L.Dense(8, 3, name="fc2", rng=0)], input_shape=(4,))
+    model.get_layer("fc2").params["weight"][0, 0] = np.inf  # a corrupted weight
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 32)
+    opt = ck.optim.SGD(model, lr=0.1)
+    with pytest.raises(FloatingPointError, match=r"layer 'fc2' \(Dense\) produced \d+ NaN/Inf "
+                                                 r"value\(s\) in its output"):
+        ck.train.fit(model, (x, y), optimizer=opt, epochs=1, verbose=False, check_finite=True)
+    assert model.check_finite is False  # restored after fit
+    # off by default: the loss itself refuses the non-finite prediction, without naming a layer
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        ck.train.fit(model, (x, y), optimizer=opt, epochs=1, verbose=False)
+
+
+def test_check_finite_names_the_layer_whose_gradient_overflows():
+    model = ck.Sequential([L.Dense(4, 4, name="fc1", rng=0), L.Tanh(name="t"),
+                           L.Dense(4, 2, name="fc2", rng=0)], input_shape=(4,))
+    model.check_finite = True
+    x = np.ones((2, 4), np.float32)
+    model.forward(x)
+    with pytest.raises(FloatingPointError, match=r"layer 'fc2' \(Dense\).*gradient"):
+        model.backward(np.full((2, 2), np.nan, np.float32))
