@@ -491,14 +491,14 @@ class Flatten(Layer):
         if self._ctx is None:
             raise RuntimeError(f"{self.name} (Flatten): backward() needs a forward(x, "
                                "training=True) first")
-        in_shape = self._ctx[2]
+        in_shape, x_dtype = self._ctx[2], self._ctx[3]
         if not isinstance(dy, np.ndarray) or dy.shape != (in_shape[0], math.prod(in_shape[1:])):
             raise ValueError(f"{self.name} (Flatten): gradient shape "
                              f"{getattr(dy, 'shape', None)} does not match the output shape "
                              f"{(in_shape[0], math.prod(in_shape[1:]))}")
         self._ctx = None
         self.grads = {}
-        return dy.reshape(in_shape)
+        return dy.astype(x_dtype, copy=False).reshape(in_shape)
 
 
 class Dense(Layer):
