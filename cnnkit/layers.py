@@ -547,8 +547,8 @@ class Add(Layer):
     is_merge = True
 
     def output_shape(self, input_shapes):
-        if not isinstance(input_shapes, list):
-            raise ValueError(f"{self.name} (Add): expects a list of inputs")
+        if not isinstance(input_shapes, list) or len(input_shapes) < 2:
+            raise ValueError(f"{self.name} (Add): expects a list of at least two inputs")
         first = input_shapes[0]
         for s in input_shapes[1:]:
             if tuple(s) != tuple(first):
