@@ -574,20 +574,20 @@ class Add(Layer):
         for x in xs[2:]:
             out += x
         training = self.training if training is None else bool(training)
-        self._ctx = (len(xs), out.shape) if training else None
+        self._ctx = (len(xs), out.shape, out.dtype) if training else None
         return out
 
     def backward(self, dy, need_input_grad=True):
         if self._ctx is None:
             raise RuntimeError(f"{self.name} (Add): backward() needs a forward(x, training=True) "
                                "first")
-        n, shape = self._ctx
+        n, shape, dtype = self._ctx
         if not isinstance(dy, np.ndarray) or dy.shape != shape:
             raise ValueError(f"{self.name} (Add): gradient shape {getattr(dy, 'shape', None)} does "
                              f"not match the output shape {shape}")
         self._ctx = None
         self.grads = {}
-        return [dy] * n
+        return [dy.astype(dtype, copy=False)] * n
 
 
 def _fmt_shape(shape):
@@ -1157,20 +1157,21 @@ class Concat(Layer):
         a = _axis(self.axis, xs[0].ndim, owner)
         out = np.concatenate(xs, axis=a)
         training = self.training if training is None else bool(training)
-        self._ctx = (a, [x.shape[a] for x in xs], out.shape) if training else None
+        self._ctx = (a, [x.shape[a] for x in xs], out.shape, out.dtype) if training else None
         return out
 
     def backward(self, dy, need_input_grad=True):
         owner = f"{self.name} (Concat)"
         if self._ctx is None:
             raise RuntimeError(f"{owner}: backward() needs a forward(x, training=True) first")
-        a, sizes, shape = self._ctx
+        a, sizes, shape, dtype = self._ctx
         if not isinstance(dy, np.ndarray) or dy.shape != shape:
             raise ValueError(f"{owner}: gradient shape {getattr(dy, 'shape', None)} does not "
                              f"match the output shape {shape}")
         self._ctx = None
         self.grads = {}
-        return [np.ascontiguousarray(g) for g in np.split(dy, np.cumsum(sizes)[:-1], axis=a)]
+        return [np.ascontiguousarray(g, dtype=dtype)
+                for g in np.split(dy, np.cumsum(sizes)[:-1], axis=a)]
 
 
 BUILTIN_LAYERS = (Conv2D, MaxPool2D, AvgPool2D, ReLU, Sigmoid, Tanh, Flatten, Dense, Add,
