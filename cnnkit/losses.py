@@ -23,8 +23,12 @@ class Loss:
         if ndim is not None and pred.ndim != ndim:
             raise ValueError(f"{type(self).__name__}: expected prediction of shape "
                              f"(N, classes), got {pred.shape}")
-        if pred.shape[0] == 0:
-            raise ValueError(f"{type(self).__name__}: empty batch")
+        if pred.ndim == 0:
+            raise ValueError(f"{type(self).__name__}: prediction must have a batch axis, got a "
+                             "0-d array")
+        if pred.size == 0:
+            raise ValueError(f"{type(self).__name__}: empty batch (prediction shape "
+                             f"{pred.shape})")
         if not np.all(np.isfinite(pred)):
             raise ValueError(f"{type(self).__name__}: prediction contains NaN or Inf")
 
