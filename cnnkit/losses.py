@@ -152,6 +152,10 @@ class MSE(Loss):
         if target.shape != prediction.shape:
             raise ValueError(f"MSE: target shape {target.shape} does not match prediction shape "
                              f"{prediction.shape}")
+        if target.dtype.kind not in "biuf":
+            raise ValueError(f"MSE: targets must be real numbers, got dtype {target.dtype}")
+        if not np.all(np.isfinite(target)):
+            raise ValueError("MSE: targets contain NaN or Inf")
         diff = prediction - target.astype(prediction.dtype, copy=False)
         self._ctx = diff
         return float(np.mean(diff * diff))
