@@ -454,7 +454,7 @@ class SoftmaxNumpy:
     @staticmethod
     def forward(x, params, config, need_backward):
         axis = _feature_axis(config, x.ndim)
-        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        e = np.exp(x - x.max(axis=axis, keepdims=True, initial=-np.inf))
         y = e / e.sum(axis=axis, keepdims=True)
         return y, ((y, axis) if need_backward else None)
 
@@ -470,7 +470,7 @@ class LogSoftmaxNumpy:
     @staticmethod
     def forward(x, params, config, need_backward):
         axis = _feature_axis(config, x.ndim)
-        shifted = x - x.max(axis=axis, keepdims=True)
+        shifted = x - x.max(axis=axis, keepdims=True, initial=-np.inf)
         y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
         return y, ((y, axis) if need_backward else None)
 
