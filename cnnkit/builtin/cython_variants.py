@@ -105,11 +105,18 @@ def _workspace(shape, dtype):
     return buf[:size].reshape(shape)
 
 
+def _contiguous(a):
+    """``a`` as a C-contiguous array of the same shape (``np.ascontiguousarray`` would turn a
+    0-d array into a 1-d one, and the kernels would return the wrong shape)."""
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
 def _as_input(a, dtype, name):
     a = np.asarray(a)
     if a.dtype != dtype:
         raise ValueError(f"{name} has dtype {a.dtype}, expected {dtype}")
-    return np.ascontiguousarray(a)
+    return _contiguous(a)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +175,7 @@ class Conv2dCython:
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        x = np.ascontiguousarray(x)
+        x = _contiguous(x)
         w = _as_input(params["weight"], x.dtype, "weight")
         b = params.get("bias")
         b = None if b is None else _as_input(b, x.dtype, "bias")
@@ -242,7 +249,7 @@ class ConvTranspose2dCython:
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        x = np.ascontiguousarray(x)
+        x = _contiguous(x)
         w = _as_input(params["weight"], x.dtype, "weight")
         b = params.get("bias")
         b = None if b is None else _as_input(b, x.dtype, "bias")
@@ -312,7 +319,7 @@ class MaxPool2dCython:
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        x = np.ascontiguousarray(x)
+        x = _contiguous(x)
         geom, oh, ow = _pool_geometry(x, config)
         if x.shape[2] * x.shape[3] > _INT32_MAX:
             raise ValueError("maxpool2d: plane too large for int32 argmax indices")
@@ -337,7 +344,7 @@ class AvgPool2dCython:
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        x = np.ascontiguousarray(x)
+        x = _contiguous(x)
         geom, oh, ow = _pool_geometry(x, config)
         include = bool(config.get("count_include_pad", True))
         y = np.empty((*x.shape[:2], oh, ow), dtype=x.dtype)
@@ -364,7 +371,7 @@ def _elementwise(kernel_fwd, kernel_bwd):
     class _Variant:
         @staticmethod
         def forward(x, params, config, need_backward):
-            x = np.ascontiguousarray(x)
+            x = _contiguous(x)
             y = np.empty_like(x)
             kernel_fwd(x.reshape(-1), y.reshape(-1))
             return y, (y if need_backward else None)
@@ -409,7 +416,7 @@ class LeakyReluCython:
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        x = np.ascontiguousarray(x)
+        x = _contiguous(x)
         y = np.empty_like(x)
         slope = float(config["negative_slope"])
         _act.leaky_relu_forward(x.reshape(-1), y.reshape(-1), slope)
@@ -429,7 +436,7 @@ class EluCython:
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        x = np.ascontiguousarray(x)
+        x = _contiguous(x)
         y = np.empty_like(x)
         alpha = float(config["alpha"])
         _act.elu_forward(x.reshape(-1), y.reshape(-1), alpha)
@@ -449,7 +456,7 @@ class GeluCython:
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        x = np.ascontiguousarray(x)
+        x = _contiguous(x)
         y = np.empty_like(x)
         tanh_form = config.get("approximate", "none") == "tanh"
         _act.gelu_forward(x.reshape(-1), y.reshape(-1), tanh_form)
@@ -469,7 +476,7 @@ class ScaledTanhCython:
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        x = np.ascontiguousarray(x)
+        x = _contiguous(x)
         y = np.empty_like(x)
         a, s = float(config["amplitude"]), float(config["slope"])
         _act.scaled_tanh_forward(x.reshape(-1), y.reshape(-1), a, s)
@@ -498,7 +505,7 @@ def _softmax_variant(log_form):
     class _Variant:
         @staticmethod
         def forward(x, params, config, need_backward):
-            x = np.ascontiguousarray(x)
+            x = _contiguous(x)
             view = _outer_c_inner(x.shape, config)
             y = np.empty_like(x)
             _act.softmax_forward(x.reshape(view), y.reshape(view), log_form)
@@ -529,7 +536,7 @@ class DropoutCython:
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        x = np.ascontiguousarray(x)
+        x = _contiguous(x)
         p = float(config["p"])
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout: p must be in [0, 1), got {p}")
@@ -561,7 +568,7 @@ class BatchNormCython:
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        x = np.ascontiguousarray(x)
+        x = _contiguous(x)
         if x.ndim < 2:
             raise ValueError(f"batchnorm expects (N, C, ...), got {x.shape}")
         w, b = params.get("weight"), params.get("bias")
@@ -601,7 +608,7 @@ class GlobalAvgPool2dCython:
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        x = np.ascontiguousarray(x)
+        x = _contiguous(x)
         if x.ndim != 4:
             raise ValueError(f"globalavgpool2d expects (N, C, H, W), got {x.shape}")
         y = np.empty(x.shape[:2], dtype=x.dtype)
@@ -625,7 +632,7 @@ class SubsamplingCython:
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        x = np.ascontiguousarray(x)
+        x = _contiguous(x)
         if x.ndim != 4:
             raise ValueError(f"subsampling expects (N, C, H, W), got {x.shape}")
         kh, kw = (int(v) for v in config["kernel_size"])
