@@ -33,6 +33,13 @@ def _pair(value, what, owner, *, minimum=1):
     return pair
 
 
+def _check_planes(input_shape, owner):
+    """Refuse (N, C, H, W) shapes whose image planes are empty (H or W is 0)."""
+    if input_shape[2] < 1 or input_shape[3] < 1:
+        raise ValueError(f"{owner}: input shape {tuple(input_shape)} has empty image planes "
+                         "(H or W is 0)")
+
+
 def _positive_int(value, what, owner):
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{owner}: {what} must be a positive int, got {value!r}")
@@ -347,6 +354,7 @@ class Conv2D(Layer):
         if c != self.in_channels:
             raise ValueError(f"{owner}: expected {self.in_channels} input channels, got shape "
                              f"{tuple(input_shape)}")
+        _check_planes(input_shape, owner)
         pt, pb, pl, pr = self._resolve_padding(h, w)
         kh, kw = self.kernel_size
         dh, dw = self.dilation
@@ -402,6 +410,7 @@ class _Pool2D(Layer):
     def output_shape(self, input_shape):
         owner = f"{self.name} ({type(self).__name__})"
         self.check_input_shape(input_shape)
+        _check_planes(input_shape, owner)
         n, c, h, w = input_shape
         out = []
         for size, k, s, p in zip((h, w), self.kernel_size, self.stride, self.padding):
@@ -911,6 +920,7 @@ class GlobalAvgPool2D(Layer):
 
     def output_shape(self, input_shape):
         self.check_input_shape(input_shape)
+        _check_planes(input_shape, f"{self.name} (GlobalAvgPool2D)")
         return (input_shape[0], input_shape[1])
 
 
@@ -1090,6 +1100,7 @@ class ConvTranspose2D(Layer):
         if c != self.in_channels:
             raise ValueError(f"{owner}: expected {self.in_channels} input channels, got shape "
                              f"{tuple(input_shape)}")
+        _check_planes(input_shape, owner)
         out = []
         for size, k, s, p, op, d in zip((h, w), self.kernel_size, self.stride, self.padding,
                                         self.output_padding, self.dilation):
