@@ -18,6 +18,7 @@ from .plugins import get_registry
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _counters: dict[str, itertools.count] = {}
+_INT32_MAX = 2**31 - 1
 
 
 def _pair(value, what, owner, *, minimum=1):
@@ -30,6 +31,9 @@ def _pair(value, what, owner, *, minimum=1):
         raise TypeError(f"{owner}: {what} must be an int or a pair of ints, got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{owner}: {what} must be >= {minimum}, got {value!r}")
+    if max(pair) > _INT32_MAX:
+        raise ValueError(f"{owner}: {what} must be < 2**31 (the kernels' int range), got "
+                         f"{value!r}")
     return pair
 
 
