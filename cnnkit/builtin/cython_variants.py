@@ -159,11 +159,15 @@ class Conv2dCython:
             raise ValueError(f"conv2d: weight {w.shape} does not fit input {x.shape} with groups={groups}")
         if b is not None and b.shape != (o,):
             raise ValueError(f"conv2d: bias shape {b.shape}, expected ({o},)")
+        if min(cg, kh, kw) < 1 or min(x.shape[2:]) < 1:
+            raise ValueError(f"conv2d: empty weight {w.shape} or empty image planes in {x.shape}")
         sh, sw = (int(v) for v in config["stride"])
         top, bottom, left, right = (int(v) for v in config["padding"])
         dh, dw = (int(v) for v in config["dilation"])
-        if min(sh, sw, dh, dw) < 1 or min(top, bottom, left, right) < 0:
-            raise ValueError(f"conv2d: invalid config {config}")
+        if (min(sh, sw, dh, dw) < 1 or min(top, bottom, left, right) < 0
+                or max(sh, sw, dh, dw, top, bottom, left, right) > _INT32_MAX):
+            raise ValueError(f"conv2d: invalid config {config} (stride and dilation must lie in "
+                             "[1, 2**31), padding in [0, 2**31))")
         oh = conv2d_output_size(x.shape[2], top, bottom, kh, sh, dh)
         ow = conv2d_output_size(x.shape[3], left, right, kw, sw, dw)
         if oh < 1 or ow < 1:
@@ -230,12 +234,17 @@ class ConvTranspose2dCython:
                              f"with groups={groups}")
         if b is not None and b.shape != (cog * groups,):
             raise ValueError(f"convtranspose2d: bias shape {b.shape}, expected ({cog * groups},)")
+        if min(cin, cog, kh, kw) < 1 or min(x.shape[2:]) < 1:
+            raise ValueError(f"convtranspose2d: empty weight {w.shape} or empty image planes in "
+                             f"{x.shape}")
         sh, sw = (int(v) for v in config["stride"])
         ph, pw = (int(v) for v in config["padding"])
         oph, opw = (int(v) for v in config["output_padding"])
         dh, dw = (int(v) for v in config["dilation"])
-        if min(sh, sw, dh, dw) < 1 or min(ph, pw, oph, opw) < 0:
-            raise ValueError(f"convtranspose2d: invalid config {config}")
+        if (min(sh, sw, dh, dw) < 1 or min(ph, pw, oph, opw) < 0
+                or max(sh, sw, dh, dw, ph, pw, oph, opw) > _INT32_MAX):
+            raise ValueError(f"convtranspose2d: invalid config {config} (stride and dilation must "
+                             "lie in [1, 2**31), padding in [0, 2**31))")
         h, wd = x.shape[2:]
         oh = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
         ow = (wd - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
@@ -305,8 +314,12 @@ def _pool_geometry(x, config):
     kh, kw = (int(v) for v in config["kernel_size"])
     sh, sw = (int(v) for v in config["stride"])
     ph, pw = (int(v) for v in config["padding"])
-    if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw:
-        raise ValueError(f"pooling: invalid config {config} (padding must be at most half the kernel)")
+    if (min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw
+            or max(kh, kw, sh, sw) > _INT32_MAX):
+        raise ValueError(f"pooling: invalid config {config} (kernel and stride must lie in "
+                         "[1, 2**31), padding at most half the kernel)")
+    if min(x.shape[2:]) < 1:
+        raise ValueError(f"pooling: input {x.shape} has empty image planes")
     oh = pool2d_output_size(x.shape[2], kh, sh, ph, bool(config["ceil_mode"]))
     ow = pool2d_output_size(x.shape[3], kw, sw, pw, bool(config["ceil_mode"]))
     if oh < 1 or ow < 1:
@@ -550,7 +563,7 @@ class DropoutCython:
     @staticmethod
     def backward(dy, ctx):
         keep, p = ctx
-        dy = _as_input(dy, dy.dtype, "dy")
+        dy = _contiguous(dy)
         if dy.shape != keep.shape:
             raise ValueError(f"dropout backward: dy has shape {dy.shape}, expected {keep.shape}")
         dx = np.empty_like(dy)
@@ -611,6 +624,8 @@ class GlobalAvgPool2dCython:
         x = _contiguous(x)
         if x.ndim != 4:
             raise ValueError(f"globalavgpool2d expects (N, C, H, W), got {x.shape}")
+        if min(x.shape[2:]) < 1:
+            raise ValueError(f"globalavgpool2d: input {x.shape} has empty image planes")
         y = np.empty(x.shape[:2], dtype=x.dtype)
         _pool.global_avgpool2d_forward(x, y)
         return y, ((x.shape, x.dtype) if need_backward else None)
