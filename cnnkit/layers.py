@@ -1165,10 +1165,10 @@ class Concat(Layer):
             if x.dtype != xs[0].dtype:
                 raise TypeError(f"{owner}: inputs have different dtypes {xs[0].dtype} and "
                                 f"{x.dtype}")
+        self.output_shape([x.shape for x in xs])
         if len({x.shape[0] for x in xs}) != 1:
             raise ValueError(f"{owner}: inputs have different batch sizes: "
                              + " and ".join(str(x.shape) for x in xs))
-        self.output_shape([x.shape for x in xs])
         a = _axis(self.axis, xs[0].ndim, owner)
         out = np.concatenate(xs, axis=a)
         training = self.training if training is None else bool(training)
