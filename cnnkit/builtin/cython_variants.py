@@ -112,6 +112,22 @@ def _contiguous(a):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
+def _config_int(value, what, owner):
+    """An int hyper-parameter from a config; floats, strings and bools are refused rather than
+    truncated or parsed by ``int()``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{owner}: {what} must be an int, got {value!r}")
+    return int(value)
+
+
+def _config_ints(config, key, n, owner):
+    """The n ints of ``config[key]`` (a tuple or list)."""
+    values = config[key]
+    if not isinstance(values, (tuple, list)) or len(values) != n:
+        raise TypeError(f"{owner}: config[{key!r}] must be {n} ints, got {values!r}")
+    return tuple(_config_int(v, f"config[{key!r}]", owner) for v in values)
+
+
 def _as_input(a, dtype, name):
     a = np.asarray(a)
     if a.dtype != dtype:
@@ -153,7 +169,7 @@ class Conv2dCython:
     def _check(x, w, b, config):
         if x.ndim != 4 or w.ndim != 4:
             raise ValueError(f"conv2d expects x (N, C, H, W) and weight (O, C/g, kh, kw), got {x.shape}, {w.shape}")
-        groups = int(config["groups"])
+        groups = _config_int(config["groups"], "groups", "conv2d")
         o, cg, kh, kw = w.shape
         if groups < 1 or o % groups or cg * groups != x.shape[1]:
             raise ValueError(f"conv2d: weight {w.shape} does not fit input {x.shape} with groups={groups}")
@@ -161,9 +177,9 @@ class Conv2dCython:
             raise ValueError(f"conv2d: bias shape {b.shape}, expected ({o},)")
         if min(cg, kh, kw) < 1 or min(x.shape[2:]) < 1:
             raise ValueError(f"conv2d: empty weight {w.shape} or empty image planes in {x.shape}")
-        sh, sw = (int(v) for v in config["stride"])
-        top, bottom, left, right = (int(v) for v in config["padding"])
-        dh, dw = (int(v) for v in config["dilation"])
+        sh, sw = _config_ints(config, "stride", 2, "conv2d")
+        top, bottom, left, right = _config_ints(config, "padding", 4, "conv2d")
+        dh, dw = _config_ints(config, "dilation", 2, "conv2d")
         if (min(sh, sw, dh, dw) < 1 or min(top, bottom, left, right) < 0
                 or max(sh, sw, dh, dw, top, bottom, left, right) > _INT32_MAX):
             raise ValueError(f"conv2d: invalid config {config} (stride and dilation must lie in "
@@ -227,7 +243,7 @@ class ConvTranspose2dCython:
         if x.ndim != 4 or w.ndim != 4:
             raise ValueError(f"convtranspose2d expects x (N, C, H, W) and weight (C, O/g, kh, kw), "
                              f"got {x.shape}, {w.shape}")
-        groups = int(config["groups"])
+        groups = _config_int(config["groups"], "groups", "convtranspose2d")
         cin, cog, kh, kw = w.shape
         if groups < 1 or cin != x.shape[1] or cin % groups:
             raise ValueError(f"convtranspose2d: weight {w.shape} does not fit input {x.shape} "
@@ -237,10 +253,10 @@ class ConvTranspose2dCython:
         if min(cin, cog, kh, kw) < 1 or min(x.shape[2:]) < 1:
             raise ValueError(f"convtranspose2d: empty weight {w.shape} or empty image planes in "
                              f"{x.shape}")
-        sh, sw = (int(v) for v in config["stride"])
-        ph, pw = (int(v) for v in config["padding"])
-        oph, opw = (int(v) for v in config["output_padding"])
-        dh, dw = (int(v) for v in config["dilation"])
+        sh, sw = _config_ints(config, "stride", 2, "convtranspose2d")
+        ph, pw = _config_ints(config, "padding", 2, "convtranspose2d")
+        oph, opw = _config_ints(config, "output_padding", 2, "convtranspose2d")
+        dh, dw = _config_ints(config, "dilation", 2, "convtranspose2d")
         if (min(sh, sw, dh, dw) < 1 or min(ph, pw, oph, opw) < 0
                 or max(sh, sw, dh, dw, ph, pw, oph, opw) > _INT32_MAX):
             raise ValueError(f"convtranspose2d: invalid config {config} (stride and dilation must "
@@ -311,9 +327,9 @@ class ConvTranspose2dCython:
 def _pool_geometry(x, config):
     if x.ndim != 4:
         raise ValueError(f"pooling expects (N, C, H, W), got {x.shape}")
-    kh, kw = (int(v) for v in config["kernel_size"])
-    sh, sw = (int(v) for v in config["stride"])
-    ph, pw = (int(v) for v in config["padding"])
+    kh, kw = _config_ints(config, "kernel_size", 2, "pooling")
+    sh, sw = _config_ints(config, "stride", 2, "pooling")
+    ph, pw = _config_ints(config, "padding", 2, "pooling")
     if (min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw
             or max(kh, kw, sh, sw) > _INT32_MAX):
         raise ValueError(f"pooling: invalid config {config} (kernel and stride must lie in "
@@ -505,7 +521,7 @@ class ScaledTanhCython:
 
 
 def _outer_c_inner(shape, config):
-    axis = int(config.get("axis", 1))
+    axis = _config_int(config.get("axis", 1), "axis", "softmax")
     axis = axis + len(shape) if axis < 0 else axis
     if not 0 <= axis < len(shape):
         raise ValueError(f"softmax: axis {config.get('axis')} out of range for shape {shape}")
@@ -650,7 +666,7 @@ class SubsamplingCython:
         x = _contiguous(x)
         if x.ndim != 4:
             raise ValueError(f"subsampling expects (N, C, H, W), got {x.shape}")
-        kh, kw = (int(v) for v in config["kernel_size"])
+        kh, kw = _config_ints(config, "kernel_size", 2, "subsampling")
         w = _as_input(params["weight"], x.dtype, "weight")
         b = params.get("bias")
         b = None if b is None else _as_input(b, x.dtype, "bias")
