@@ -727,7 +727,8 @@ def _real_ok(value):
 def _expected_shape(layer_type, x, params, config):
     """The output shape a correct variant returns for this call, or None when the call is
     invalid (a Cython variant must refuse it)."""
-    w, b = params.get("weight"), params.get("bias")
+    w, b = (p if p is None or isinstance(p, np.ndarray) else np.asarray(p)
+            for p in (params.get("weight"), params.get("bias")))
     if not _float_ok(x, *[p for p in (w, b) if p is not None]):
         return None
     big = HUGE - 1
@@ -968,15 +969,17 @@ def _call_variant(variant, x, params, config, dy_draw):
     impl = variant.impl
     cython = variant.name == "cython"
     expected = _expected_shape(variant.layer_type, x, params, config)
-    need_backward = True
+    # the NumPy reference must compute what a layer could send: no empty arrays, no lists
+    strict = expected is not None and (cython or (x.size > 0 and all(
+        p is None or isinstance(p, np.ndarray) for p in params.values())))
     try:
-        y, ctx = impl.forward(x, params, config, need_backward)
+        y, ctx = impl.forward(x, params, config, True)
     except Exception as exc:  # noqa: BLE001 - which exceptions are allowed is checked here
-        if cython or (expected is not None and x.size):
+        if cython or strict:
             assert isinstance(exc, (ValueError, TypeError)), \
                 f"{variant.name} {variant.layer_type}: {type(exc).__name__}: {exc}"
             assert str(exc), f"{variant.name} {variant.layer_type}: empty message"
-        if expected is not None and not cython and x.size:  # (no layer sends empty arrays)
+        if strict and not cython:
             raise AssertionError(f"numpy {variant.layer_type} refused a valid call: {exc!r}")
         event(f"{variant.name}: forward refused")
         return None, None
