@@ -608,11 +608,13 @@ class BatchNormCython:
             w, b = _as_input(w, x.dtype, "weight"), _as_input(b, x.dtype, "bias")
             if w.shape != (c,) or b.shape != (c,):
                 raise ValueError(f"batchnorm: weight/bias shapes {w.shape}, {b.shape}, expected ({c},)")
+        eps = float(config["eps"])
+        if not 0.0 < eps < float("inf"):  # eps = 0 divides by zero for a constant channel
+            raise ValueError(f"batchnorm: eps must be a finite number > 0, got {config['eps']!r}")
         view = (x.shape[0], c, int(np.prod(x.shape[2:])))
         y = np.empty_like(x)
         mean, var, inv = np.empty(c), np.empty(c), np.empty(c)
-        _norm.batchnorm_forward(x.reshape(view), w, b, y.reshape(view), float(config["eps"]),
-                                mean, var, inv)
+        _norm.batchnorm_forward(x.reshape(view), w, b, y.reshape(view), eps, mean, var, inv)
         return y, ((x, w, mean, var, inv, view) if need_backward else None)
 
     @staticmethod
