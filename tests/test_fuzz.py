@@ -793,6 +793,8 @@ def _expected_shape(layer_type, x, params, config):
     if layer_type in ("batchnorm1d", "batchnorm2d"):
         if x.ndim < 2 or (w is None) != (b is None) or not _real_ok(config["eps"]):
             return None
+        if not 0 < config["eps"] < math.inf:  # the layer's rule; 0 divides by zero
+            return x.shape if x.size == 0 else None
         if w is not None and (w.shape != (x.shape[1],) or b.shape != (x.shape[1],)):
             return None
         return x.shape
