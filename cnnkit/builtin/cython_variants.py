@@ -175,7 +175,7 @@ class Conv2dCython:
             raise ValueError(f"conv2d: weight {w.shape} does not fit input {x.shape} with groups={groups}")
         if b is not None and b.shape != (o,):
             raise ValueError(f"conv2d: bias shape {b.shape}, expected ({o},)")
-        if min(cg, kh, kw) < 1 or min(x.shape[2:]) < 1:
+        if min(o, cg, kh, kw) < 1 or min(x.shape[2:]) < 1:
             raise ValueError(f"conv2d: empty weight {w.shape} or empty image planes in {x.shape}")
         sh, sw = _config_ints(config, "stride", 2, "conv2d")
         top, bottom, left, right = _config_ints(config, "padding", 4, "conv2d")
