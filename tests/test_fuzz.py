@@ -56,7 +56,7 @@ def ints(low, high, bad=(-1, 0)):
 
 small = st.integers(min_value=-1, max_value=4)
 dims = ints(1, 9, bad=(0,))  # batch and image sizes: sometimes empty
-sides = mostly(st.integers(3, 9), st.sampled_from([1, 2, 0]), one_in=6)  # image sides
+sides = mostly(st.integers(3, 9), st.sampled_from([1, 2, 0]), one_in=12)  # image sides
 #: a stride this large overflows a C int; it must be refused or computed, never overflow
 HUGE = 2**31
 FLOATS = ("float32", "float64")
