@@ -440,84 +440,53 @@ def _flat_pair(dy, x, what):
     return dy
 
 
-class LeakyReluCython:
+def _elementwise_with_args(kernel_fwd, kernel_bwd, args_of, keep, what):
+    """A variant class for an elementwise kernel with scalar arguments taken from the config.
+
+    ``args_of(config)`` gives the kernel's extra arguments; ``keep`` is "x" or "y": the array
+    the backward kernel reads besides dy."""
+
+    class _Variant:
+        @staticmethod
+        def forward(x, params, config, need_backward):
+            x = _contiguous(x)
+            y = np.empty_like(x)
+            args = args_of(config)
+            kernel_fwd(x.reshape(-1), y.reshape(-1), *args)
+            return y, (((x if keep == "x" else y), args) if need_backward else None)
+
+        @staticmethod
+        def backward(dy, ctx):
+            kept, args = ctx
+            dy = _flat_pair(dy, kept, what)
+            dx = np.empty_like(kept)
+            kernel_bwd(dy.reshape(-1), kept.reshape(-1), dx.reshape(-1), *args)
+            return dx, {}
+
+    return _Variant
+
+
+class LeakyReluCython(_elementwise_with_args(
+        _act.leaky_relu_forward, _act.leaky_relu_backward,
+        lambda c: (float(c["negative_slope"]),), "x", "leakyrelu")):
     """x if x > 0 else slope * x; backward from x (the gradient at 0 is the slope)."""
 
-    @staticmethod
-    def forward(x, params, config, need_backward):
-        x = _contiguous(x)
-        y = np.empty_like(x)
-        slope = float(config["negative_slope"])
-        _act.leaky_relu_forward(x.reshape(-1), y.reshape(-1), slope)
-        return y, ((x, slope) if need_backward else None)
 
-    @staticmethod
-    def backward(dy, ctx):
-        x, slope = ctx
-        dy = _flat_pair(dy, x, "leakyrelu")
-        dx = np.empty_like(x)
-        _act.leaky_relu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), slope)
-        return dx, {}
-
-
-class EluCython:
+class EluCython(_elementwise_with_args(
+        _act.elu_forward, _act.elu_backward, lambda c: (float(c["alpha"]),), "x", "elu")):
     """x if x > 0 else alpha * expm1(x); backward from x."""
 
-    @staticmethod
-    def forward(x, params, config, need_backward):
-        x = _contiguous(x)
-        y = np.empty_like(x)
-        alpha = float(config["alpha"])
-        _act.elu_forward(x.reshape(-1), y.reshape(-1), alpha)
-        return y, ((x, alpha) if need_backward else None)
 
-    @staticmethod
-    def backward(dy, ctx):
-        x, alpha = ctx
-        dy = _flat_pair(dy, x, "elu")
-        dx = np.empty_like(x)
-        _act.elu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), alpha)
-        return dx, {}
-
-
-class GeluCython:
+class GeluCython(_elementwise_with_args(
+        _act.gelu_forward, _act.gelu_backward,
+        lambda c: (c.get("approximate", "none") == "tanh",), "x", "gelu")):
     """Exact (erf) or tanh-approximated GELU, evaluated in double; backward from x."""
 
-    @staticmethod
-    def forward(x, params, config, need_backward):
-        x = _contiguous(x)
-        y = np.empty_like(x)
-        tanh_form = config.get("approximate", "none") == "tanh"
-        _act.gelu_forward(x.reshape(-1), y.reshape(-1), tanh_form)
-        return y, ((x, tanh_form) if need_backward else None)
 
-    @staticmethod
-    def backward(dy, ctx):
-        x, tanh_form = ctx
-        dy = _flat_pair(dy, x, "gelu")
-        dx = np.empty_like(x)
-        _act.gelu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), tanh_form)
-        return dx, {}
-
-
-class ScaledTanhCython:
+class ScaledTanhCython(_elementwise_with_args(
+        _act.scaled_tanh_forward, _act.scaled_tanh_backward,
+        lambda c: (float(c["amplitude"]), float(c["slope"])), "y", "scaledtanh")):
     """amplitude * tanh(slope * x); backward from y."""
-
-    @staticmethod
-    def forward(x, params, config, need_backward):
-        x = _contiguous(x)
-        y = np.empty_like(x)
-        a, s = float(config["amplitude"]), float(config["slope"])
-        _act.scaled_tanh_forward(x.reshape(-1), y.reshape(-1), a, s)
-        return y, ((y, a, s) if need_backward else None)
-
-    @staticmethod
-    def backward(dy, ctx):
-        y, a, s = ctx
-        dy = _flat_pair(dy, y, "scaledtanh")
-        dx = np.empty_like(y)
-        _act.scaled_tanh_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), a, s)
-        return dx, {}
 
 
 def _outer_c_inner(shape, config):
