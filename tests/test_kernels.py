@@ -6,8 +6,10 @@ import pytest
 
 try:
     import _reference as ref
+    from gradcheck import numeric_grad
 except ImportError:  # tests/ imported as a package
     from tests import _reference as ref
+    from tests.gradcheck import numeric_grad
 from cnnkit.builtin import cython_variants as cy
 from cnnkit.builtin import numpy_variants as nv
 
@@ -209,21 +211,6 @@ def test_pools_numpy_match_loop_reference(case):
 # ---------------------------------------------------------------------------------------------
 # finite differences (float64)
 # ---------------------------------------------------------------------------------------------
-def numeric_grad(f, a, eps=1e-6):
-    """Central differences of the scalar f() with respect to every element of a (in place)."""
-    g = np.empty_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        keep = flat[i]
-        flat[i] = keep + eps
-        up = f()
-        flat[i] = keep - eps
-        down = f()
-        flat[i] = keep
-        gflat[i] = (up - down) / (2 * eps)
-    return g
-
-
 def check_gradients(variant, x, params, config, seed=5):
     x = x.copy()
     params = {k: (None if v is None else v.copy()) for k, v in params.items()}
