@@ -44,6 +44,19 @@ class Loss:
                              f"[{labels.min()}, {labels.max()}]")
         return labels
 
+    def _check_target(self, target, prediction):
+        """Real-valued finite targets of the prediction's shape, cast to its dtype."""
+        name = type(self).__name__
+        target = np.asarray(target)
+        if target.shape != prediction.shape:
+            raise ValueError(f"{name}: target shape {target.shape} does not match the "
+                             f"prediction shape {prediction.shape}")
+        if target.dtype.kind not in "biuf":
+            raise ValueError(f"{name}: targets must be real numbers, got dtype {target.dtype}")
+        if not np.all(np.isfinite(target)):
+            raise ValueError(f"{name}: targets contain NaN or Inf")
+        return target.astype(prediction.dtype, copy=False)
+
     def backward(self):
         if self._ctx is None:
             raise RuntimeError(f"{type(self).__name__}: backward() needs forward() first")
@@ -119,15 +132,7 @@ class BCEWithLogits(Loss):
 
     def forward(self, logits, targets):
         self._check_prediction(logits)
-        targets = np.asarray(targets)
-        if targets.shape != logits.shape:
-            raise ValueError(f"BCEWithLogits: target shape {targets.shape} does not match the "
-                             f"logits shape {logits.shape}")
-        if targets.dtype.kind not in "biuf":
-            raise ValueError(f"BCEWithLogits: targets must be numbers, got dtype {targets.dtype}")
-        t = targets.astype(logits.dtype, copy=False)
-        if not np.all(np.isfinite(t)):
-            raise ValueError("BCEWithLogits: targets contain NaN or Inf")
+        t = self._check_target(targets, logits)
         if t.min() < 0 or t.max() > 1:
             raise ValueError(f"BCEWithLogits: targets must lie in [0, 1], got values in "
                              f"[{t.min()}, {t.max()}]")
@@ -148,15 +153,7 @@ class MSE(Loss):
 
     def forward(self, prediction, target):
         self._check_prediction(prediction)
-        target = np.asarray(target)
-        if target.shape != prediction.shape:
-            raise ValueError(f"MSE: target shape {target.shape} does not match prediction shape "
-                             f"{prediction.shape}")
-        if target.dtype.kind not in "biuf":
-            raise ValueError(f"MSE: targets must be real numbers, got dtype {target.dtype}")
-        if not np.all(np.isfinite(target)):
-            raise ValueError("MSE: targets contain NaN or Inf")
-        diff = prediction - target.astype(prediction.dtype, copy=False)
+        diff = prediction - self._check_target(target, prediction)
         self._ctx = diff
         return float(np.mean(diff * diff))
 
