@@ -37,6 +37,25 @@ def _pair(value, what, owner, *, minimum=1):
     return pair
 
 
+def _conv_features(layer, **geometry):
+    """The features a convolution-like layer uses: stride, the given padding-like flags (in
+    order), dilation, groups, bias."""
+    used = {"stride": layer.stride != (1, 1), **geometry,
+            "dilation": layer.dilation != (1, 1), "groups": layer.groups != 1,
+            "bias": layer.params["bias"] is not None}
+    return tuple(name for name, on in used.items() if on)
+
+
+def _check_conv_input(layer, input_shape, owner):
+    """Rank, channel count and non-empty planes of a convolution-like layer's input."""
+    layer.check_input_shape(input_shape)
+    if input_shape[1] != layer.in_channels:
+        raise ValueError(f"{owner}: expected {layer.in_channels} input channels, got shape "
+                         f"{tuple(input_shape)}")
+    _check_planes(input_shape, owner)
+    return tuple(input_shape)
+
+
 def _check_planes(input_shape, owner):
     """Refuse (N, C, H, W) shapes whose image planes are empty (H or W is 0)."""
     if input_shape[2] < 1 or input_shape[3] < 1:
@@ -335,30 +354,13 @@ class Conv2D(Layer):
         return self.config["padding"]
 
     def features(self):
-        f = []
-        if self.stride != (1, 1):
-            f.append("stride")
         pt, pb, pl, pr = self.config["padding"]
-        if any(self.config["padding"]):
-            f.append("padding")
-        if pt != pb or pl != pr:
-            f.append("asymmetric_padding")
-        if self.dilation != (1, 1):
-            f.append("dilation")
-        if self.groups != 1:
-            f.append("groups")
-        if self.params["bias"] is not None:
-            f.append("bias")
-        return tuple(f)
+        return _conv_features(self, padding=any(self.config["padding"]),
+                              asymmetric_padding=pt != pb or pl != pr)
 
     def output_shape(self, input_shape):
         owner = f"{self.name} (Conv2D)"
-        self.check_input_shape(input_shape)
-        n, c, h, w = input_shape
-        if c != self.in_channels:
-            raise ValueError(f"{owner}: expected {self.in_channels} input channels, got shape "
-                             f"{tuple(input_shape)}")
-        _check_planes(input_shape, owner)
+        n, c, h, w = _check_conv_input(self, input_shape, owner)
         pt, pb, pl, pr = self._resolve_padding(h, w)
         kh, kw = self.kernel_size
         dh, dw = self.dilation
@@ -1082,29 +1084,12 @@ class ConvTranspose2D(Layer):
                 "bias": self.params["bias"] is not None, "dilation": self.dilation}
 
     def features(self):
-        f = []
-        if self.stride != (1, 1):
-            f.append("stride")
-        if self.padding != (0, 0):
-            f.append("padding")
-        if self.output_padding != (0, 0):
-            f.append("output_padding")
-        if self.dilation != (1, 1):
-            f.append("dilation")
-        if self.groups != 1:
-            f.append("groups")
-        if self.params["bias"] is not None:
-            f.append("bias")
-        return tuple(f)
+        return _conv_features(self, padding=self.padding != (0, 0),
+                              output_padding=self.output_padding != (0, 0))
 
     def output_shape(self, input_shape):
         owner = f"{self.name} (ConvTranspose2D)"
-        self.check_input_shape(input_shape)
-        n, c, h, w = input_shape
-        if c != self.in_channels:
-            raise ValueError(f"{owner}: expected {self.in_channels} input channels, got shape "
-                             f"{tuple(input_shape)}")
-        _check_planes(input_shape, owner)
+        n, c, h, w = _check_conv_input(self, input_shape, owner)
         out = []
         for size, k, s, p, op, d in zip((h, w), self.kernel_size, self.stride, self.padding,
                                         self.output_padding, self.dilation):
