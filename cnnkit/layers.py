@@ -121,6 +121,14 @@ class Layer:
         """Output shape for an input shape whose first entry (batch) may be None."""
         return tuple(input_shape)
 
+    def resolve(self, input_shape: tuple) -> dict:
+        """The configuration the variants receive for inputs of ``input_shape`` (whose batch
+        entry may be None): ``self.config`` with whatever depends on the input size resolved
+        (Conv2D's ``padding="same"``).  Raises, as :meth:`output_shape` does, for an input the
+        layer cannot take."""
+        self.output_shape((None,) + tuple(input_shape[1:]))
+        return self.config
+
     def check_input_shape(self, shape: tuple) -> None:
         if self.input_rank is not None and len(shape) != self.input_rank:
             raise ValueError(f"{self.name} ({type(self).__name__}): expected a {self.input_rank}-D "
@@ -352,6 +360,12 @@ class Conv2D(Layer):
                 pads += [total // 2, total - total // 2]
             return tuple(pads)
         return self.config["padding"]
+
+    def resolve(self, input_shape):
+        self.output_shape((None,) + tuple(input_shape[1:]))
+        if isinstance(self.padding, str):
+            return dict(self.config, padding=self._resolve_padding(input_shape[2], input_shape[3]))
+        return self.config
 
     def features(self):
         pt, pb, pl, pr = self.config["padding"]
