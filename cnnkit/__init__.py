@@ -8,8 +8,10 @@ __version__ = "0.1.0"
 def _check_compiled():
     import importlib
 
+    from ._ext import MODULES
+
     missing = []
-    for mod in ("conv", "pool", "activation"):
+    for mod in MODULES:
         try:
             importlib.import_module(f"cnnkit._ext.{mod}")
         except ImportError as exc:

@@ -10,6 +10,12 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests import _reference as ref
     from tests.gradcheck import numeric_grad
+import cnnkit
+from cnnkit._ext import activation as _act
+from cnnkit._ext import conv as _conv
+from cnnkit._ext import dropout as _dropout
+from cnnkit._ext import norm as _norm
+from cnnkit._ext import pool as _pool
 from cnnkit.builtin import cython_variants as cy
 from cnnkit.builtin import numpy_variants as nv
 
@@ -130,12 +136,25 @@ def test_conv_cython_row_bands(case, monkeypatch):
     check_pair(cy.Conv2dCython, nv.Conv2dNumpy, x, params, config, np.float64)
 
 
-def test_conv_cython_larger_batch_multithreaded():
-    """More images than threads, so every OpenMP thread contributes partial weight gradients."""
-    case = ((9, 4, 10, 10), 8, (3, 3), conv_config(stride=1, padding=1, groups=2), True)
+@pytest.fixture
+def two_threads():
+    """Kernels limited to a team of two OpenMP threads (skipped for a build without OpenMP)."""
+    with cnnkit.num_threads(2):
+        if _conv.max_threads() < 2:
+            pytest.skip("cnnkit was built without OpenMP: every kernel runs on one thread")
+        yield
+
+
+def test_conv_cython_larger_batch_multithreaded(two_threads):
+    """More images than threads and more multiply-adds than ``SERIAL_MACS``, so every OpenMP
+    thread contributes partial weight gradients; the kernels report the team they ran on."""
+    case = ((9, 4, 16, 16), 8, (3, 3), conv_config(stride=1, padding=1, groups=2), True)
+    (n, c, h, w), o, (kh, kw) = case[:3]
+    assert n * o * h * w * (c // 2) * kh * kw >= cy.SERIAL_MACS  # same-size output, 2 groups
     for dtype in DTYPES:
         x, params, config = conv_inputs(case, dtype)
         check_pair(cy.Conv2dCython, nv.Conv2dNumpy, x, params, config, dtype)
+        assert _conv.last_team_size() == 2  # the backward pass: two partial weight gradients
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -157,13 +176,73 @@ def test_maxpool_ties_go_to_first_maximum(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(3,), (2, 5, 7), (4, 3, 50, 50), (1,), (0, 3)])
+@pytest.mark.parametrize("shape", [(3,), (2, 5, 7), (4, 3, 64, 64), (1,), (0, 3)])
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_activation_cython_matches_numpy(name, shape, dtype):
-    """(4, 3, 50, 50) is above the parallel threshold, the others below."""
+    """(4, 3, 64, 64) is above the parallel threshold, the others below (with OpenMP, the
+    backward kernel, the last one run, reports the team it took)."""
     x = (np.random.default_rng(3).standard_normal(shape) * 4).astype(dtype)
     oracle, impl = ACTIVATIONS[name]
-    check_pair(impl, oracle, x, {}, {}, dtype)
+    with cnnkit.num_threads(2):
+        check_pair(impl, oracle, x, {}, {}, dtype)
+        if _conv.max_threads() > 1:
+            assert _act.last_team_size() == (2 if x.size >= _act.PARALLEL_MIN else 1)
+
+
+def _team_cases():
+    """(id, kernel module, cython variant, numpy variant, big input, small input, params, config):
+    ``big`` is at or above the module's parallel threshold, ``small`` below every threshold."""
+    rng = np.random.default_rng(16)
+    pool_cfg = pool_config(((), (3, 3), (2, 2), (1, 1), False, True))
+    pool_big = distinct_values((2, 8, 32, 32), rng)
+    assert pool_big.size >= _pool.PARALLEL_MIN
+    n_act = _act.PARALLEL_MIN
+    act_big, act_small = rng.standard_normal(n_act) * 4, rng.standard_normal(100) * 4
+    bn_params = {"weight": rng.standard_normal(16), "bias": rng.standard_normal(16)}
+    bn_big = rng.standard_normal((8, 16, 128)) * 3 + 1
+    assert bn_big.size >= _norm.PARALLEL_MIN
+    drop_cfg = {"p": 0.3, "seed": 12345}
+    drop_big = rng.standard_normal(_dropout.PARALLEL_MIN)
+    conv_big, conv_params, conv_cfg = conv_inputs(
+        ((8, 4, 16, 16), 8, (3, 3), conv_config(padding=1, groups=2), True), np.float64)
+    assert 8 * 8 * 16 * 16 * 2 * 9 >= cy.SERIAL_MACS  # N O H W (C/groups) kh kw
+    cases = [
+        ("conv2d", _conv, cy.Conv2dCython, nv.Conv2dNumpy, conv_big, conv_big[:1, :, :5, :5],
+         conv_params, conv_cfg),
+        ("maxpool", _pool, cy.MaxPool2dCython, nv.MaxPool2dNumpy, pool_big, pool_big[:1, :1, :8, :8],
+         {}, pool_cfg),
+        ("avgpool", _pool, cy.AvgPool2dCython, nv.AvgPool2dNumpy, pool_big, pool_big[:1, :1, :8, :8],
+         {}, pool_cfg),
+        ("batchnorm", _norm, cy.BatchNormCython, nv.BatchNormNumpy, bn_big, bn_big[:2, :, :4],
+         bn_params, {"eps": 1e-5}),
+        ("dropout", _dropout, cy.DropoutCython, nv.DropoutNumpy, drop_big, drop_big[:100], {},
+         drop_cfg),
+    ]
+    cases += [(name, _act, impl, oracle, act_big, act_small, {}, {})
+              for name, (oracle, impl) in sorted(ACTIVATIONS.items())]
+    return cases
+
+
+TEAM_CASES = _team_cases()
+
+
+@pytest.mark.parametrize("name,module,impl,oracle,big,small,params,config", TEAM_CASES,
+                         ids=[c[0] for c in TEAM_CASES])
+def test_kernels_use_the_team_above_their_threshold(two_threads, name, module, impl, oracle, big,
+                                                    small, params, config):
+    """Each kernel family takes the multi-threaded path above its threshold and the serial one
+    below it, forward and backward (big and small alternate, so every reading is fresh), and
+    gives the reference's results on the team."""
+    small = np.ascontiguousarray(small)
+    y_big, ctx_big = impl.forward(big, params, config, True)
+    assert module.last_team_size() == 2, f"{name} forward"
+    y_small, ctx_small = impl.forward(small, params, config, True)
+    assert module.last_team_size() == 1, f"{name} forward, small input"
+    impl.backward(np.ones_like(y_big), ctx_big)
+    assert module.last_team_size() == 2, f"{name} backward"
+    impl.backward(np.ones_like(y_small), ctx_small)
+    assert module.last_team_size() == 1, f"{name} backward, small input"
+    check_pair(impl, oracle, big, params, config, big.dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

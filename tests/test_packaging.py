@@ -1,4 +1,5 @@
-"""Build and packaging behaviour: OpenMP detection, the missing-extension message."""
+"""Build and packaging behaviour: OpenMP detection, the missing-extension message, the kernel
+module list and the files the package ships."""
 import os
 import runpy
 import shutil
@@ -47,3 +48,49 @@ def test_import_without_compiled_kernels_says_how_to_build(tmp_path):
     assert res.returncode != 0
     assert "compiled kernels are missing" in res.stderr
     assert "pip install" in res.stderr and "build_ext --inplace" in res.stderr
+
+
+def _compiled_modules():
+    """``cnnkit._ext.MODULES``, read from the file so this needs no built kernels."""
+    return runpy.run_path(str(ROOT / "cnnkit" / "_ext" / "__init__.py"))["MODULES"]
+
+
+def test_every_kernel_source_is_a_listed_module():
+    pyx = sorted(p.stem for p in (ROOT / "cnnkit" / "_ext").glob("*.pyx"))
+    assert pyx, "no .pyx found"
+    assert sorted(_compiled_modules()) == pyx
+
+
+@pytest.mark.parametrize("module", _compiled_modules())
+def test_import_names_each_missing_kernel_module(module, tmp_path):
+    """Every compiled module is checked on import, not only the first few."""
+    dst = tmp_path / "cnnkit"
+    shutil.copytree(ROOT / "cnnkit", dst, ignore=shutil.ignore_patterns("*.c", "__pycache__"))
+    built = list((dst / "_ext").glob(module + ".*.so")) + list((dst / "_ext").glob(module + ".*.pyd"))
+    if not built:
+        pytest.skip("the kernels are not built in place in this checkout")
+    for path in built:
+        path.unlink()
+    res = subprocess.run([sys.executable, "-c", "import cnnkit"], capture_output=True, text=True,
+                         cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert res.returncode != 0
+    assert f"cnnkit._ext.{module} " in res.stderr
+    others = [m for m in _compiled_modules() if m != module]
+    assert not any(f"cnnkit._ext.{m} " in res.stderr for m in others)
+
+
+def test_package_data_ships_kernel_sources_and_pxd(tmp_path):
+    """The files a wheel or sdist copies from cnnkit/_ext (setuptools' build_py step, driven by
+    pyproject.toml) include every .pyx and the shared .pxd the .pyx files cimport."""
+    script = ("import sys; from setuptools import setup; "
+              "setup(script_args=['-q', 'egg_info', '--egg-base', sys.argv[1], "
+              "'build_py', '--build-lib', sys.argv[2]])")
+    lib = tmp_path / "lib"
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(lib)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    src = ROOT / "cnnkit" / "_ext"
+    shipped = {p.name for p in (lib / "cnnkit" / "_ext").iterdir()}
+    wanted = {p.name for p in src.glob("*.pyx")} | {p.name for p in src.glob("*.pxd")}
+    assert {"_blas.pxd", "_omp.pxd"} <= wanted
+    assert wanted <= shipped, f"not shipped: {sorted(wanted - shipped)}"

@@ -5,10 +5,19 @@ Arrays shorter than ``PARALLEL_MIN`` run on one thread: below that, waking the O
 costs more than the loop.  The backward passes only need the forward output ``y``.
 """
 from cython cimport floating
-from cython.parallel cimport prange
-from libc.math cimport exp, expf, tanh, tanhf, fabs, fabsf
+from cython.parallel cimport prange, parallel
+from libc.math cimport erf, erff, exp, expf, expm1, expm1f, fabs, fabsf, log, tanh, tanhf
+from libc.stdlib cimport malloc, free
 
-cdef Py_ssize_t PARALLEL_MIN = 32768
+from cnnkit._ext._omp cimport note_team, omp_last_team, omp_max_threads
+
+cdef Py_ssize_t _PARALLEL_MIN = 32768
+PARALLEL_MIN = _PARALLEL_MIN
+
+
+def last_team_size():
+    """Threads of the last parallel region an activation kernel ran (0 before the first)."""
+    return omp_last_team()
 
 
 cdef inline floating _sigmoid(floating v) noexcept nogil:
@@ -27,68 +36,64 @@ def relu_forward(const floating[::1] x, floating[::1] y):
     """y = max(x, 0); NaN propagates."""
     cdef Py_ssize_t i, n = x.shape[0]
     cdef floating v
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-        v = x[i]
-        y[i] = 0 if v <= 0 else v
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN):
+        note_team()
+        for i in prange(n, schedule="static"):
+            v = x[i]
+            y[i] = 0 if v <= 0 else v
 
 
 def relu_backward(const floating[::1] dy, const floating[::1] y, floating[::1] dx):
     """dx = dy where y > 0, else 0 (the gradient at 0 is 0, as in PyTorch)."""
     cdef Py_ssize_t i, n = dy.shape[0]
     cdef floating g
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-        g = dy[i]  # loaded unconditionally so the select compiles without a branch
-        dx[i] = g if y[i] > 0 else 0
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN):
+        note_team()
+        for i in prange(n, schedule="static"):
+            g = dy[i]  # loaded unconditionally so the select compiles without a branch
+            dx[i] = g if y[i] > 0 else 0
 
 
 def sigmoid_forward(const floating[::1] x, floating[::1] y):
     cdef Py_ssize_t i, n = x.shape[0]
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 4):
-        y[i] = _sigmoid(x[i])
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN // 4):
+        note_team()
+        for i in prange(n, schedule="static"):
+            y[i] = _sigmoid(x[i])
 
 
 def sigmoid_backward(const floating[::1] dy, const floating[::1] y, floating[::1] dx):
     """dx = dy * y * (1 - y)."""
     cdef Py_ssize_t i, n = dy.shape[0]
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-        dx[i] = dy[i] * y[i] * (1 - y[i])
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN):
+        note_team()
+        for i in prange(n, schedule="static"):
+            dx[i] = dy[i] * y[i] * (1 - y[i])
 
 
 def tanh_forward(const floating[::1] x, floating[::1] y):
     cdef Py_ssize_t i, n = x.shape[0]
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 4):
-        if floating is float:
-            y[i] = tanhf(x[i])
-        else:
-            y[i] = tanh(x[i])
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN // 4):
+        note_team()
+        for i in prange(n, schedule="static"):
+            if floating is float:
+                y[i] = tanhf(x[i])
+            else:
+                y[i] = tanh(x[i])
 
 
 def tanh_backward(const floating[::1] dy, const floating[::1] y, floating[::1] dx):
     """dx = dy * (1 - y^2)."""
     cdef Py_ssize_t i, n = dy.shape[0]
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-        dx[i] = dy[i] * (1 - y[i] * y[i])
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN):
+        note_team()
+        for i in prange(n, schedule="static"):
+            dx[i] = dy[i] * (1 - y[i] * y[i])
 
 
 # ------------------------------------------------------------------------------------------------
 # activations with hyper-parameters; their backward passes read the input x
 # ------------------------------------------------------------------------------------------------
-from libc.math cimport erf, erff, expm1, expm1f, log, logf, sqrt
-from libc.stdint cimport uint64_t, uint8_t
-from libc.stdlib cimport malloc, free
-from cython.parallel cimport parallel
-
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int cnnkit_act_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    static int cnnkit_act_max_threads(void) { return 1; }
-    #endif
-    """
-    int cnnkit_act_max_threads() nogil
-
 cdef double SQRT_HALF = 0.7071067811865476
 cdef double SQRT_2_OVER_PI = 0.7978845608028654
 cdef double INV_SQRT_2PI = 0.3989422804014327
@@ -98,9 +103,11 @@ cdef double GELU_CUBIC = 0.044715
 def leaky_relu_forward(const floating[::1] x, floating[::1] y, double negative_slope):
     cdef Py_ssize_t i, n = x.shape[0]
     cdef floating v, a = <floating> negative_slope
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-        v = x[i]
-        y[i] = v if v > 0 else v * a
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN):
+        note_team()
+        for i in prange(n, schedule="static"):
+            v = x[i]
+            y[i] = v if v > 0 else v * a
 
 
 def leaky_relu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
@@ -108,36 +115,42 @@ def leaky_relu_backward(const floating[::1] dy, const floating[::1] x, floating[
     """dx = dy where x > 0, else slope * dy (the gradient at 0 is the slope, as in PyTorch)."""
     cdef Py_ssize_t i, n = dy.shape[0]
     cdef floating g, a = <floating> negative_slope
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-        g = dy[i]
-        dx[i] = g if x[i] > 0 else g * a
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN):
+        note_team()
+        for i in prange(n, schedule="static"):
+            g = dy[i]
+            dx[i] = g if x[i] > 0 else g * a
 
 
 def elu_forward(const floating[::1] x, floating[::1] y, double alpha):
     """y = x for x > 0, alpha * expm1(x) otherwise."""
     cdef Py_ssize_t i, n = x.shape[0]
     cdef floating v, a = <floating> alpha
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 4):
-        v = x[i]
-        if v > 0:
-            y[i] = v
-        elif floating is float:
-            y[i] = a * expm1f(v)
-        else:
-            y[i] = a * expm1(v)
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN // 4):
+        note_team()
+        for i in prange(n, schedule="static"):
+            v = x[i]
+            if v > 0:
+                y[i] = v
+            elif floating is float:
+                y[i] = a * expm1f(v)
+            else:
+                y[i] = a * expm1(v)
 
 
 def elu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx, double alpha):
     cdef Py_ssize_t i, n = dy.shape[0]
     cdef floating v, a = <floating> alpha
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 4):
-        v = x[i]
-        if v > 0:
-            dx[i] = dy[i]
-        elif floating is float:
-            dx[i] = dy[i] * a * expf(v)
-        else:
-            dx[i] = dy[i] * a * exp(v)
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN // 4):
+        note_team()
+        for i in prange(n, schedule="static"):
+            v = x[i]
+            if v > 0:
+                dx[i] = dy[i]
+            elif floating is float:
+                dx[i] = dy[i] * a * expf(v)
+            else:
+                dx[i] = dy[i] * a * exp(v)
 
 
 cdef inline double _gelu_tanh_t(double v) noexcept nogil:
@@ -149,46 +162,52 @@ def gelu_forward(const floating[::1] x, floating[::1] y, bint tanh_form):
     cdef Py_ssize_t i, n = x.shape[0]
     cdef double v
     cdef float vf
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 8):
-        if floating is float and not tanh_form:
-            vf = x[i]  # single-precision erf: accurate to a few ulp, much faster than double
-            y[i] = 0.5 * vf * (1 + erff(vf * <float> SQRT_HALF))
-            continue
-        v = x[i]
-        if tanh_form:
-            y[i] = <floating> (0.5 * v * (1 + _gelu_tanh_t(v)))
-        else:
-            y[i] = <floating> (0.5 * v * (1 + erf(v * SQRT_HALF)))
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN // 8):
+        note_team()
+        for i in prange(n, schedule="static"):
+            if floating is float and not tanh_form:
+                vf = x[i]  # single-precision erf: accurate to a few ulp, much faster than double
+                y[i] = 0.5 * vf * (1 + erff(vf * <float> SQRT_HALF))
+                continue
+            v = x[i]
+            if tanh_form:
+                y[i] = <floating> (0.5 * v * (1 + _gelu_tanh_t(v)))
+            else:
+                y[i] = <floating> (0.5 * v * (1 + erf(v * SQRT_HALF)))
 
 
 def gelu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx, bint tanh_form):
     cdef Py_ssize_t i, n = dy.shape[0]
     cdef double v, t, g
     cdef float vf
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 8):
-        if floating is float and not tanh_form:
-            vf = x[i]
-            dx[i] = dy[i] * (0.5 * (1 + erff(vf * <float> SQRT_HALF))
-                             + vf * <float> INV_SQRT_2PI * expf(-0.5 * vf * vf))
-            continue
-        v = x[i]
-        if tanh_form:
-            t = _gelu_tanh_t(v)
-            g = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * SQRT_2_OVER_PI * (1 + 3 * GELU_CUBIC * v * v)
-        else:
-            g = 0.5 * (1 + erf(v * SQRT_HALF)) + v * INV_SQRT_2PI * exp(-0.5 * v * v)
-        dx[i] = <floating> (dy[i] * g)
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN // 8):
+        note_team()
+        for i in prange(n, schedule="static"):
+            if floating is float and not tanh_form:
+                vf = x[i]
+                dx[i] = dy[i] * (0.5 * (1 + erff(vf * <float> SQRT_HALF))
+                                 + vf * <float> INV_SQRT_2PI * expf(-0.5 * vf * vf))
+                continue
+            v = x[i]
+            if tanh_form:
+                t = _gelu_tanh_t(v)
+                g = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * SQRT_2_OVER_PI * (1 + 3 * GELU_CUBIC * v * v)
+            else:
+                g = 0.5 * (1 + erf(v * SQRT_HALF)) + v * INV_SQRT_2PI * exp(-0.5 * v * v)
+            dx[i] = <floating> (dy[i] * g)
 
 
 def scaled_tanh_forward(const floating[::1] x, floating[::1] y, double amplitude, double slope):
     """y = amplitude * tanh(slope * x)."""
     cdef Py_ssize_t i, n = x.shape[0]
     cdef floating a = <floating> amplitude, s = <floating> slope
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 4):
-        if floating is float:
-            y[i] = a * tanhf(s * x[i])
-        else:
-            y[i] = a * tanh(s * x[i])
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN // 4):
+        note_team()
+        for i in prange(n, schedule="static"):
+            if floating is float:
+                y[i] = a * tanhf(s * x[i])
+            else:
+                y[i] = a * tanh(s * x[i])
 
 
 def scaled_tanh_backward(const floating[::1] dy, const floating[::1] y, floating[::1] dx,
@@ -197,8 +216,10 @@ def scaled_tanh_backward(const floating[::1] dy, const floating[::1] y, floating
     cdef Py_ssize_t i, n = dy.shape[0]
     cdef floating a = <floating> amplitude, s = <floating> slope
     cdef floating inv_a = <floating> (1.0 / amplitude) if amplitude != 0 else 0
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-        dx[i] = dy[i] * s * (a - y[i] * y[i] * inv_a) if inv_a != 0 else 0
+    with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN):
+        note_team()
+        for i in prange(n, schedule="static"):
+            dx[i] = dy[i] * s * (a - y[i] * y[i] * inv_a) if inv_a != 0 else 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,8 +235,9 @@ def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, bint log
     cdef double* total
     if outer == 0 or c == 0 or inner == 0:
         return
-    with nogil, parallel(num_threads=1 if outer * c * inner < PARALLEL_MIN // 4 or outer < 2
-                                    else cnnkit_act_max_threads()):
+    with nogil, parallel(num_threads=1 if outer * c * inner < _PARALLEL_MIN // 4 or outer < 2
+                                    else omp_max_threads()):
+        note_team()
         m = <double*> malloc(2 * inner * sizeof(double))
         total = m + inner
         for o in prange(outer, schedule="static"):
@@ -257,8 +279,9 @@ def softmax_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] y,
     cdef double* acc
     if outer == 0 or c == 0 or inner == 0:
         return
-    with nogil, parallel(num_threads=1 if outer * c * inner < PARALLEL_MIN // 4 or outer < 2
-                                    else cnnkit_act_max_threads()):
+    with nogil, parallel(num_threads=1 if outer * c * inner < _PARALLEL_MIN // 4 or outer < 2
+                                    else omp_max_threads()):
+        note_team()
         acc = <double*> malloc(inner * sizeof(double))
         for o in prange(outer, schedule="static"):
             for i in range(inner):
@@ -281,37 +304,3 @@ def softmax_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] y,
                     for i in range(inner):
                         dx[o, k, i] = <floating> (y[o, k, i] * (dy[o, k, i] - acc[i]))
         free(acc)
-
-
-# ------------------------------------------------------------------------------------------------
-# dropout: a counter-based mask (splitmix64 of seed + (i + 1) * golden), so any thread can draw
-# element i's number without shared state, and the NumPy reference draws the same ones
-# ------------------------------------------------------------------------------------------------
-cdef inline double _uniform(uint64_t seed, uint64_t i) noexcept nogil:
-    cdef uint64_t z = seed + (i + 1) * <uint64_t> 0x9E3779B97F4A7C15ULL
-    z = (z ^ (z >> 30)) * <uint64_t> 0xBF58476D1CE4E5B9ULL
-    z = (z ^ (z >> 27)) * <uint64_t> 0x94D049BB133111EBULL
-    z = z ^ (z >> 31)
-    return <double> (z >> 11) * (1.0 / 9007199254740992.0)
-
-
-def dropout_forward(const floating[::1] x, floating[::1] y, uint8_t[::1] keep, uint64_t seed,
-                    double p):
-    """y = x / (1 - p) where the element's uniform is >= p, else 0; ``keep`` (or None) gets the
-    mask."""
-    cdef Py_ssize_t i, n = x.shape[0]
-    cdef bint record = keep is not None
-    cdef floating scale = <floating> (1.0 / (1.0 - p))
-    cdef bint k
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN // 4):
-        k = _uniform(seed, <uint64_t> i) >= p
-        y[i] = x[i] * scale if k else 0
-        if record:
-            keep[i] = k
-
-
-def dropout_backward(const floating[::1] dy, const uint8_t[::1] keep, floating[::1] dx, double p):
-    cdef Py_ssize_t i, n = dy.shape[0]
-    cdef floating scale = <floating> (1.0 / (1.0 - p))
-    for i in prange(n, nogil=True, schedule="static", use_threads_if=n >= PARALLEL_MIN):
-        dx[i] = dy[i] * scale if keep[i] else 0

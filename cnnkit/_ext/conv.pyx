@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""2-D convolution kernels: im2col / col2im in nogil Cython, the products in BLAS GEMM.
+"""2-D convolution and transposed convolution kernels: im2col / col2im in nogil Cython, the
+products in BLAS GEMM.
 
 Work is split over images: each OpenMP thread takes whole images, builds the column matrix of
 one image (or of a band of its output rows) in its own slice of a caller-provided workspace, and
@@ -15,43 +16,27 @@ so the rows of group ``g`` are the contiguous block ``[g * Kg, (g + 1) * Kg)`` w
 
 Inputs are validated by the Python wrapper (``cnnkit.builtin.cython_variants``): shapes agree,
 ``workspace`` is (threads, >= K * rows_per_band * ow), ``dw_partial`` is (threads, O, Kg).
+
+Transposed convolution has its own forward kernel (a GEMM per group and band of *input* rows,
+then a scatter); its backward pass is an ordinary convolution (input gradient) and the
+convolution weight gradient with x and dy swapped, so the wrapper calls the kernels above.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memset
-from scipy.linalg.cython_blas cimport sgemm, dgemm
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int cnnkit_conv_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    static int cnnkit_conv_max_threads(void) { return 1; }
-    #endif
-    """
-    int cnnkit_conv_max_threads() nogil
+from cnnkit._ext._blas cimport gemm_rm
+from cnnkit._ext._omp cimport note_team, omp_last_team, omp_max_threads
 
 
 def max_threads():
     """Threads an OpenMP region would use now (1 when built without OpenMP)."""
-    return cnnkit_conv_max_threads()
+    return omp_max_threads()
 
 
-cdef inline void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
-                         const floating* a, int lda, const floating* b, int ldb, floating beta,
-                         floating* c, int ldc) noexcept nogil:
-    """Row-major C(m x n) = alpha * op(A) @ op(B) + beta * C.
-
-    BLAS is column-major; a row-major matrix is its transpose in column-major, so compute
-    C^T = op(B)^T @ op(A)^T by swapping the operands (as scikit-learn's _cython_blas does).
-    """
-    cdef char ta = b'T' if trans_a else b'N'
-    cdef char tb = b'T' if trans_b else b'N'
-    if floating is float:
-        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*> b, &ldb, <float*> a, &lda, &beta, c, &ldc)
-    else:
-        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*> b, &ldb, <double*> a, &lda, &beta, c, &ldc)
+def last_team_size():
+    """Threads of the last parallel region a convolution kernel ran (0 before the first)."""
+    return omp_last_team()
 
 
 cdef inline Py_ssize_t _first_valid(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:
@@ -113,6 +98,8 @@ cdef void col2im_band(const floating* col, Py_ssize_t c, Py_ssize_t h, Py_ssize_
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                       Py_ssize_t ow, Py_ssize_t r0, Py_ssize_t r1, floating* dx) noexcept nogil:
     """Adjoint of im2col_band: add the column gradients into dx (c, h, w); padding is dropped."""
+    # mirrors im2col_band loop for loop; kept apart because a shared loop would need a
+    # copy-or-add branch (and padding zero-fill) in the innermost loop
     cdef Py_ssize_t ch, i, j, r, s, row, dst_r, off, s0, s1
     cdef Py_ssize_t band = (r1 - r0) * ow
     cdef const floating* src
@@ -162,6 +149,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     if n_img == 0 or o == 0 or plane == 0:
         return
     with nogil, parallel(num_threads=num_threads):
+        note_team()
         tid = threadid()
         col = &workspace[tid, 0]
         # one task = one band of output rows of one image; tasks write disjoint parts of y
@@ -232,6 +220,7 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
             memset(&dx[0, 0, 0, 0], 0, n_img * c * h * w * sizeof(floating))
         return
     with nogil, parallel(num_threads=num_threads):
+        note_team()
         tid = threadid()
         col = &workspace[tid, 0]
         dwt = &dw_partial[tid, 0, 0]
@@ -277,3 +266,90 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
                     for p in range(plane):
                         acc = acc + dyg[p]
                     db_partial[tid, oc] += acc
+
+
+# ------------------------------------------------------------------------------------------------
+# transposed convolution forward
+#
+# Column layout for input rows ``[r0, r1)`` of one image (row-major)::
+#
+#     col[(co * kh + i) * kw + j, (r - r0) * w + s]  is added to  y[co, r*sh - ph + i*dh, s*sw - pw + j*dw]
+#
+# ``col`` rows of group g are the block ``[g * Kg, (g + 1) * Kg)``, ``Kg = Cout/groups * kh * kw``,
+# so the block is ``weight[g*Cig:(g+1)*Cig].reshape(Cig, Kg)^T @ x[g*Cig:(g+1)*Cig]``.
+# ------------------------------------------------------------------------------------------------
+cdef void _scatter(const floating* col, Py_ssize_t cout, Py_ssize_t kh, Py_ssize_t kw,
+                   Py_ssize_t w, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t sh, Py_ssize_t sw,
+                   Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                   Py_ssize_t oh, Py_ssize_t ow, floating* y) noexcept nogil:
+    """Add the columns of input rows [r0, r1) into y (cout, oh, ow), dropping the padding."""
+    # col2im_band's loop with the roles of input and output swapped (its column band is indexed
+    # by input positions, the destination is the larger output); merging the two would put the
+    # choice of index map in the innermost loop
+    cdef Py_ssize_t co, i, j, r, s, s0, s1, off, out_r, band = (r1 - r0) * w
+    cdef const floating* src
+    cdef floating* dst
+    for co in range(cout):
+        for i in range(kh):
+            for j in range(kw):
+                off = j * dw - pw
+                # valid s: 0 <= s*sw + off < ow
+                s0 = _first_valid(off, sw)
+                s1 = _end_valid(off, sw, ow, w)
+                src = col + ((co * kh + i) * kw + j) * band
+                for r in range(r0, r1):
+                    out_r = r * sh - ph + i * dh
+                    if out_r < 0 or out_r >= oh:
+                        continue
+                    dst = y + (co * oh + out_r) * ow + off
+                    for s in range(s0, s1):
+                        dst[s * sw] += src[(r - r0) * w + s]
+
+
+def conv_transpose2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
+                             const floating[::1] bias, floating[:, :, :, ::1] y,
+                             floating[:, ::1] workspace, int sh, int sw, int ph, int pw,
+                             int dh, int dw, int groups, Py_ssize_t rows_per_band,
+                             int num_threads):
+    """y = conv_transpose2d(x, weight) + bias (``bias`` may be None); ``workspace`` is
+    (threads, >= Cout*kh*kw * rows_per_band * W)."""
+    cdef Py_ssize_t n_img = x.shape[0], cin = x.shape[1], h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t cog = weight.shape[1], kh = weight.shape[2], kw = weight.shape[3]
+    cdef Py_ssize_t cout = y.shape[1], oh = y.shape[2], ow = y.shape[3]
+    cdef Py_ssize_t cig = cin // groups, kg = cog * kh * kw, plane = h * w
+    cdef Py_ssize_t n, g, r0, r1, band, co, p
+    cdef floating* col = NULL
+    cdef floating* yo
+    cdef floating bv
+    cdef bint has_bias = bias is not None
+    cdef int tid = 0
+    if rows_per_band < 1:
+        raise ValueError("rows_per_band must be positive")
+    if n_img == 0 or cout == 0 or oh * ow == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        note_team()
+        tid = threadid()
+        col = &workspace[tid, 0]
+        for n in prange(n_img, schedule="static"):
+            memset(&y[n, 0, 0, 0], 0, cout * oh * ow * sizeof(floating))
+            r0 = 0
+            while r0 < h:
+                r1 = r0 + rows_per_band
+                if r1 > h:
+                    r1 = h
+                band = (r1 - r0) * w
+                for g in range(groups):
+                    # col_g (kg x band) = W_g^T (kg x cig) @ x_g (cig x band)
+                    gemm_rm(True, False, <int> kg, <int> band, <int> cig, <floating> 1.0,
+                            &weight[g * cig, 0, 0, 0], <int> kg, &x[n, g * cig, 0, 0] + r0 * w,
+                            <int> plane, <floating> 0.0, col + g * kg * band, <int> band)
+                _scatter(col, cout, kh, kw, w, r0, r1, sh, sw, ph, pw, dh, dw, oh, ow,
+                         &y[n, 0, 0, 0])
+                r0 = r1
+            if has_bias:
+                for co in range(cout):
+                    bv = bias[co]
+                    yo = &y[n, co, 0, 0]
+                    for p in range(oh * ow):
+                        yo[p] = yo[p] + bv

@@ -25,7 +25,8 @@ import numpy as np
 
 from cnnkit._ext import activation as _act
 from cnnkit._ext import conv as _conv
-from cnnkit._ext import convt as _convt
+from cnnkit._ext import conv as _convt
+from cnnkit._ext import dropout as _dropout
 from cnnkit._ext import norm as _norm
 from cnnkit._ext import pool as _pool
 from cnnkit.builtin.numpy_variants import conv2d_output_size, pool2d_output_size
@@ -540,9 +541,9 @@ class DropoutCython:
             raise ValueError(f"dropout: p must be in [0, 1), got {p}")
         y = np.empty_like(x)
         keep = np.empty(x.shape, dtype=np.uint8) if need_backward else None
-        _act.dropout_forward(x.reshape(-1), y.reshape(-1),
-                             None if keep is None else keep.reshape(-1),
-                             int(config["seed"]) % 2**64, p)
+        _dropout.dropout_forward(x.reshape(-1), y.reshape(-1),
+                                 None if keep is None else keep.reshape(-1),
+                                 int(config["seed"]) % 2**64, p)
         return y, ((keep, p) if need_backward else None)
 
     @staticmethod
@@ -552,7 +553,7 @@ class DropoutCython:
         if dy.shape != keep.shape:
             raise ValueError(f"dropout backward: dy has shape {dy.shape}, expected {keep.shape}")
         dx = np.empty_like(dy)
-        _act.dropout_backward(dy.reshape(-1), keep.reshape(-1), dx.reshape(-1), p)
+        _dropout.dropout_backward(dy.reshape(-1), keep.reshape(-1), dx.reshape(-1), p)
         return dx, {}
 
 
