@@ -1,7 +1,9 @@
 """Every hook in cnnkit/hookspecs.py is documented in docs/plugin-guide.md with its exact
-signature, and exercised by a test (its name appears in a tests/test_*.py file)."""
+signature, and exercised by a test (a test function uses its name in code, not in a comment)."""
+import ast
 import inspect
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -59,11 +61,65 @@ def test_hook_is_documented_with_its_signature(hook):
                                  f"exact signature: `{sig}`")
 
 
+def code_references(fn: ast.AST) -> set:
+    """Names, attributes, definitions and string constants used as code in a function's body:
+    comments are not in the tree, and docstrings and other bare string statements are
+    skipped, so a name that is only mentioned does not count."""
+    found = set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Expr) and isinstance(child.value, ast.Constant):
+                continue
+            if isinstance(child, ast.Name):
+                found.add(child.id)
+            elif isinstance(child, ast.Attribute):
+                found.add(child.attr)
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                found.add(child.name)
+            elif isinstance(child, ast.Constant) and isinstance(child.value, str):
+                found.add(child.value)
+    return found
+
+
+def functions_using(hook: str) -> list:
+    """``file::test`` for every test function whose code (not a comment or docstring) uses
+    ``hook``: calls or implements it, or passes it in a string (plugin source, hook names)."""
+    found = []
+    for path in sorted(TESTS.glob("test_*.py")):
+        if path.name == Path(__file__).name:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    and node.name.startswith("test_")
+                    and any(hook in ref for ref in code_references(node))):
+                found.append(f"{path.name}::{node.name}")
+    return found
+
+
+def test_code_references_ignore_comments_and_docstrings():
+    tree = ast.parse(textwrap.dedent('''
+        def test_a():
+            """cnnkit_hook_doc"""
+            # cnnkit_hook_comment
+            "cnnkit_hook_bare"
+            register("cnnkit_hook_string")
+            plugins.cnnkit_hook_attribute
+            class P:
+                def cnnkit_hook_impl(register):
+                    """cnnkit_hook_inner_doc"""
+    '''))
+    refs = {r for r in code_references(tree.body[0]) if r.startswith("cnnkit_")}
+    assert refs == {"cnnkit_hook_string", "cnnkit_hook_attribute", "cnnkit_hook_impl"}
+
+
 @pytest.mark.parametrize("hook", HOOKS)
 def test_hook_has_a_test(hook):
-    found = [p.name for p in sorted(TESTS.glob("test_*.py"))
-             if p.name != Path(__file__).name and hook in p.read_text(encoding="utf-8")]
-    assert found, f"no test exercises hook {hook} (its name appears in no tests/test_*.py file)"
+    assert functions_using(hook), (f"no test exercises hook {hook}: no test_* function in "
+                               "tests/test_*.py uses it in code (a comment or docstring does "
+                               "not count)")
 
 
 def test_guide_documents_every_environment_variable_and_builtin_capability():

@@ -6,6 +6,9 @@ without variants), with the shape the layer's shape inference announced, the inp
 and a backward pass giving a gradient of the input's shape and dtype, or raise a
 ``ValueError``/``TypeError`` that names the layer (or loss): never a crash, never a wrong shape
 or value.
+Conv2D and the pooling layers are also compared with the independent oracles of
+``tests/_reference.py`` (which resolve "same" padding themselves), since the NumPy variant is
+its own twin whenever the layer resolves to it.
 
 Kernel entry points: every built-in variant class (``forward(x, params, config,
 need_backward)``, ``backward(dy, ctx)``) is called directly with hostile inputs that no layer
@@ -33,6 +36,8 @@ from hypothesis import strategies as st
 import cnnkit as ck
 from cnnkit import layers as L
 from cnnkit.builtin.numpy_variants import dropout_keep_mask, pool2d_output_size
+
+import _reference as ref
 
 EXAMPLES = int(os.environ.get("CNNKIT_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -235,7 +240,28 @@ def test_fuzz_conv2d(data, n, c, h, w, cout, k, s, p, d, g, bias, dyt):
     cx = data.draw(mostly(st.just(cin), st.sampled_from([0, cin + 1])), label="x channels")
     x = data.draw(arrays((n, cx, h, w)))
     maybe_cast(data, layer, x)
-    check_layer(layer, x, dy_dtype=dyt)
+    out = check_layer(layer, x, dy_dtype=dyt)
+    if out is not None and np.all(np.isfinite(x)):
+        # the NumPy twin above is itself a variant: also compare with an independent oracle
+        # that resolves the padding on its own
+        h, w = x.shape[2:]
+        event("Conv2D: checked against the loop oracle")
+        if p == "same":
+            pads = ref.same_padding(h, *_axis(layer, 0)) + ref.same_padding(w, *_axis(layer, 1))
+        else:
+            ph, pw = (0, 0) if p == "valid" else layer.padding
+            pads = (ph, ph, pw, pw)
+        expected = ref.conv2d_forward_taps(x, layer.params["weight"], layer.params["bias"],
+                                           layer.stride, pads, layer.dilation, layer.groups)
+        assert_close(out[0], expected.astype(x.dtype), tol=_oracle_tol(x))
+
+
+def _axis(layer, i):
+    return layer.kernel_size[i], layer.stride[i], layer.dilation[i]
+
+
+def _oracle_tol(x):
+    return 1e-4 if x.dtype == np.float32 else 1e-10
 
 
 @FUZZ
@@ -247,8 +273,82 @@ def test_fuzz_pooling(data, cls, n, c, h, w, k, s, p, ceil, include):
     kwargs = {"count_include_pad": include} if cls is L.AvgPool2D else {}
     layer = build(cls, k, stride=s, padding=p, ceil_mode=ceil, impl=draw_impl(data,
                   cls.layer_type), **kwargs)
-    if layer is not None:
-        check_layer(layer, data.draw(arrays((n, c, h, w))))
+    if layer is None:
+        return
+    x = data.draw(arrays((n, c, h, w)))
+    out = check_layer(layer, x)
+    if out is not None and np.all(np.isfinite(x)):
+        # an oracle independent of the NumPy variant the twin comparison uses
+        event(f"{cls.__name__}: checked against the loop oracle")
+        kind = "max" if cls is L.MaxPool2D else "avg"
+        expected = ref.pool2d_forward_taps(np.asarray(x, np.float64), kind, layer.kernel_size,
+                                           layer.stride, layer.padding, layer.ceil_mode,
+                                           kwargs.get("count_include_pad", True))
+        assert_close(out[0], expected.astype(x.dtype), tol=_oracle_tol(x))
+
+
+#: the hostile tests above reach the oracle in a minority of cases; these draw only sensible
+#: configurations so every example compares values (cheap: the oracles loop over taps only)
+VALUES = settings(FUZZ, max_examples=max(EXAMPLES // 2, 1))
+
+
+@VALUES
+@given(data=st.data(), n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 9),
+       w=st.integers(1, 9), cout=st.integers(1, 3), k=st.tuples(*[st.integers(1, 4)] * 2),
+       s=st.tuples(*[st.integers(1, 3)] * 2), d=st.tuples(*[st.integers(1, 2)] * 2),
+       g=st.integers(1, 2), p=st.sampled_from(["same", "same", "valid", 0, 1, (2, 1)]),
+       bias=st.booleans(), dtype=st.sampled_from(FLOATS))
+def test_fuzz_conv2d_values_against_oracle(data, n, c, h, w, cout, k, s, d, g, p, bias, dtype):
+    x = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed")).standard_normal(
+        (n, c * g, h, w)).astype(dtype)
+    if p == "same":
+        pads = ref.same_padding(h, k[0], s[0], d[0]) + ref.same_padding(w, k[1], s[1], d[1])
+    else:
+        ph, pw = (0, 0) if p == "valid" else L.Conv2D(1, 1, 1, padding=p).padding
+        pads = (ph, ph, pw, pw)
+    for impl in builtin_impls("conv2d"):  # every variant, so none can hide behind another
+        layer = L.Conv2D(c * g, cout * g, k, stride=s, padding=p, dilation=d, groups=g,
+                         bias=bias, rng=0, dtype=dtype, impl=impl)
+        try:
+            y = layer.forward(x)
+        except ValueError as exc:  # kernel larger than the padded input
+            _refused(exc, "Conv2D", layer.name)
+            return
+        expected = ref.conv2d_forward_taps(x, layer.params["weight"], layer.params["bias"], s,
+                                           pads, d, g)
+        assert_close(y, expected.astype(dtype), tol=_oracle_tol(x))
+
+
+@VALUES
+@given(data=st.data(), cls=st.sampled_from([L.MaxPool2D, L.AvgPool2D]), n=st.integers(1, 3),
+       c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+       k=st.tuples(*[st.integers(1, 4)] * 2), s=st.tuples(*[st.integers(1, 3)] * 2),
+       p=st.tuples(*[st.integers(0, 2)] * 2), ceil=st.booleans(), include=st.booleans(),
+       ties=st.booleans(), dtype=st.sampled_from(FLOATS))
+def test_fuzz_pooling_values_against_oracle(data, cls, n, c, h, w, k, s, p, ceil, include, ties,
+                                            dtype):
+    p = tuple(min(pi, ki // 2) for pi, ki in zip(p, k))
+    kwargs = {"count_include_pad": include} if cls is L.AvgPool2D else {}
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x = (rng.integers(-2, 3, (n, c, h, w)) if ties else rng.standard_normal((n, c, h, w)))
+    x = x.astype(dtype)
+    kind = "max" if cls is L.MaxPool2D else "avg"
+    expected = None
+    for impl in builtin_impls(cls.layer_type):  # every variant, so none can hide behind another
+        layer = cls(k, stride=s, padding=p, ceil_mode=ceil, impl=impl, **kwargs)
+        try:
+            y = layer.forward(x, training=True)
+        except ValueError as exc:  # window larger than the padded input
+            _refused(exc, cls.__name__, layer.name)
+            return
+        if expected is None:
+            expected = ref.pool2d_forward_taps(np.asarray(x, np.float64), kind, k, s, p, ceil,
+                                               include)
+            dy = rng.standard_normal(y.shape).astype(dtype)
+        assert_close(y, expected.astype(dtype), tol=_oracle_tol(x))
+        if kind == "max":  # the tie rule too, on integer inputs full of ties
+            assert_close(layer.backward(dy), ref.maxpool2d_backward(x, dy, k, s, p, ceil)
+                         .astype(dtype), tol=_oracle_tol(x))
 
 
 ACTIVATIONS = {

@@ -163,6 +163,7 @@ def test_weight_layout_is_pytorchs():
 def test_sgd_matches_pytorch_rule_step_by_step():
     """SGD with momentum, Nesterov and weight decay against a direct transcription of
     torch.optim.SGD's documented update (and against torch itself when installed)."""
+    runs = []
     for nesterov, damp in ((False, 0.1), (True, 0.0)):
         dense = L.Dense(3, 2, dtype=np.float64, rng=0)
         w0 = dense.params["weight"].copy()
@@ -177,7 +178,10 @@ def test_sgd_matches_pytorch_rule_step_by_step():
             buf = d.copy() if buf is None else 0.9 * buf + (1 - damp) * d
             w = w - 0.1 * (d + 0.9 * buf if nesterov else buf)
         np.testing.assert_allclose(dense.params["weight"], w, rtol=1e-12)
-        torch = pytest.importorskip("torch", reason="PyTorch not installed")
+        runs.append((nesterov, damp, dense, w0, grads))
+    # torch only after both torch-free checks: the Nesterov one must run without torch too
+    torch = pytest.importorskip("torch", reason="PyTorch not installed")
+    for nesterov, damp, dense, w0, grads in runs:
         tw = torch.tensor(w0, requires_grad=True)
         topt = torch.optim.SGD([tw], lr=0.1, momentum=0.9, dampening=damp, weight_decay=0.01,
                                nesterov=nesterov)
