@@ -90,7 +90,6 @@ class ProgressBar:
         self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.perf_counter()
         self._last = 0.0
-        self._done = 0
 
     def _line(self, done, suffix):
         filled = int(self.width * done / max(self.total, 1))
@@ -99,7 +98,6 @@ class ProgressBar:
         return f"{self.prefix} [{bar}] {done}/{self.total} {elapsed:5.1f}s {suffix}"
 
     def update(self, done, suffix=""):
-        self._done = done
         now = time.perf_counter()
         if self.live and (now - self._last > 0.1 or done == self.total):
             self._last = now
