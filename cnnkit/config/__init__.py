@@ -52,7 +52,7 @@ Modules: :mod:`._locator` (errors pointing into the file), :mod:`.model` (model 
 from ..datasets import synthetic_data
 from ._locator import Config, ConfigError
 from .files import dumps, load_config, load_model, loads, save_config
-from .model import FORMAT_VERSION, model_from_config, model_to_config
+from .model import FORMAT_VERSION, model_from_config, model_to_config  # noqa: F401
 from .toml import dumps_toml
 from .training import (TrainingSpec, load_data, make_loss, make_optimizer, make_regularizer,
                        make_schedule, training_from_config)
