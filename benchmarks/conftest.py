@@ -38,7 +38,7 @@ def pytest_report_header(config):
     from threadpoolctl import threadpool_info
 
     import cnnkit
-    from cnnkit.cli_tools import installed_plugins
+    from cnnkit.cli.bench import installed_plugins
 
     torch = torch_or_none()
     pools = ", ".join(f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import cnnkit as ck
-from cnnkit.cli_tools import CONV2D_SHAPES
+from cnnkit.cli.bench import CONV2D_SHAPES
 from conftest import PEER, variant_names
 
 # (name, input shape, out channels, kernel, stride, padding)

@@ -475,3 +475,138 @@ def check_state(expected: Mapping[str, Any], got: Mapping[str, Any],
         more = len(problems) - 1
         suffix = f" (and {more} more mismatch{'es' if more > 1 else ''})" if more else ""
         raise ValueError(f"{where}: weights do not match the model: {problems[0]}{suffix}")
+
+
+# ---------------------------------------------------------------------------
+# nested state as flat arrays (training checkpoints)
+# ---------------------------------------------------------------------------
+from urllib.parse import quote, unquote  # noqa: E402
+
+__all__ += ["flatten_state", "unflatten_state"]
+
+# Key grammar: components joined by "/", the last one followed by "@" and a type tag.  Dict keys
+# are percent-encoded (so "/", "@", "#" and "%" never appear raw); int dict keys are "#<int>";
+# the empty string is "%%"; list/tuple items are their decimal index.
+_TAGS = {"a": "array", "g": "numpy scalar", "f": "float", "i": "int", "b": "bool", "s": "str",
+         "n": "None", "d": "dict", "l": "list", "t": "tuple"}
+
+
+def _encode_key(key, where):
+    if isinstance(key, (bool, np.bool_)):
+        raise TypeError(f"flatten_state: dict key {key!r} at {where or '<root>'} is a bool; only "
+                        f"str and int keys are supported")
+    if isinstance(key, (int, np.integer)):
+        return f"#{int(key)}"
+    if isinstance(key, str):
+        return quote(key, safe="") if key else "%%"
+    raise TypeError(f"flatten_state: dict key {key!r} at {where or '<root>'} must be a str or "
+                    f"an int")
+
+
+def _decode_key(comp):
+    if comp.startswith("#"):
+        return int(comp[1:])
+    if comp == "%%":
+        return ""
+    return unquote(comp)
+
+
+def flatten_state(state: dict) -> dict[str, np.ndarray]:
+    """Flatten a state structure (nested dicts with str/int keys, lists, tuples, NumPy arrays and
+    scalars, Python numbers, strings, ``None``) into ``{key: numpy.ndarray}`` with no object
+    arrays, so it can go into an ``.npz`` file without pickling.  ``unflatten_state`` inverts it
+    exactly (values, dtypes and Python types)."""
+    if not isinstance(state, dict):
+        raise TypeError(f"flatten_state: expected a dict, got {type(state).__name__}")
+    out: dict[str, np.ndarray] = {}
+
+    def put(path, tag, arr):
+        out[f"{path}@{tag}"] = arr
+
+    def walk(x, path):
+        if isinstance(x, dict):
+            if path is not None:
+                put(path, "d", np.zeros(0, dtype=np.int8))
+            for k, v in x.items():
+                comp = _encode_key(k, path)
+                walk(v, comp if path is None else f"{path}/{comp}")
+        elif isinstance(x, (list, tuple)):
+            put(path, "l" if isinstance(x, list) else "t", np.array(len(x), dtype=np.int64))
+            for i, v in enumerate(x):
+                walk(v, f"{path}/{i}")
+        elif isinstance(x, np.ndarray):
+            if x.dtype.hasobject:
+                raise TypeError(f"flatten_state: object array at {path} cannot be stored "
+                                f"without pickling")
+            put(path, "a", np.array(x, copy=True))
+        elif isinstance(x, np.generic):
+            if x.dtype.hasobject:
+                raise TypeError(f"flatten_state: object scalar at {path}")
+            put(path, "g", np.array(x))
+        elif isinstance(x, bool):
+            put(path, "b", np.array(x, dtype=np.bool_))
+        elif isinstance(x, int):
+            if not -2 ** 63 <= x < 2 ** 63:
+                raise OverflowError(f"flatten_state: int at {path} does not fit in 64 bits")
+            put(path, "i", np.array(x, dtype=np.int64))
+        elif isinstance(x, float):
+            put(path, "f", np.array(x, dtype=np.float64))
+        elif isinstance(x, str):
+            put(path, "s", np.array(x, dtype=np.str_))
+        elif x is None:
+            put(path, "n", np.zeros(0, dtype=np.int8))
+        else:
+            raise TypeError(f"flatten_state: cannot store {type(x).__name__} at {path}")
+
+    walk(state, None)
+    return out
+
+
+def unflatten_state(flat) -> dict:
+    """Inverse of ``flatten_state``: accepts its output (or an ``np.load``-ed ``.npz`` with the
+    same keys, in any order)."""
+    root = {"tag": "d", "value": None, "children": {}}
+    for key in flat.keys():
+        if not isinstance(key, str) or "@" not in key:
+            raise ValueError(f"unflatten_state: malformed key {key!r}")
+        path, tag = key.rsplit("@", 1)
+        if tag not in _TAGS or not path:
+            raise ValueError(f"unflatten_state: malformed key {key!r}")
+        node = root
+        for comp in path.split("/"):
+            node = node["children"].setdefault(comp, {"tag": None, "value": None,
+                                                      "children": {}})
+        if node["tag"] is not None:
+            raise ValueError(f"unflatten_state: two entries for {path!r}")
+        node["tag"], node["value"] = tag, np.asarray(flat[key])
+
+    def build(node, path):
+        tag, arr, children = node["tag"], node["value"], node["children"]
+        if tag is None:
+            raise ValueError(f"unflatten_state: no type entry for {path!r}")
+        if tag not in ("d", "l", "t") and children:
+            raise ValueError(f"unflatten_state: {path!r} is a {_TAGS[tag]} but has children")
+        if tag == "d":
+            return {_decode_key(c): build(n, f"{path}/{c}" if path else c)
+                    for c, n in children.items()}
+        if tag in ("l", "t"):
+            length = int(arr)
+            if set(children) != {str(i) for i in range(length)}:
+                raise ValueError(f"unflatten_state: {path!r} should have items 0..{length - 1}")
+            items = [build(children[str(i)], f"{path}/{i}") for i in range(length)]
+            return items if tag == "l" else tuple(items)
+        if tag == "a":
+            return np.array(arr, copy=True)
+        if tag == "g":
+            return arr[()]
+        if tag == "f":
+            return float(arr)
+        if tag == "i":
+            return int(arr)
+        if tag == "b":
+            return bool(arr)
+        if tag == "s":
+            return str(arr[()])
+        return None
+
+    return build(root, "")

@@ -225,3 +225,15 @@ def accuracy(logits, labels) -> float:
         raise ValueError(f"accuracy: expected logits (N, classes) and labels (N,), got "
                          f"{logits.shape} and {labels.shape}")
     return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+#: Losses by the name a config gives them (``loss = "mse"``).  Keys are lower case without
+#: punctuation; a config's name is compared in that form, so "softmax_cross_entropy" and
+#: "SoftmaxCrossEntropy" both find :class:`SoftmaxCrossEntropy`.
+LOSSES = {"bcewithlogits": BCEWithLogits, "mse": MSE, "nllloss": NLLLoss,
+          "softmaxcrossentropy": SoftmaxCrossEntropy, "crossentropy": SoftmaxCrossEntropy,
+          "ce": SoftmaxCrossEntropy}
+
+#: Weight penalties by the name a config gives them (``regularizer = {name = "l2", ...}``),
+#: keyed as :data:`LOSSES` is.
+PENALTIES = {"l2penalty": L2Penalty, "l2": L2Penalty}

@@ -35,7 +35,7 @@ import math
 import numpy as np
 
 __all__ = ["LRSchedule", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
-           "LinearWarmup"]
+           "LinearWarmup", "SCHEDULES"]
 
 
 def _positive_int(owner, name, value):
@@ -284,3 +284,13 @@ class LinearWarmup(LRSchedule):
             if self.after.last_epoch >= 0:
                 self.after._last_lr = float(self.after._lr_at(self.after.last_epoch))
         super()._apply()
+
+
+#: Schedules by the name a config gives them (``schedule = {name = "cosine", ...}``).  Keys are
+#: lower case without punctuation; a config's name is compared in that form, so "StepLR" and
+#: "step_lr" both find :class:`StepLR`.
+SCHEDULES = {"cosineannealinglr": CosineAnnealingLR, "exponentiallr": ExponentialLR,
+             "linearwarmup": LinearWarmup, "multisteplr": MultiStepLR, "steplr": StepLR,
+             "step": StepLR, "multistep": MultiStepLR, "exponential": ExponentialLR,
+             "cosine": CosineAnnealingLR, "cosineannealing": CosineAnnealingLR,
+             "warmup": LinearWarmup}

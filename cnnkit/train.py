@@ -24,7 +24,7 @@ Checkpoint file (``.npz`` read with pickling disabled, see :mod:`cnnkit.io`):
 * ``model/<layer>.<key>``: the model's ``state_dict()`` (parameters and buffers);
 * ``optimizer/...``, ``scheduler/...``, ``trainer/...`` (epoch, history, shuffling generator),
   ``rng/<layer name>/...`` (layers' generators), ``callbacks/<i>/...``: the entries of
-  :func:`cnnkit.optim.flatten_state` of those structures (generator states' 128-bit integers are
+  :func:`cnnkit.io.flatten_state` of those structures (generator states' 128-bit integers are
   stored as ``("bigint", "<decimal digits>")`` pairs, strings (``...@s`` entries) as UTF-8
   bytes);
 * metadata (JSON): ``{"format": "cnnkit-checkpoint", "format_version": 1, "epoch": ...,
@@ -90,7 +90,6 @@ class ProgressBar:
         self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.perf_counter()
         self._last = 0.0
-        self._done = 0
 
     def _line(self, done, suffix):
         filled = int(self.width * done / max(self.total, 1))
@@ -99,7 +98,6 @@ class ProgressBar:
         return f"{self.prefix} [{bar}] {done}/{self.total} {elapsed:5.1f}s {suffix}"
 
     def update(self, done, suffix=""):
-        self._done = done
         now = time.perf_counter()
         if self.live and (now - self._last > 0.1 or done == self.total):
             self._last = now
@@ -330,11 +328,7 @@ def _regularize(regularizer, model):
 
     ``regularizer`` is a penalty object with ``forward(model) -> float`` (or a call) and
     ``backward(model)`` adding its gradients into ``layer.grads``, as
-    :class:`cnnkit.losses.L2Penalty`; a plain number ``c`` means ``L2Penalty(c)``."""
-    if isinstance(regularizer, (int, float)) and not isinstance(regularizer, bool):
-        from .losses import L2Penalty
-
-        regularizer = L2Penalty(regularizer)
+    :class:`cnnkit.losses.L2Penalty` (:func:`fit` has already turned a number into one)."""
     forward = getattr(regularizer, "forward", None) or regularizer
     value = float(forward(model))
     regularizer.backward(model)
@@ -342,9 +336,9 @@ def _regularize(regularizer, model):
 
 
 def _needs_closure(optimizer):
-    from .optim import LBFGS
-
-    return isinstance(optimizer, LBFGS) or bool(getattr(optimizer, "needs_closure", False))
+    """The optimizer trait ``needs_closure`` (see :class:`cnnkit.optim.Optimizer`); objects
+    without it are stepped after fit's own forward and backward."""
+    return bool(getattr(optimizer, "needs_closure", False))
 
 
 # ---------------------------------------------------------------------------------- the loop
@@ -569,8 +563,7 @@ def save_checkpoint(path, model, optimizer, *, epoch: int, history: History | No
                     scheduler=None, rng=None, callbacks=()) -> None:
     """Write a training checkpoint (see the module docstring for its layout) atomically."""
     from . import __version__
-    from .io import save_weights
-    from .optim import flatten_state
+    from .io import flatten_state, save_weights
 
     tree: dict = {"optimizer": optimizer.state_dict()}
     if scheduler is not None:
@@ -610,8 +603,7 @@ def load_checkpoint(path, model, optimizer=None, *, scheduler=None, rng=None, ca
 
     Errors (:class:`CheckpointError`, a ``ValueError``) start with the file name and name the
     offending tensor or part.  On error nothing is changed."""
-    from .io import load_weights
-    from .optim import unflatten_state
+    from .io import load_weights, unflatten_state
 
     where = str(path)
     arrays, meta = load_weights(path)

@@ -448,6 +448,46 @@ data = { name = "mnist", train_size = 10, test_size = 5 }
     assert "training.schedule:" in msg and "T_maxx" in msg
 
 
+def test_training_names_resolve_through_one_table_per_kind(tmp_path):
+    """Every spelling a config may use finds its class; a name of another kind is refused."""
+    def spec(**section):
+        return C.training_from_config({"layers": [], "training": section})
+
+    model = ck.Sequential([L.Dense(3, 2, name="fc")], input_shape=(3,))
+    for name, cls in (("softmax_cross_entropy", ck.losses.SoftmaxCrossEntropy),
+                      ("SoftmaxCrossEntropy", ck.losses.SoftmaxCrossEntropy),
+                      ("cross-entropy", ck.losses.SoftmaxCrossEntropy),
+                      ("ce", ck.losses.SoftmaxCrossEntropy), ("MSE", ck.losses.MSE),
+                      ("nll_loss", ck.losses.NLLLoss), ("bce_with_logits", ck.losses.BCEWithLogits)):
+        assert type(C.make_loss(spec(loss=name))) is cls, name
+    for name, cls, opts in (("StepLR", ck.schedules.StepLR, {"step_size": 2}),
+                            ("step", ck.schedules.StepLR, {"step_size": 2}),
+                            ("multi_step", ck.schedules.MultiStepLR, {"milestones": [2]}),
+                            ("exponential", ck.schedules.ExponentialLR, {"gamma": 0.5}),
+                            ("cosine_annealing", ck.schedules.CosineAnnealingLR, {}),
+                            ("warmup", ck.schedules.LinearWarmup, {"warmup_steps": 2})):
+        opt = ck.optim.SGD(model, lr=0.1)
+        sched = C.make_schedule(spec(schedule={"name": name, **opts}), opt, epochs=4)
+        assert type(sched) is cls, name
+    for name in ("l2", "L2Penalty", "l2_penalty"):
+        reg = C.make_regularizer(spec(regularizer={"name": name, "weight_decay": 0.5}))
+        assert isinstance(reg, ck.losses.L2Penalty) and reg.weight_decay == 0.5
+    # a loss is not a weight penalty, nor a schedule a loss
+    with pytest.raises(C.ConfigError, match=r"training.regularizer: unknown regularizer 'mse'"):
+        C.make_regularizer(spec(regularizer={"name": "mse"}))
+    with pytest.raises(C.ConfigError, match=r"training.loss: unknown loss 'steplr'"):
+        C.make_loss(spec(loss="steplr"))
+    with pytest.raises(C.ConfigError, match=r"unknown schedule 'adam'; known: .*warmup"):
+        C.make_schedule(spec(schedule="adam"), ck.optim.SGD(model, lr=0.1))
+    # the data set options are checked by cnnkit.datasets, reported against the config entry
+    with pytest.raises(C.ConfigError, match=r"training.data: synthetic_data: classes must be"):
+        C.load_data(spec(data={"name": "synthetic", "classes": 0}))
+    with pytest.raises(C.ConfigError, match=r"training.data: pixel_range must be"):
+        C.load_data(spec(data={"name": "mnist", "pixel_range": [1, 0]}))
+    with pytest.raises(C.ConfigError, match=r"--data \(a folder\) does not apply"):
+        C.load_data(spec(data="synthetic"), path_override=str(tmp_path))
+
+
 def test_save_config_is_atomic_and_adds_training(tmp_path, monkeypatch):
     model = ck.models.lenet5()
     path = tmp_path / "m.toml"

@@ -315,3 +315,40 @@ def test_batches_shuffle_deterministic_with_seed():
 def test_batches_validation_is_eager(args, kwargs, exc):
     with pytest.raises(exc):
         batches(*args, **kwargs)  # raises at call time, before iteration
+
+
+# ---------------------------------------------------------------------------
+# the synthetic task and data sets by name
+# ---------------------------------------------------------------------------
+
+def test_synthetic_data_is_seeded_shaped_and_checked():
+    (x, y), (xv, yv) = datasets.synthetic_data((2, 8, 8), classes=3, train_size=30,
+                                               test_size=9, seed=5)
+    assert x.shape == (30, 2, 8, 8) and xv.shape == (9, 2, 8, 8) and x.dtype == np.float32
+    assert sorted(set(y.tolist())) == [0, 1, 2] and np.bincount(y).tolist() == [10, 10, 10]
+    (x2, _), _ = datasets.synthetic_data([2, 8, 8], classes=3, train_size=30, test_size=9,
+                                         seed=5)
+    assert np.array_equal(x, x2)
+    for kwargs, needle in (({"shape": (8, 8)}, "shape must be"),
+                           ({"shape": (1, 0, 8)}, r"shape\[1\] must be an int >= 1"),
+                           ({"classes": 0}, "classes must be"),
+                           ({"train_size": 2.5}, "train_size must be"),
+                           ({"noise": -1.0}, "noise must be")):
+        with pytest.raises(ValueError, match=f"synthetic_data: {needle}"):
+            datasets.synthetic_data(**kwargs)
+
+
+def test_load_dataset_by_name():
+    (x, y), (xv, yv), what = datasets.load_dataset("MNIST", train_size=12, test_size=4,
+                                                   pixel_range=[-0.1, 1.175])
+    assert x.shape == (12, 1, 28, 28) and len(xv) == 4 and "pixels scaled" in what
+    assert x.min() == pytest.approx(-0.1) and x.max() == pytest.approx(1.175)
+    (x, y), (xv, yv), what = datasets.load_dataset("synthetic", shape=[1, 4, 4], classes=2,
+                                                   train_size=6, test_size=2)
+    assert x.shape == (6, 1, 4, 4) and xv.shape == (2, 1, 4, 4) and "2 classes" in what
+    for name, kwargs, needle in (("cifar", {}, "unknown data set 'cifar'; known: mnist"),
+                                 ("mnist", {"train_size": 0}, "train_size must be"),
+                                 ("mnist", {"colour": True}, "unknown mnist options"),
+                                 ("synthetic", {"path": "x"}, "unexpected keyword")):
+        with pytest.raises(datasets.DatasetOptionsError, match=needle):
+            datasets.load_dataset(name, **kwargs)

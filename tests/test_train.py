@@ -423,6 +423,53 @@ def test_lbfgs_trains_through_a_closure():
     assert h["loss"][-1] < h["loss"][0]
 
 
+class _BacktrackingDescent:
+    """A closure-based optimizer from outside cnnkit (no cnnkit base class): steepest descent
+    whose step is halved until the loss goes down, so it must re-evaluate the model."""
+
+    needs_closure = True
+
+    def __init__(self, model, lr=4.0):
+        self.params = list(model.parameters())
+        self.lr = lr
+        self.steps = self.evaluations = 0
+
+    def zero_grad(self):
+        for p in self.params:
+            p.layer.grads.pop(p.key, None)
+
+    def step(self, closure):
+        loss = closure()
+        self.evaluations += 1
+        start = [(p, p.value.copy(), np.array(p.grad)) for p in self.params]
+        t = self.lr
+        for _ in range(30):
+            for p, w0, g in start:
+                p.value[...] = w0 - t * g
+            self.evaluations += 1
+            if closure() < loss:
+                break
+            t /= 2
+        else:
+            for p, w0, _ in start:
+                p.value[...] = w0
+        self.steps += 1
+        return loss
+
+
+def test_fit_honours_the_needs_closure_trait_of_any_optimizer():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(96, 4))
+    y = (x[:, 0] - x[:, 2] > 0).astype(np.int64)
+    model = ck.Sequential([L.Dense(4, 2, dtype=np.float64, rng=rng)], input_shape=(4,))
+    opt = _BacktrackingDescent(model)
+    h = fit(model, (x, y), optimizer=opt, epochs=4, batch_size=32, seed=0, verbose=False)
+    assert opt.steps == 4 * 3  # one step(closure) per batch, no plain step() on top
+    assert opt.evaluations >= 2 * opt.steps  # each step re-evaluated through the closure
+    assert h["loss"][-1] < 0.6 * h["loss"][0]
+    assert ck.optim.LBFGS.needs_closure and not ck.optim.Optimizer.needs_closure
+
+
 def test_plot_functions(tmp_path, data):
     pytest.importorskip("matplotlib", reason="matplotlib is not installed (the plot extra)")
     from cnnkit import plot

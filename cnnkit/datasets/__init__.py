@@ -1,4 +1,5 @@
-"""Datasets: the embedded MNIST sample, an IDX reader/writer and a minibatch helper.
+"""Datasets: the embedded MNIST sample, an IDX reader/writer and a minibatch helper; a
+synthetic image task (:mod:`.synthetic`) and data sets by name for configs (:mod:`.named`).
 
 ``load_mnist()`` with no argument returns a 5,000-image sample of real MNIST
 that ships inside the package (4,000 training and 1,000 test images, 400 and
@@ -24,8 +25,11 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_open
+from .named import DATASETS, DatasetOptionsError, load_dataset
+from .synthetic import synthetic_data
 
-__all__ = ["load_mnist", "read_idx", "write_idx", "mnist_info", "batches"]
+__all__ = ["load_mnist", "read_idx", "write_idx", "mnist_info", "batches", "synthetic_data",
+           "load_dataset", "DATASETS", "DatasetOptionsError"]
 
 # IDX type codes -> big-endian NumPy dtypes.
 _IDX_DTYPES: dict[int, np.dtype] = {

@@ -1,52 +1,17 @@
-"""The ``cnnkit`` command line: ``cnnkit train [CONFIG]`` and ``cnnkit plugins`` (and the
-tools of ``cli_tools``)."""
+"""``cnnkit train [CONFIG]``: LeNet-5 on MNIST, or the model and ``[training]`` section of a
+config file; the options override the config."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+from ._args import _impl_choices, _positive_float, _positive_int
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
-
-
-def _impl_choices(text):
-    out = {}
-    for item in text.split(","):
-        if "=" not in item:
-            raise argparse.ArgumentTypeError(f"expected layer_type=variant[,...], got {text!r}")
-        key, _, val = item.partition("=")
-        out[key.strip().lower()] = val.strip()
-    return out
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(prog="cnnkit", description="cnnkit: convolutional networks "
-                                     "with Cython kernels and pluggable layers.")
-    parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def add_parser(sub) -> None:
+    """Add ``train`` to the ``cnnkit`` subcommands."""
     train = sub.add_parser(
         "train", help="train LeNet-5 on MNIST (the embedded sample by default), or the model of "
         "a config file",
@@ -86,15 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     train.set_defaults(func=cmd_train)
 
-    plugins = sub.add_parser("plugins", help="list installed plugins and what they registered")
-    plugins.add_argument("--json", action="store_true", help="machine-readable output")
-    plugins.set_defaults(func=cmd_plugins)
-
-    from . import cli_tools
-
-    cli_tools.add_commands(sub)
-    return parser
-
 
 _DEFAULTS = {"epochs": 10, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
              "seed": 0, "output": "lenet5.npz", "dtype": "float32"}
@@ -102,7 +58,7 @@ _DEFAULTS = {"epochs": 10, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weigh
 
 def cmd_train(args) -> int:
     if args.plot:
-        from .plot import require_matplotlib
+        from ..plot import require_matplotlib
 
         require_matplotlib()  # fail before training, not after
     if args.config is not None:
@@ -139,7 +95,7 @@ def _finish(args, model, history, n_test, t0, out, metadata):
         print(f"stopped early: {history.stop_reason}", file=out)
     print(f"weights saved to {os.path.abspath(args.output)}", file=out)
     if args.plot:
-        from .plot import plot_training
+        from ..plot import plot_training
 
         for path in plot_training(history, model, args.plot):
             print(f"plot written to {os.path.abspath(path)}", file=out)
@@ -148,10 +104,10 @@ def _finish(args, model, history, n_test, t0, out, metadata):
 def _train_lenet5(args) -> int:
     import numpy as np
 
-    from . import optim, use
-    from .datasets import load_mnist
-    from .models import lenet5
-    from .train import fit
+    from .. import optim, use
+    from ..datasets import load_mnist
+    from ..models import lenet5
+    from ..train import fit
 
     out = sys.stdout
     dtype = np.dtype(args.dtype)
@@ -180,9 +136,9 @@ def _train_lenet5(args) -> int:
 def _train_config(args) -> int:
     import numpy as np
 
-    from . import config as C
-    from . import use
-    from .train import fit
+    from .. import config as C
+    from .. import use
+    from ..train import fit
 
     out = sys.stdout
     t0 = time.perf_counter()
@@ -226,55 +182,3 @@ def _train_config(args) -> int:
     _finish(args, model, history, len(x_test), t0, out,
             {"config": json.dumps(C.model_to_config(model))})
     return 0
-
-
-def cmd_plugins(args) -> int:
-    import warnings
-
-    from .plugins import get_registry
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # failures are part of the listing
-        reg = get_registry()
-    rows = [info.describe() for info in reg.plugins.values()]
-    if args.json:
-        json.dump({"plugins": rows}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
-    for r in rows:
-        version = r["version"] or (r["distribution"] == "cnnkit" and _version()) or "?"
-        status = "FAILED" if r["error"] else "ok"
-        print(f"{r['name']}  [{r['source']}]  {r['distribution'] or '-'} {version}  {status}")
-        if r["error"]:
-            print(f"    error: {r['error']}")
-        for kind, items in r["registered"].items():
-            if items:
-                print(f"    {kind}s: {', '.join(items)}")
-    return 0
-
-
-def _version():
-    from . import __version__
-
-    return __version__
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return args.func(args)
-    except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"cnnkit {args.command}: error: {msg}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The ``cnnkit`` command line: one module per command (:mod:`.train`, :mod:`.plugins`,
+:mod:`.kernels`, :mod:`.bench`), each adding its parser and handler; :func:`main` wires them.
+
+Exit status: 0 on success, 1 when the request cannot be served (a bad config, an unknown layer
+type, a variant that fails or disagrees with the reference in ``cnnkit bench``...), 2 for
+malformed command-line arguments, 130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import bench, kernels, plugins, train
+from ._common import _fail
+from .plugins import cmd_plugins
+from .train import cmd_train
+
+__all__ = ["main", "build_parser", "cmd_train", "cmd_plugins"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="cnnkit", description="cnnkit: convolutional networks "
+                                     "with Cython kernels and pluggable layers.")
+    parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in (train, plugins, kernels, bench):
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        return _fail(args.command, str(msg))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

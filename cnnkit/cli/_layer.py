@@ -1,0 +1,75 @@
+"""Building a layer from the command line (``cnnkit kernels --explain``, ``cnnkit bench``)
+as real use would, with the sizes that follow from the input shape filled in."""
+from __future__ import annotations
+
+import inspect
+
+from ._common import CommandError
+
+
+def _accepts(cls, name) -> bool:
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def build_layer(reg, layer_type: str, input_shape: tuple, kwargs: dict, dtype="float32",
+                impl=None):
+    """Build ``layer_type`` from the registry for ``input_shape`` as real use would.
+
+    Sizes that follow from the shape are filled in: conv2d's ``in_channels`` (and
+    ``out_channels``, default: the same) and ``kernel_size`` (default 3), dense's
+    ``in_features`` (and ``out_features``, default: the same), the pools' ``kernel_size``
+    (default 2).  Parameters are drawn with a fixed seed, so every build is the same layer.
+    Raises :class:`CommandError` with a readable message.
+    """
+    try:
+        cls = reg.layer_class(layer_type)
+    except KeyError as exc:
+        raise CommandError(exc.args[0]) from None
+    kw = dict(kwargs)
+    shape = tuple(input_shape)
+    rank = getattr(cls, "input_rank", None)
+    if rank is not None and len(shape) != rank:
+        layout = {4: " N,C,H,W", 2: " N,FEATURES"}.get(rank, "")
+        raise CommandError(f"{layer_type} expects a {rank}-D input shape{layout}, got "
+                           f"{','.join(map(str, shape))}")
+    if layer_type == "conv2d" and len(shape) == 4:
+        kw.setdefault("in_channels", shape[1])
+        kw.setdefault("out_channels", kw["in_channels"])
+        kw.setdefault("kernel_size", 3)
+    elif layer_type == "dense" and len(shape) == 2:
+        kw.setdefault("in_features", shape[1])
+        kw.setdefault("out_features", kw["in_features"])
+    elif layer_type in ("maxpool2d", "avgpool2d"):
+        kw.setdefault("kernel_size", 2)
+    if _accepts(cls, "dtype"):
+        kw.setdefault("dtype", dtype)
+    if _accepts(cls, "rng"):
+        kw.setdefault("rng", 0)
+    if impl is not None:
+        kw["impl"] = impl
+    try:
+        layer = cls(**kw)
+    except (TypeError, ValueError, KeyError) as exc:
+        shown = ", ".join(f"{k}={v!r}" for k, v in kw.items() if k not in ("dtype", "rng"))
+        raise CommandError(f"cannot build {cls.__name__}({shown}): {exc}") from None
+    try:
+        out_shape = layer.output_shape((None,) + shape[1:])
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"input shape {shape} does not fit {layer!r}: {exc}") from None
+    _resolve_config(layer, shape)
+    return layer, (shape[0],) + tuple(out_shape[1:])
+
+
+def _resolve_config(layer, shape):
+    """Resolve what the layer resolves at forward time ("same" padding needs the input size),
+    so that features and config are those the variants will see."""
+    if isinstance(getattr(layer, "padding", None), str) and hasattr(layer, "_resolve_padding") \
+            and len(shape) == 4:
+        pads = layer._resolve_padding(shape[2], shape[3])
+        if pads != layer.config.get("padding"):
+            layer.config = dict(layer.config, padding=pads)
+            layer._variant_key = None

@@ -1,0 +1,39 @@
+"""``cnnkit plugins [--json]``: installed plugins and what they registered."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ._common import _registry
+
+
+def add_parser(sub) -> None:
+    """Add ``plugins`` to the ``cnnkit`` subcommands."""
+    plugins = sub.add_parser("plugins", help="list installed plugins and what they registered")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.set_defaults(func=cmd_plugins)
+
+
+def cmd_plugins(args) -> int:
+    reg = _registry()  # a plugin's failure is part of the listing, not a warning
+    rows = [info.describe() for info in reg.plugins.values()]
+    if args.json:
+        json.dump({"plugins": rows}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    for r in rows:
+        version = r["version"] or (r["distribution"] == "cnnkit" and _version()) or "?"
+        status = "FAILED" if r["error"] else "ok"
+        print(f"{r['name']}  [{r['source']}]  {r['distribution'] or '-'} {version}  {status}")
+        if r["error"]:
+            print(f"    error: {r['error']}")
+        for kind, items in r["registered"].items():
+            if items:
+                print(f"    {kind}s: {', '.join(items)}")
+    return 0
+
+
+def _version():
+    from .. import __version__
+
+    return __version__
