@@ -19,7 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .layers import FLOAT_DTYPES, Layer, _fmt_shape
+from ._shapes import fmt_shape as _fmt_shape
+from .layers import FLOAT_DTYPES, Layer
 
 _input_counter = itertools.count(1)
 
@@ -289,7 +290,6 @@ class Model:
                 if remaining[id(p)] == 0:
                     del values[id(p)]
         outs = [values[id(n)] for n in self.outputs]
-        self._batch = xs[0].shape[0]
         return outs if self._multi_out else outs[0]
 
     __call__ = forward

@@ -1,41 +1,137 @@
-"""The cnnkit plugin contract.
+"""The cnnkit plugin contract: everything a plugin implements, in one file.
 
-Every hook receives a ``register`` callback and calls it once per thing it registers; the host
-stamps each registration with the name of the plugin that made it.  Hooks return nothing.  A
-plugin module implements any subset of these hooks with functions decorated by
-``cnnkit.hookimpl`` and is found through the ``cnnkit`` entry-point group::
+1. **Hooks** (bottom of this file).  A plugin module implements any subset of the four
+   ``cnnkit_register_*`` hooks with functions decorated by ``cnnkit.hookimpl``.  Every hook
+   receives a ``register`` callback and calls it once per thing it registers; the host stamps
+   each registration with the name of the plugin that made it.  Hooks return nothing, and every
+   plugin's implementation is called (no "first result wins").  A plugin module is found through
+   the ``cnnkit`` entry-point group::
 
-    # pyproject.toml of a plugin package
-    [project.entry-points.cnnkit]
-    my_plugin = "my_package.plugin"
+       # pyproject.toml of a plugin package
+       [project.entry-points.cnnkit]
+       my_plugin = "my_package.plugin"
 
-Variant kernels
----------------
-A *variant* is one implementation of a layer type.  It is an object (a class, instance or
-module) with two callables::
+2. **Variants** (:class:`VariantProtocol`, and the optional :class:`InputGradSkippingVariant`
+   and :class:`StatisticsVariant`): the objects ``cnnkit_register_variants`` registers, one
+   implementation of a layer type each.
 
-    forward(x, params, config, need_backward) -> (y, ctx)
-    backward(dy, ctx) -> (dx, grads)
+3. **Optimizers** (:class:`OptimizerProtocol`): what an instance of a class registered with
+   ``cnnkit_register_optimizers`` provides, including the trait ``needs_closure``.
 
-``x`` is a C-contiguous float32 or float64 NCHW (or N, features) array; ``params`` maps parameter
-names to arrays of the same dtype (for ``conv2d``: ``weight`` (out, in/groups, kh, kw) and
-``bias`` (out,) or ``None``); ``config`` is the layer's resolved hyper-parameters (see each layer
-class's ``config``); ``need_backward`` is False in inference, where ``ctx`` must be ``None`` so
-nothing is kept.  ``backward`` returns the input gradient and a dict with one gradient per
-non-``None`` parameter.  Variants never modify their inputs.
-
-A variant whose ``backward`` accepts a keyword ``need_input_grad`` is called with
-``need_input_grad=False`` when nobody needs the input gradient (a network's first layer during
-training); it may then skip that work and return ``None`` for it.
+Layer types are subclasses of ``cnnkit.layers.Layer`` (see its docstring); initializers are
+plain functions (see :func:`cnnkit_register_initializers`).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
+import numpy as np
 import pluggy
 
 hookspec = pluggy.HookspecMarker("cnnkit")
 
+
+# ---------------------------------------------------------------------------------- variants
+@runtime_checkable
+class VariantProtocol(Protocol):
+    """One implementation of a layer type: an object (a class with static methods, an
+    instance or a module) with ``forward`` and ``backward``.
+
+    Variants never modify their inputs (``x``, ``params``, ``config``, ``dy``).  One variant
+    object serves every layer of its type, possibly from several threads at once, so what
+    ``backward`` needs travels in ``ctx``, never in the variant.
+    """
+
+    def forward(self, x: np.ndarray, params: Mapping[str, np.ndarray | None],
+                config: Mapping[str, Any], need_backward: bool) -> tuple[np.ndarray, Any]:
+        """Compute the layer's output; return ``(y, ctx)``.
+
+        - ``x``: a C-contiguous float32 or float64 array, batch first (NCHW for image
+          layers, (N, features) for dense), of a dtype the variant declared in ``dtypes``.
+        - ``params``: parameter name -> array of ``x``'s dtype, or ``None`` for an absent
+          parameter (for ``conv2d``: ``weight`` (out, in/groups, kh, kw) and ``bias`` (out,)
+          or ``None``).
+        - ``config``: the layer's hyper-parameters resolved for this input shape
+          (``layer.resolve(x.shape)``, e.g. Conv2D's ``padding="same"`` already turned into
+          (top, bottom, left, right)); the layer classes document their keys.
+        - ``need_backward``: True when ``backward`` will follow (training).  When False,
+          ``ctx`` must be ``None`` so nothing is kept.
+
+        ``y`` must be a new array of ``x``'s dtype with the layer's output shape; ``ctx`` is
+        anything the variant's ``backward`` needs, passed back to it unchanged.
+        """
+
+    def backward(self, dy: np.ndarray,
+                 ctx: Any) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        """Back-propagate; return ``(dx, grads)``.
+
+        ``dy`` is the gradient of the loss w.r.t. ``y`` (C-contiguous, ``y``'s shape and
+        dtype) and ``ctx`` what ``forward`` returned.  ``dx`` is the gradient w.r.t. ``x``
+        (``x``'s shape and dtype); ``grads`` has one gradient per non-``None`` parameter, under
+        the parameter's name, of the parameter's shape.
+        """
+
+
+@runtime_checkable
+class InputGradSkippingVariant(Protocol):
+    """OPTIONAL: a variant whose ``backward`` accepts the keyword ``need_input_grad``.
+
+    The layer then calls ``backward(dy, ctx, need_input_grad=False)`` when nobody needs the
+    input gradient (a network's first layer during training); the variant may skip that work
+    and return ``(None, grads)``.  Returning a real ``dx`` anyway is allowed.  Variants without
+    the keyword are always called as ``backward(dy, ctx)``.
+    """
+
+    def backward(self, dy: np.ndarray, ctx: Any, *, need_input_grad: bool = True
+                 ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        """As :meth:`VariantProtocol.backward`; ``dx`` may be ``None`` when
+        ``need_input_grad`` is False."""
+
+
+@runtime_checkable
+class StatisticsVariant(Protocol):
+    """OPTIONAL, for ``batchnorm1d`` / ``batchnorm2d`` variants: expose the batch statistics
+    the training forward computed, so the layer updates its running averages from them
+    instead of computing them again with NumPy."""
+
+    def statistics(self, ctx: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, biased_var)`` per channel (shape (C,), any float dtype; the layer
+        converts to float64) of the batch whose training ``forward`` returned ``ctx``.
+        ``biased_var`` divides by the number of values per channel, not that number - 1."""
+
+
+# -------------------------------------------------------------------------------- optimizers
+@runtime_checkable
+class OptimizerProtocol(Protocol):
+    """An instance of a registered optimizer class, built as
+    ``optimizer_class(model_or_params, **hyperparameters)``.  Subclassing
+    ``cnnkit.optim.Optimizer`` provides all of it but ``step``.
+    """
+
+    #: True for an optimizer whose ``step(closure)`` re-evaluates the loss (L-BFGS's line
+    #: search).  The trainer then calls ``step(closure)``, where ``closure()`` zeroes the
+    #: gradients, runs forward and backward, fills the gradients and returns the loss;
+    #: otherwise it runs forward and backward itself and calls ``step()``.  Default False.
+    needs_closure: bool
+
+    def step(self, closure: Callable[[], float] | None = None) -> Any:
+        """Update the parameters in place from their gradients (``layer.grads``).  Optimizers
+        with ``needs_closure`` receive the closure described above and return the loss its
+        first call gave; the others are called without arguments."""
+
+    def zero_grad(self) -> None:
+        """Forget the gradients of every parameter this optimizer updates."""
+
+    def state_dict(self) -> dict:
+        """A copy of everything needed to continue exactly where the optimizer is
+        (hyper-parameters, step count, per-parameter state keyed by parameter name)."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned, possibly in another process; raise
+        ``TypeError``/``ValueError`` naming the optimizer for a state it cannot take."""
+
+
+# ------------------------------------------------------------------------------------- hooks
 @hookspec
 def cnnkit_register_layers(register: Callable[..., None]) -> None:
     """Register layer types.
@@ -43,7 +139,7 @@ def cnnkit_register_layers(register: Callable[..., None]) -> None:
     Call ``register(name, layer_class)`` once per layer type.  ``name`` is the lowercase
     layer-type identifier (``"conv2d"``), ``layer_class`` a subclass of ``cnnkit.layers.Layer``
     whose ``layer_type`` attribute equals ``name``.  Registering a name that another plugin has
-    already registered is an error naming both plugins.
+    already registered is an error naming both plugins.  Returns nothing.
     """
 
 @hookspec
@@ -56,18 +152,22 @@ def cnnkit_register_variants(register: Callable[..., None]) -> None:
     - ``layer_type``: the layer type it implements (``"conv2d"``); the type may come from
       another plugin.
     - ``name``: the variant name users pick with ``impl=`` (``"cython"``, ``"numpy"``, ...).
-    - ``impl``: an object with ``forward`` and ``backward`` as described in this module's
-      docstring.
+    - ``impl``: the variant, a :class:`VariantProtocol` (optionally also an
+      :class:`InputGradSkippingVariant` and, for batch normalisation, a
+      :class:`StatisticsVariant`).
     - ``priority``: among the variants that support a request, the highest wins automatic
       selection.  Built-ins use 100 (Cython) and 0 (NumPy reference).
     - ``dtypes``: the input dtypes the variant accepts.
     - ``capabilities``: the non-default features it supports, from the layer type's
       ``FEATURES`` (for conv2d: ``stride``, ``padding``, ``asymmetric_padding``, ``dilation``,
       ``groups``, ``bias``).  A request using a feature not declared here is refused.
-    - ``supports``: optional ``callable(config, dtype) -> str | None`` for finer limits; it
-      returns ``None`` when it can serve the request, otherwise the reason it cannot.
+    - ``supports``: optional ``callable(config, dtype) -> str | None`` for finer limits, called
+      with the resolved ``config`` and the dtype's name (``"float32"``); it returns ``None``
+      when it can serve the request, otherwise the reason it cannot.
+    - ``description``: one line shown by ``cnnkit kernels``.
 
-    Two plugins registering the same ``(layer_type, name)`` is an error naming both.
+    Two plugins registering the same ``(layer_type, name)`` is an error naming both.  Returns
+    nothing.
     """
 
 @hookspec
@@ -75,9 +175,10 @@ def cnnkit_register_optimizers(register: Callable[..., None]) -> None:
     """Register optimizers.
 
     Call ``register(name, optimizer_class)`` once per optimizer.  ``optimizer_class(model_or_params,
-    **hyperparameters)`` must implement ``step()``, ``zero_grad()``, ``state_dict()`` and
-    ``load_state_dict(state)``; subclassing ``cnnkit.optim.Optimizer`` gives all but ``step``.
-    Names are case-insensitive and unique across plugins.
+    **hyperparameters)`` must return an :class:`OptimizerProtocol`: ``step()``, ``zero_grad()``,
+    ``state_dict()``, ``load_state_dict(state)`` and the ``needs_closure`` trait; subclassing
+    ``cnnkit.optim.Optimizer`` gives all but ``step``.  Names are case-insensitive and unique
+    across plugins.  Returns nothing.
     """
 
 @hookspec
@@ -88,15 +189,18 @@ def cnnkit_register_initializers(register: Callable[..., None]) -> None:
     ``fn(shape, *, fan_in, fan_out, rng, dtype, **options) -> numpy.ndarray`` returns a new array
     of ``shape`` and ``dtype`` drawn with the ``numpy.random.Generator`` ``rng``.  ``fan_in`` and
     ``fan_out`` follow PyTorch's convention (for a conv weight (out, in/groups, kh, kw):
-    ``in/groups*kh*kw`` and ``out*kh*kw``).  Names are unique across plugins.
+    ``in/groups*kh*kw`` and ``out*kh*kw``).  Names are unique across plugins.  Returns nothing.
     """
 
 
 __all__ = [
     "hookspec",
+    "VariantProtocol",
+    "InputGradSkippingVariant",
+    "StatisticsVariant",
+    "OptimizerProtocol",
     "cnnkit_register_layers",
     "cnnkit_register_variants",
     "cnnkit_register_optimizers",
     "cnnkit_register_initializers",
 ]
-
