@@ -32,7 +32,8 @@ from hypothesis import strategies as st
 
 import cnnkit as ck
 from cnnkit import layers as L
-from cnnkit.builtin.numpy_variants import dropout_keep_mask, pool2d_output_size
+from cnnkit._shapes import pool_output_size as pool2d_output_size
+from cnnkit.builtin.dropout import dropout_keep_mask
 
 EXAMPLES = int(os.environ.get("CNNKIT_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,

@@ -19,7 +19,7 @@ from cnnkit._ext import conv as _conv
 from cnnkit._ext import convt as _convt
 from cnnkit._shapes import conv_output_size, conv_transpose_output_size
 from cnnkit._threads import get_num_threads, single_threaded_blas
-from cnnkit.builtin._kernel_args import (INT32_MAX, as_input, config_int, config_ints,
+from cnnkit.builtin._kernel_args import (INT32_MAX, as_input, config_int, config_ints, grad_like,
                                          contiguous, workspace)
 from cnnkit.layers import Conv2D, ConvTranspose2D
 from cnnkit.plugins import hookimpl
