@@ -13,7 +13,7 @@ import numpy as np
 from cnnkit._checks import INT32_MAX, is_int
 
 __all__ = ["INT32_MAX", "as_input", "config_int", "config_ints", "contiguous", "grad_like",
-           "workspace"]
+           "weight_and_bias", "workspace"]
 
 
 def contiguous(a):
@@ -29,6 +29,13 @@ def as_input(a, dtype, name):
     if a.dtype != dtype:
         raise ValueError(f"{name} has dtype {a.dtype}, expected {dtype}")
     return contiguous(a)
+
+
+def weight_and_bias(params, dtype):
+    """``params["weight"]`` and ``params.get("bias")`` (which may be None) as kernel inputs."""
+    b = params.get("bias")
+    return (as_input(params["weight"], dtype, "weight"),
+            None if b is None else as_input(b, dtype, "bias"))
 
 
 def grad_like(dy, dtype, shape, what):

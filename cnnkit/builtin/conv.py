@@ -19,8 +19,8 @@ from cnnkit._ext import conv as _conv
 from cnnkit._ext import convt as _convt
 from cnnkit._shapes import conv_output_size, conv_transpose_output_size
 from cnnkit._threads import get_num_threads, single_threaded_blas
-from cnnkit.builtin._kernel_args import (INT32_MAX, as_input, config_int, config_ints, grad_like,
-                                         contiguous, workspace)
+from cnnkit.builtin._kernel_args import (INT32_MAX, config_int, config_ints, contiguous,
+                                         grad_like, weight_and_bias, workspace)
 from cnnkit.layers import Conv2D, ConvTranspose2D
 from cnnkit.plugins import hookimpl
 
@@ -245,9 +245,7 @@ class Conv2dCython:
     @staticmethod
     def forward(x, params, config, need_backward):
         x = contiguous(x)
-        w = as_input(params["weight"], x.dtype, "weight")
-        b = params.get("bias")
-        b = None if b is None else as_input(b, x.dtype, "bias")
+        w, b = weight_and_bias(params, x.dtype)
         geom, oh, ow, direct = Conv2dCython._check(x, w, b, config)
         y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
         threads, rows, ws_shape = _conv_plan(x.shape, w.shape, oh, ow, x.itemsize, direct, True)
@@ -319,9 +317,7 @@ class ConvTranspose2dCython:
     @staticmethod
     def forward(x, params, config, need_backward):
         x = contiguous(x)
-        w = as_input(params["weight"], x.dtype, "weight")
-        b = params.get("bias")
-        b = None if b is None else as_input(b, x.dtype, "bias")
+        w, b = weight_and_bias(params, x.dtype)
         geom, oh, ow, direct = ConvTranspose2dCython._check(x, w, b, config)
         n, cin, h, wd = x.shape
         cout = w.shape[1] * geom[-1]

@@ -12,7 +12,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from cnnkit._ext import pool as _pool
 from cnnkit._shapes import pool_output_size, pool_overhang
-from cnnkit.builtin._kernel_args import INT32_MAX, as_input, config_ints, contiguous, grad_like
+from cnnkit.builtin._kernel_args import (INT32_MAX, config_ints, contiguous, grad_like,
+                                         weight_and_bias)
 from cnnkit.layers import AvgPool2D, GlobalAvgPool2D, MaxPool2D, Subsampling
 from cnnkit.plugins import hookimpl
 
@@ -281,9 +282,7 @@ class SubsamplingCython:
         if x.ndim != 4:
             raise ValueError(f"subsampling expects (N, C, H, W), got {x.shape}")
         kh, kw = config_ints(config, "kernel_size", 2, "subsampling")
-        w = as_input(params["weight"], x.dtype, "weight")
-        b = params.get("bias")
-        b = None if b is None else as_input(b, x.dtype, "bias")
+        w, b = weight_and_bias(params, x.dtype)
         n, c, h, wd = x.shape
         if w.shape != (c,) or (b is not None and b.shape != (c,)) or kh < 1 or kw < 1:
             raise ValueError(f"subsampling: parameters {w.shape} do not fit input {x.shape}")
