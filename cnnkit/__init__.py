@@ -27,7 +27,7 @@ def _check_compiled():
 _check_compiled()
 del _check_compiled
 
-from ._runtime import get_num_threads, num_threads, set_num_threads  # noqa: E402
+from ._threads import get_num_threads, num_threads, set_num_threads  # noqa: E402
 from ._runtime import tune_malloc as _tune_malloc  # noqa: E402
 
 _tune_malloc()

@@ -39,32 +39,3 @@ def tune_malloc() -> bool:
     ok = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and ok
     applied = ok
     return ok
-
-
-def _openmp_controller():
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController().select(user_api="openmp")
-
-
-def set_num_threads(n: int) -> None:
-    """Set the size of the OpenMP team cnnkit's kernels use (for the calling thread and, as
-    with ``omp_set_num_threads``, threads it starts afterwards).  BLAS calls inside the kernels
-    stay single-threaded either way."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"cnnkit.set_num_threads: expected a positive int, got {n!r}")
-    _openmp_controller().limit(limits=n)
-
-
-def get_num_threads() -> int:
-    """The OpenMP team size the kernels will use (1 when built without OpenMP)."""
-    from ._ext import conv
-
-    return int(conv.max_threads())
-
-
-def num_threads(n: int):
-    """Context manager: ``with cnnkit.num_threads(1): ...`` runs the kernels on ``n`` threads."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"cnnkit.num_threads: expected a positive int, got {n!r}")
-    return _openmp_controller().limit(limits=n)

@@ -21,19 +21,15 @@ from typing import Any, Callable, Iterator
 import pluggy
 
 from . import hookspecs
+from .builtin import PLUGIN_MODULES
 
 hookimpl = pluggy.HookimplMarker("cnnkit")
 
 ENTRY_POINT_GROUP = "cnnkit"
 
-#: Built-in plugin modules, registered first and in this order.
-BUILTIN_PLUGINS = (
-    "cnnkit.builtin.layers",
-    "cnnkit.builtin.cython_variants",
-    "cnnkit.builtin.numpy_variants",
-    "cnnkit.builtin.optimizers",
-    "cnnkit.builtin.initializers",
-)
+#: Built-in plugin modules (one per layer family, plus optimizers and initializers),
+#: registered first and in this order.
+BUILTIN_PLUGINS = PLUGIN_MODULES
 
 _KINDS = ("layer", "variant", "optimizer", "initializer")
 

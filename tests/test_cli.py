@@ -74,7 +74,7 @@ def test_plugins_lists_builtins_and_third_party(tmp_path):
     res = run_cli("plugins", "--json")
     assert res.returncode == 0, res.stderr
     names = {p["name"] for p in json.loads(res.stdout)["plugins"]}
-    assert "cnnkit.builtin.cython_variants" in names
+    assert "cnnkit.builtin.conv" in names
     site = write_dist_infos(tmp_path / "site")
     env = {"PYTHONPATH": os.pathsep.join([str(site), str(PLUGIN_DIR)]
                                          + sys.path)}

@@ -46,10 +46,10 @@ def test_shape_and_args_parsing():
 def test_kernels_lists_layer_types_and_variants(capsys):
     status, out, _ = cli(capsys, "kernels")
     assert status == 0
-    assert "conv2d  (cnnkit.layers.Conv2D, plugin cnnkit.builtin.layers)" in out
+    assert "conv2d  (cnnkit.layers.Conv2D, plugin cnnkit.builtin.conv)" in out
     assert "features: stride, padding, asymmetric_padding, dilation, groups, bias" in out
     cython_row = next(line for line in out.splitlines()
-                      if line.split()[:2] == ["cython", "cnnkit.builtin.cython_variants"])
+                      if line.split()[:2] == ["cython", "cnnkit.builtin.conv"])
     assert " 100 " in cython_row and "float32,float64" in cython_row
     assert "flatten" in out and "no variants: the layer computes itself" in out
 
@@ -61,7 +61,7 @@ def test_kernels_json_for_one_layer_type(capsys):
     assert entry["layer_type"] == "conv2d" and entry["class"] == "cnnkit.layers.Conv2D"
     by_name = {v["name"]: v for v in entry["variants"]}
     assert by_name["cython"]["priority"] == 100 and by_name["numpy"]["priority"] == 0
-    assert by_name["numpy"]["plugin"] == "cnnkit.builtin.numpy_variants"
+    assert by_name["numpy"]["plugin"] == "cnnkit.builtin.conv"
     assert "dilation" in by_name["cython"]["capabilities"]
     assert by_name["cython"]["dtypes"] == ["float32", "float64"]
     # highest priority first, as selection sees them
@@ -76,7 +76,7 @@ def test_explain_names_the_winner_and_why_the_others_lost(capsys):
     assert "in_channels=3" in out and "out_channels=3" in out  # from the shape, and defaulted
     assert "input:    (64, 3, 32, 32) float32 -> output (64, 3, 32, 32)" in out
     assert "features: padding, bias" in out
-    assert ("chosen:   cython (plugin cnnkit.builtin.cython_variants, priority 100): highest "
+    assert ("chosen:   cython (plugin cnnkit.builtin.conv, priority 100): highest "
             "priority among variants that support the request") in out
     assert "lower priority (0) than 'cython' (100)" in out
 

@@ -68,9 +68,7 @@ def test_builtin_cases_use_every_feature_of_their_layer_type():
         used = set()
         for case in builtin_cases(layer_type):
             layer = cls(**case.kwargs)
-            if isinstance(getattr(layer, "padding", None), str):
-                layer.config = dict(layer.config,
-                                    padding=layer._resolve_padding(*case.input_shape[2:]))
+            layer.config = dict(layer.resolve(case.input_shape))
             used.update(layer.features())
         assert used == set(cls.FEATURES), layer_type
 
@@ -199,7 +197,7 @@ def test_plugin_cases_dtypes_and_rtol_are_used(registry):
 
 
 def test_only_the_requested_dtypes_are_run():
-    from cnnkit.builtin.numpy_variants import ReluNumpy
+    from cnnkit.builtin.activation import ReluNumpy
 
     seen = set()
 
@@ -226,7 +224,7 @@ def test_only_the_requested_dtypes_are_run():
 
 
 def test_unknown_capability_and_uncovered_cases_are_reported():
-    from cnnkit.builtin.numpy_variants import ReluNumpy
+    from cnnkit.builtin.activation import ReluNumpy
 
     class Claims:
         @cnnkit.hookimpl

@@ -35,7 +35,8 @@ from hypothesis import strategies as st
 
 import cnnkit as ck
 from cnnkit import layers as L
-from cnnkit.builtin.numpy_variants import dropout_keep_mask, pool2d_output_size
+from cnnkit._shapes import pool_output_size as pool2d_output_size
+from cnnkit.builtin.dropout import dropout_keep_mask
 
 import _reference as ref
 

@@ -275,7 +275,7 @@ def test_conv_transpose2d_matches_torch(kwargs, impl):
 
 
 def test_conv_transpose2d_cython_bands_and_input_grad_skip(monkeypatch):
-    import cnnkit.builtin.cython_variants as cv
+    import cnnkit.builtin.conv as cv
 
     x = RNG.standard_normal((2, 3, 6, 5)).astype(np.float64)
     ref = L.ConvTranspose2D(3, 4, 3, stride=2, dtype=np.float64, rng=0, impl="numpy")

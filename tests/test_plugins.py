@@ -21,14 +21,15 @@ def load(**env):
 def test_builtins_register_through_the_hooks():
     reg, caught = load()
     assert not [w for w in caught if issubclass(w.category, PluginWarning)]
-    for name in ("cnnkit.builtin.layers", "cnnkit.builtin.cython_variants",
-                 "cnnkit.builtin.numpy_variants", "cnnkit.builtin.optimizers",
+    for name in ("cnnkit.builtin.conv", "cnnkit.builtin.pool", "cnnkit.builtin.activation",
+                 "cnnkit.builtin.dropout", "cnnkit.builtin.norm", "cnnkit.builtin.dense",
+                 "cnnkit.builtin.reshape", "cnnkit.builtin.merge", "cnnkit.builtin.optimizers",
                  "cnnkit.builtin.initializers"):
         assert reg.plugins[name].error is None, reg.plugins[name].error
         assert reg.plugins[name].source == "builtin"
-    assert "conv2d/cython" in reg.plugins["cnnkit.builtin.cython_variants"].registered["variant"]
+    assert "conv2d/cython" in reg.plugins["cnnkit.builtin.conv"].registered["variant"]
     assert {"cython", "numpy"} <= set(reg.variants["conv2d"])
-    assert reg.variants["conv2d"]["cython"].plugin == "cnnkit.builtin.cython_variants"
+    assert reg.variants["conv2d"]["cython"].plugin == "cnnkit.builtin.conv"
     assert reg.layer_class("conv2d") is ck.layers.Conv2D
     assert reg.optimizer("sgd") is ck.optim.SGD
     assert "he_uniform" in reg.initializers
@@ -95,8 +96,8 @@ def test_duplicate_registration_names_both_plugins(plugin_env):
         reg = get_registry()
     err = reg.plugins["duplicate"].error
     assert "conv2d/numpy" in err
-    assert "cnnkit.builtin.numpy_variants" in err and "duplicate" in err
-    assert reg.variants["conv2d"]["numpy"].plugin == "cnnkit.builtin.numpy_variants"
+    assert "cnnkit.builtin.conv" in err and "duplicate" in err
+    assert reg.variants["conv2d"]["numpy"].plugin == "cnnkit.builtin.conv"
 
 
 def test_duplicate_within_one_plugin_is_an_error():
@@ -251,7 +252,7 @@ def test_each_hook_registers_through_the_callback():
         @staticmethod
         @ck.hookimpl
         def cnnkit_register_variants(register):
-            from cnnkit.builtin.numpy_variants import ReluNumpy
+            from cnnkit.builtin.activation import ReluNumpy
 
             register("relu2", "numpy", ReluNumpy)
 

@@ -13,7 +13,7 @@ import pytest
 
 import cnnkit as ck
 from cnnkit import layers as L
-from cnnkit.builtin import cython_variants
+from cnnkit.builtin import _kernel_args, conv
 
 
 def _lenet_step_fn(batch=64, seed=0):
@@ -156,8 +156,8 @@ def test_conv2d_workspace_stays_bounded():
         tracemalloc.stop()
     tensors = x.nbytes + y.nbytes * 2 + dx.nbytes + conv.params["weight"].nbytes * 3
     assert peak <= tensors + 4 * 2**20, (peak, tensors)
-    cached = sum(b.nbytes for b in cython_variants._workspaces.__dict__.values())
-    assert cached <= cython_variants.COL_WORKSPACE_BYTES
+    cached = sum(b.nbytes for b in _kernel_args._workspaces.__dict__.values())
+    assert cached <= conv.COL_WORKSPACE_BYTES
 
 
 def test_variant_returning_the_wrong_dtype_is_caught_naming_variant_and_plugin(monkeypatch):

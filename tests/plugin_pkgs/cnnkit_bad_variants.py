@@ -6,7 +6,8 @@ must name that thing.  Registered at a very low priority: they never win automat
 import numpy as np
 
 import cnnkit
-from cnnkit.builtin.numpy_variants import Conv2dNumpy, ReluNumpy
+from cnnkit.builtin.activation import ReluNumpy
+from cnnkit.builtin.conv import Conv2dNumpy
 
 ALL_CONV = ("stride", "padding", "asymmetric_padding", "dilation", "groups", "bias")
 

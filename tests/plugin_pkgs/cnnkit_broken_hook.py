@@ -1,6 +1,6 @@
 """A plugin whose hook raises after registering one thing (which must be rolled back)."""
 import cnnkit
-from cnnkit.builtin.numpy_variants import ReluNumpy
+from cnnkit.builtin.activation import ReluNumpy
 
 
 @cnnkit.hookimpl

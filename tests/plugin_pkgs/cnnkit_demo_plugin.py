@@ -49,14 +49,14 @@ class ConvNoDilation:
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        from cnnkit.builtin.numpy_variants import Conv2dNumpy
+        from cnnkit.builtin.conv import Conv2dNumpy
 
         ConvNoDilation.calls += 1
         return Conv2dNumpy.forward(x, params, config, need_backward)
 
     @staticmethod
     def backward(dy, ctx):
-        from cnnkit.builtin.numpy_variants import Conv2dNumpy
+        from cnnkit.builtin.conv import Conv2dNumpy
 
         return Conv2dNumpy.backward(dy, ctx)
 

@@ -1,6 +1,6 @@
 """A plugin that registers a (layer type, variant) pair the built-ins already own."""
 import cnnkit
-from cnnkit.builtin.numpy_variants import Conv2dNumpy
+from cnnkit.builtin.conv import Conv2dNumpy
 
 
 @cnnkit.hookimpl

@@ -1,0 +1,83 @@
+"""What every Cython wrapper does before a kernel runs: arrays made C-contiguous with the right
+dtype, config entries checked as ints, gradient shapes checked, scratch buffers handed out.
+
+Everything that reaches a nogil loop is checked at this boundary, so a wrong call raises
+``ValueError``/``TypeError`` instead of reading out of bounds.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from cnnkit._checks import INT32_MAX, is_int
+
+__all__ = ["INT32_MAX", "as_input", "config_int", "config_ints", "contiguous", "grad_like",
+           "weight_and_bias", "workspace"]
+
+
+def contiguous(a):
+    """``a`` as a C-contiguous array of the same shape (``np.ascontiguousarray`` would turn a
+    0-d array into a 1-d one, and the kernels would return the wrong shape)."""
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def as_input(a, dtype, name):
+    """A C-contiguous array of exactly ``dtype`` (parameters and gradients are never cast)."""
+    a = np.asarray(a)
+    if a.dtype != dtype:
+        raise ValueError(f"{name} has dtype {a.dtype}, expected {dtype}")
+    return contiguous(a)
+
+
+def weight_and_bias(params, dtype):
+    """``params["weight"]`` and ``params.get("bias")`` (which may be None) as kernel inputs."""
+    b = params.get("bias")
+    return (as_input(params["weight"], dtype, "weight"),
+            None if b is None else as_input(b, dtype, "bias"))
+
+
+def grad_like(dy, dtype, shape, what):
+    """The output gradient ``dy`` of a backward call, checked: ``dtype`` and ``shape`` are the
+    forward output's."""
+    dy = as_input(dy, dtype, "dy")
+    if dy.shape != tuple(shape):
+        raise ValueError(f"{what} backward: dy has shape {dy.shape}, expected {tuple(shape)}")
+    return dy
+
+
+def config_int(value, what, owner):
+    """An int hyper-parameter from a config; floats, strings and bools are refused rather than
+    truncated or parsed by ``int()``."""
+    if not is_int(value):
+        raise TypeError(f"{owner}: {what} must be an int, got {value!r}")
+    return int(value)
+
+
+def config_ints(config, key, n, owner):
+    """The n ints of ``config[key]`` (a tuple or list)."""
+    values = config[key]
+    if not isinstance(values, (tuple, list)) or len(values) != n:
+        raise TypeError(f"{owner}: config[{key!r}] must be {n} ints, got {values!r}")
+    return tuple(config_int(v, f"config[{key!r}]", owner) for v in values)
+
+
+_workspaces = threading.local()
+
+
+def workspace(shape, dtype):
+    """Scratch buffer (column matrices and friends), reused across calls from the same Python
+    thread.
+
+    Keeping it avoids page-faulting tens of MB of fresh memory on every call (expensive in
+    virtual machines); each calling thread gets its own, so concurrent calls from several
+    Python threads never share one.
+    """
+    size = int(np.prod(shape))
+    key = np.dtype(dtype).str
+    cache = _workspaces.__dict__
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)

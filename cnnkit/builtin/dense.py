@@ -1,0 +1,46 @@
+"""The dense family's built-in plugin: ``dense`` (:class:`~cnnkit.layers.Dense`), y = x @ W.T + b.
+
+One variant, ``"numpy"``: the product is BLAS already, so a compiled loop would add nothing.
+Small products run on one BLAS thread (:func:`cnnkit._threads.dense_blas_threads`).
+"""
+from __future__ import annotations
+
+from cnnkit._threads import dense_blas_threads
+from cnnkit.layers import Dense
+from cnnkit.plugins import hookimpl
+
+__all__ = ["DenseNumpy"]
+
+
+class DenseNumpy:
+    """y = x @ W.T + b, W of shape (out_features, in_features) as in PyTorch."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        w, b = params["weight"], params.get("bias")
+        with dense_blas_threads(x.shape[0] * w.size):
+            y = x @ w.T
+        if b is not None:
+            y += b
+        return y, ((x, w, b is not None) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x, w, has_bias = ctx
+        with dense_blas_threads(x.shape[0] * w.size):
+            grads = {"weight": dy.T @ x}
+            dx = dy @ w
+        if has_bias:
+            grads["bias"] = dy.sum(axis=0)
+        return dx, grads
+
+
+@hookimpl
+def cnnkit_register_layers(register):
+    register("dense", Dense)
+
+
+@hookimpl
+def cnnkit_register_variants(register):
+    register("dense", "numpy", DenseNumpy, priority=0, dtypes=("float32", "float64"),
+             capabilities=Dense.FEATURES, description="BLAS matmul")

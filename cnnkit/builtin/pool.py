@@ -1,0 +1,341 @@
+"""The pool family's built-in plugin: ``maxpool2d``, ``avgpool2d`` (PyTorch's rules: padding,
+ceil_mode, count_include_pad, max-pool ties to the first maximum), ``globalavgpool2d`` and
+LeNet-5's trainable ``subsampling``, each with
+
+- ``"numpy"``: the reference, on ``sliding_window_view`` windows of the padded input;
+- ``"cython"``: ``cnnkit._ext.pool`` (priority 100), direct loops, OpenMP over (image, channel).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from cnnkit._ext import pool as _pool
+from cnnkit._shapes import pool_output_size, pool_overhang
+from cnnkit.builtin._kernel_args import (INT32_MAX, config_ints, contiguous, grad_like,
+                                         weight_and_bias)
+from cnnkit.layers import AvgPool2D, GlobalAvgPool2D, MaxPool2D, Subsampling
+from cnnkit.plugins import hookimpl
+
+__all__ = ["MaxPool2dNumpy", "MaxPool2dCython", "AvgPool2dNumpy", "AvgPool2dCython",
+           "GlobalAvgPool2dNumpy", "GlobalAvgPool2dCython", "SubsamplingNumpy",
+           "SubsamplingCython"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference (numpy)
+# ---------------------------------------------------------------------------------------------
+def _window_geometry(x, config):
+    kh, kw = config["kernel_size"]
+    sh, sw = config["stride"]
+    ph, pw = config["padding"]
+    ceil_mode = config["ceil_mode"]
+    h, w = x.shape[2:]
+    oh = pool_output_size(h, kh, sh, ph, ceil_mode)
+    ow = pool_output_size(w, kw, sw, pw, ceil_mode)
+    extra_h = pool_overhang(h, oh, kh, sh, ph)
+    extra_w = pool_overhang(w, ow, kw, sw, pw)
+    pads = ((0, 0), (0, 0), (ph, extra_h), (pw, extra_w))
+    return kh, kw, sh, sw, ph, pw, oh, ow, pads
+
+
+def _pool_windows(xp, kh, kw, sh, sw, oh, ow):
+    """(N, C, oh, ow, kh*kw) copy of every pooling window of the padded input."""
+    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
+    return win.reshape(*win.shape[:4], kh * kw)
+
+
+def _scatter_windows(dwin, xp_shape, kh, kw, sh, sw, oh, ow):
+    """Sum per-window gradients (N, C, oh, ow, kh*kw) back into a padded-input gradient."""
+    dxp = np.zeros(xp_shape, dtype=dwin.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw] += dwin[..., i * kw + j]
+    return dxp
+
+
+class MaxPool2dNumpy:
+    """Max pooling, PyTorch semantics: -inf padding, ceil_mode, ties go to the first maximum."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        kh, kw, sh, sw, ph, pw, oh, ow, pads = _window_geometry(x, config)
+        xp = np.pad(x, pads, constant_values=-np.inf)
+        win = _pool_windows(xp, kh, kw, sh, sw, oh, ow)
+        arg = np.argmax(win, axis=-1)  # first occurrence: PyTorch's tie rule (and NaN wins)
+        y = np.ascontiguousarray(np.take_along_axis(win, arg[..., None], axis=-1)[..., 0])
+        ctx = (x.shape, xp.shape, arg, (kh, kw, sh, sw, ph, pw, oh, ow)) if need_backward else None
+        return y, ctx
+
+    @staticmethod
+    def backward(dy, ctx):
+        x_shape, xp_shape, arg, (kh, kw, sh, sw, ph, pw, oh, ow) = ctx
+        dwin = np.zeros((*dy.shape, kh * kw), dtype=dy.dtype)
+        np.put_along_axis(dwin, arg[..., None], dy[..., None], axis=-1)
+        dxp = _scatter_windows(dwin, xp_shape, kh, kw, sh, sw, oh, ow)
+        h, w = x_shape[2:]
+        return np.ascontiguousarray(dxp[:, :, ph : ph + h, pw : pw + w]), {}
+
+
+def _avg_divisor(size, out, kernel, stride, padding, count_include_pad):
+    """Per-output-position window size along one axis, PyTorch's avg_pool2d rule.
+
+    With count_include_pad the window is clipped to the padded input (so a ceil-mode overhang
+    beyond the right padding is not counted); without it, to the input itself.
+    """
+    start = np.arange(out) * stride - padding
+    if count_include_pad:
+        end = np.minimum(start + kernel, size + padding)
+    else:
+        end = np.minimum(start + kernel, size)
+        start = np.maximum(start, 0)
+    return end - start
+
+
+class AvgPool2dNumpy:
+    """Average pooling, PyTorch semantics (zero padding, count_include_pad, ceil_mode)."""
+
+    @staticmethod
+    def _divisor(x_shape, geometry, config, dtype):
+        kh, kw, sh, sw, ph, pw, oh, ow = geometry
+        include = config.get("count_include_pad", True)
+        dh = _avg_divisor(x_shape[2], oh, kh, sh, ph, include)
+        dw = _avg_divisor(x_shape[3], ow, kw, sw, pw, include)
+        return np.outer(dh, dw).astype(dtype)
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        kh, kw, sh, sw, ph, pw, oh, ow, pads = _window_geometry(x, config)
+        geometry = (kh, kw, sh, sw, ph, pw, oh, ow)
+        xp = np.pad(x, pads)
+        win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
+        div = AvgPool2dNumpy._divisor(x.shape, geometry, config, x.dtype)
+        y = np.ascontiguousarray(win.sum(axis=(4, 5)) / div, dtype=x.dtype)
+        ctx = (x.shape, xp.shape, geometry, div) if need_backward else None
+        return y, ctx
+
+    @staticmethod
+    def backward(dy, ctx):
+        x_shape, xp_shape, (kh, kw, sh, sw, ph, pw, oh, ow), div = ctx
+        g = dy / div
+        dxp = np.zeros(xp_shape, dtype=dy.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                dxp[:, :, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw] += g
+        h, w = x_shape[2:]
+        return np.ascontiguousarray(dxp[:, :, ph : ph + h, pw : pw + w]), {}
+
+
+class GlobalAvgPool2dNumpy:
+    """Mean over H and W: (N, C, H, W) -> (N, C)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        y = x.mean(axis=(2, 3)).astype(x.dtype, copy=False)
+        return y, (x.shape if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        shape = ctx
+        g = dy / (shape[2] * shape[3])
+        return np.ascontiguousarray(np.broadcast_to(g[:, :, None, None], shape)), {}
+
+
+class SubsamplingNumpy:
+    """LeNet-5 subsampling: per-channel coefficient * (sum or mean of k x k windows, stride k)
+    + bias."""
+
+    @staticmethod
+    def _windows(x, config):
+        kh, kw = config["kernel_size"]
+        n, c, h, w = x.shape
+        oh, ow = h // kh, w // kw
+        win = x[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)
+        s = win.sum(axis=(3, 5))
+        if config["mode"] == "average":
+            s = s / (kh * kw)
+        return s
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        s = SubsamplingNumpy._windows(x, config)
+        w, b = params["weight"], params.get("bias")
+        y = s * w[None, :, None, None]
+        if b is not None:
+            y = y + b[None, :, None, None]
+        y = np.ascontiguousarray(y, dtype=x.dtype)
+        return y, ((s, w, b is not None, x.shape, config) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        s, w, has_bias, shape, config = ctx
+        kh, kw = config["kernel_size"]
+        n, c, oh, ow = dy.shape
+        g = dy * w[None, :, None, None]
+        if config["mode"] == "average":
+            g = g / (kh * kw)
+        dx = np.zeros(shape, dtype=dy.dtype)
+        dx[:, :, :oh * kh, :ow * kw] = np.broadcast_to(
+            g[:, :, :, None, :, None], (n, c, oh, kh, ow, kw)).reshape(n, c, oh * kh, ow * kw)
+        grads = {"weight": np.einsum("ncij,ncij->c", dy, s).astype(dy.dtype, copy=False)}
+        if has_bias:
+            grads["bias"] = dy.sum(axis=(0, 2, 3))
+        return dx, grads
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled kernels (cython)
+# ---------------------------------------------------------------------------------------------
+def _checked_geometry(x, config):
+    if x.ndim != 4:
+        raise ValueError(f"pooling expects (N, C, H, W), got {x.shape}")
+    kh, kw = config_ints(config, "kernel_size", 2, "pooling")
+    sh, sw = config_ints(config, "stride", 2, "pooling")
+    ph, pw = config_ints(config, "padding", 2, "pooling")
+    if (min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw
+            or max(kh, kw, sh, sw) > INT32_MAX):
+        raise ValueError(f"pooling: invalid config {config} (kernel and stride must lie in "
+                         "[1, 2**31), padding at most half the kernel)")
+    if min(x.shape[2:]) < 1:
+        raise ValueError(f"pooling: input {x.shape} has empty image planes")
+    oh = pool_output_size(x.shape[2], kh, sh, ph, bool(config["ceil_mode"]))
+    ow = pool_output_size(x.shape[3], kw, sw, pw, bool(config["ceil_mode"]))
+    if oh < 1 or ow < 1:
+        raise ValueError(f"pooling: input {x.shape} is smaller than the kernel {(kh, kw)}")
+    return (kh, kw, sh, sw, ph, pw), oh, ow
+
+
+class MaxPool2dCython:
+    """Max pooling; the argmax (int32 per output) is kept only when a backward pass will follow."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = contiguous(x)
+        geom, oh, ow = _checked_geometry(x, config)
+        if x.shape[2] * x.shape[3] > INT32_MAX:
+            raise ValueError("maxpool2d: plane too large for int32 argmax indices")
+        y = np.empty((*x.shape[:2], oh, ow), dtype=x.dtype)
+        argmax = np.empty(y.shape, dtype=np.intc) if need_backward else None
+        _pool.maxpool2d_forward(x, y, argmax, *geom)
+        return y, ((x.shape, x.dtype, argmax) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x_shape, dtype, argmax = ctx
+        dy = grad_like(dy, dtype, argmax.shape, "maxpool2d")
+        dx = np.empty(x_shape, dtype=dtype)
+        _pool.maxpool2d_backward(dy, argmax, dx)
+        return dx, {}
+
+
+class AvgPool2dCython:
+    """Average pooling with PyTorch's divisor rules (count_include_pad, ceil_mode)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = contiguous(x)
+        geom, oh, ow = _checked_geometry(x, config)
+        include = bool(config.get("count_include_pad", True))
+        y = np.empty((*x.shape[:2], oh, ow), dtype=x.dtype)
+        _pool.avgpool2d_forward(x, y, *geom, include)
+        return y, ((x.shape, x.dtype, y.shape, geom, include) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x_shape, dtype, y_shape, geom, include = ctx
+        dy = grad_like(dy, dtype, y_shape, "avgpool2d")
+        dx = np.empty(x_shape, dtype=dtype)
+        _pool.avgpool2d_backward(dy, dx, *geom, include)
+        return dx, {}
+
+
+class GlobalAvgPool2dCython:
+    """Plane means, summed in double; parallel over (image, channel)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = contiguous(x)
+        if x.ndim != 4:
+            raise ValueError(f"globalavgpool2d expects (N, C, H, W), got {x.shape}")
+        if min(x.shape[2:]) < 1:
+            raise ValueError(f"globalavgpool2d: input {x.shape} has empty image planes")
+        y = np.empty(x.shape[:2], dtype=x.dtype)
+        _pool.global_avgpool2d_forward(x, y)
+        return y, ((x.shape, x.dtype) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        shape, dtype = ctx
+        dy = grad_like(dy, dtype, shape[:2], "globalavgpool2d")
+        dx = np.empty(shape, dtype=dtype)
+        _pool.global_avgpool2d_backward(dy, dx)
+        return dx, {}
+
+
+class SubsamplingCython:
+    """LeNet-5 subsampling in one pass per plane; keeps the window sums for the coefficient
+    gradient."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        x = contiguous(x)
+        if x.ndim != 4:
+            raise ValueError(f"subsampling expects (N, C, H, W), got {x.shape}")
+        kh, kw = config_ints(config, "kernel_size", 2, "subsampling")
+        w, b = weight_and_bias(params, x.dtype)
+        n, c, h, wd = x.shape
+        if w.shape != (c,) or (b is not None and b.shape != (c,)) or kh < 1 or kw < 1:
+            raise ValueError(f"subsampling: parameters {w.shape} do not fit input {x.shape}")
+        oh, ow = h // kh, wd // kw
+        if oh < 1 or ow < 1:
+            raise ValueError(f"subsampling: input {x.shape} is smaller than the window {(kh, kw)}")
+        average = config["mode"] == "average"
+        y = np.empty((n, c, oh, ow), dtype=x.dtype)
+        sums = np.empty_like(y) if need_backward else None
+        _pool.subsampling_forward(x, w, b, y, sums, kh, kw, average)
+        return y, ((sums, w, b is not None, x.shape, kh, kw, average) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        sums, w, has_bias, shape, kh, kw, average = ctx
+        dy = grad_like(dy, w.dtype, sums.shape, "subsampling")
+        dx = np.empty(shape, dtype=w.dtype)
+        _pool.subsampling_backward(dy, w, dx, kh, kw, average)
+        grads = {"weight": np.einsum("ncij,ncij->c", dy, sums)}
+        if has_bias:
+            grads["bias"] = dy.sum(axis=(0, 2, 3))
+        return dx, grads
+
+
+# ---------------------------------------------------------------------------------------------
+# registration
+# ---------------------------------------------------------------------------------------------
+@hookimpl
+def cnnkit_register_layers(register):
+    register("maxpool2d", MaxPool2D)
+    register("avgpool2d", AvgPool2D)
+    register("globalavgpool2d", GlobalAvgPool2D)
+    register("subsampling", Subsampling)
+
+
+@hookimpl
+def cnnkit_register_variants(register):
+    dtypes = ("float32", "float64")
+    register("maxpool2d", "numpy", MaxPool2dNumpy, priority=0, dtypes=dtypes,
+             capabilities=MaxPool2D.FEATURES, description="NumPy window views + argmax; the reference")
+    register("maxpool2d", "cython", MaxPool2dCython, priority=100, dtypes=dtypes,
+             capabilities=MaxPool2D.FEATURES,
+             description="Cython direct loops, OpenMP over (image, channel), int32 argmax")
+    register("avgpool2d", "numpy", AvgPool2dNumpy, priority=0, dtypes=dtypes,
+             capabilities=AvgPool2D.FEATURES, description="NumPy window views + sum; the reference")
+    register("avgpool2d", "cython", AvgPool2dCython, priority=100, dtypes=dtypes,
+             capabilities=AvgPool2D.FEATURES,
+             description="Cython direct loops, OpenMP over (image, channel)")
+    register("globalavgpool2d", "numpy", GlobalAvgPool2dNumpy, priority=0, dtypes=dtypes,
+             capabilities=GlobalAvgPool2D.FEATURES, description="NumPy mean over H, W")
+    register("globalavgpool2d", "cython", GlobalAvgPool2dCython, priority=100, dtypes=dtypes,
+             capabilities=GlobalAvgPool2D.FEATURES, description="Cython, OpenMP over (image, channel)")
+    register("subsampling", "numpy", SubsamplingNumpy, priority=0, dtypes=dtypes,
+             capabilities=Subsampling.FEATURES, description="NumPy window reshape + sum")
+    register("subsampling", "cython", SubsamplingCython, priority=100, dtypes=dtypes,
+             capabilities=Subsampling.FEATURES, description="Cython, OpenMP over (image, channel)")

@@ -1,0 +1,120 @@
+"""Conformance cases and loop references of the conv family: ``conv2d``, ``convtranspose2d``.
+
+The loop references read the geometry from the case's constructor arguments (PyTorch's
+defaults and "same" rule written out here), never from the layer, so a layer that resolves its
+configuration wrongly disagrees with them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cnnkit.testing._cases import Case
+
+
+def _conv(cin, cout, k, **kw):
+    return dict(in_channels=cin, out_channels=cout, kernel_size=k, **kw)
+
+
+CASES = {
+    "conv2d": [
+        Case(_conv(2, 3, 3, bias=False), (2, 2, 5, 5)),                               # nothing
+        Case(_conv(3, 4, 3), (2, 3, 6, 7)),                                           # bias
+        Case(_conv(3, 2, 3, stride=2, bias=False), (2, 3, 7, 7)),                     # stride, odd
+        Case(_conv(3, 4, 3, stride=(2, 1), padding=(1, 2)), (1, 3, 5, 6)),            # batch 1
+        Case(_conv(3, 2, (2, 4), padding="same", bias=False), (2, 3, 5, 6)),          # asymmetric
+        Case(_conv(2, 3, 3, padding=2, dilation=2), (2, 2, 7, 7)),                    # dilation
+        Case(_conv(2, 2, 2, dilation=(2, 1), bias=False), (1, 2, 5, 4)),
+        Case(_conv(4, 6, 3, groups=2, padding=1), (2, 4, 5, 5)),                      # groups
+        Case(_conv(3, 3, 3, stride=2, padding=1, groups=3, bias=False), (2, 3, 6, 5)),  # depthwise
+        Case(_conv(3, 5, 1, bias=False), (2, 3, 4, 3)),                               # 1x1
+        Case(_conv(1, 2, (1, 3)), (3, 1, 1, 5)),                                      # odd sizes
+        Case(_conv(4, 2, 3, stride=2, padding="same", dilation=2, groups=2), (1, 4, 8, 9)),  # all
+    ],
+    "convtranspose2d": [
+        Case(_conv(2, 3, 3, bias=False), (2, 2, 4, 5)),                               # nothing
+        Case(_conv(3, 2, 3), (1, 3, 3, 3)),                                           # bias, batch 1
+        Case(_conv(2, 2, 3, stride=2, padding=1, output_padding=1), (2, 2, 3, 4)),    # stride, pads
+        Case(_conv(2, 3, (2, 3), stride=(1, 2), padding=(0, 1), bias=False), (1, 2, 3, 3)),
+        Case(_conv(2, 2, 3, dilation=2, padding=2), (2, 2, 4, 4)),                    # dilation
+        Case(_conv(4, 6, 3, groups=2, stride=2, output_padding=(1, 0)), (1, 4, 3, 3)),  # groups
+        Case(_conv(3, 3, 2, groups=3, bias=False), (2, 3, 2, 3)),                     # depthwise
+        Case(_conv(2, 4, (3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2),
+                   groups=2, dilation=(1, 2)), (2, 2, 3, 3)),                         # all
+    ],
+}
+
+
+def _two(v):
+    return (v, v) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+
+
+def _same_sides(size, kernel, stride, dilation):
+    """TensorFlow's "same": ceil(size / stride) outputs; an odd total pads one more row or
+    column at the END (bottom/right)."""
+    wanted = -(-size // stride)
+    needed = (wanted - 1) * stride + dilation * (kernel - 1) + 1
+    total = needed - size if needed > size else 0
+    before = total // 2
+    return before, total - before
+
+
+def loop_conv2d(x, params, kwargs, config):
+    """Cross-correlation as a sum over kernel offsets, one group at a time (no im2col)."""
+    w, b = params["weight"], params.get("bias")
+    sh, sw = _two(kwargs.get("stride", 1))
+    dh, dw = _two(kwargs.get("dilation", 1))
+    groups = kwargs.get("groups", 1)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    padding = kwargs.get("padding", 0)
+    if padding == "valid":
+        top = bottom = left = right = 0
+    elif padding == "same":
+        top, bottom = _same_sides(h, kh, sh, dh)
+        left, right = _same_sides(wd, kw, sw, dw)
+    else:
+        (top, left) = (bottom, right) = _two(padding)
+    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + left + right - dw * (kw - 1) - 1) // sw + 1
+    xp = np.zeros((n, c, h + top + bottom, wd + left + right))
+    xp[:, :, top:top + h, left:left + wd] = x
+    og = o // groups
+    y = np.zeros((n, o, oh, ow))
+    for g in range(groups):
+        for p in range(kh):
+            for q in range(kw):
+                patch = xp[:, g * cg:(g + 1) * cg, p * dh:p * dh + (oh - 1) * sh + 1:sh,
+                           q * dw:q * dw + (ow - 1) * sw + 1:sw]
+                y[:, g * og:(g + 1) * og] += np.einsum("ncij,oc->noij", patch,
+                                                       w[g * og:(g + 1) * og, :, p, q])
+    if b is not None:
+        y += b[None, :, None, None]
+    return y
+
+
+def loop_convtranspose2d(x, params, kwargs, config):
+    """Scatter form: every input pixel adds weight * value into the (uncropped) output."""
+    w, b = params["weight"], params.get("bias")
+    sh, sw = _two(kwargs.get("stride", 1))
+    ph, pw = _two(kwargs.get("padding", 0))
+    oph, opw = _two(kwargs.get("output_padding", 0))
+    dh, dw = _two(kwargs.get("dilation", 1))
+    groups = kwargs.get("groups", 1)
+    n, c, h, wd = x.shape
+    _, og, kh, kw = w.shape
+    cg = c // groups
+    fh = (h - 1) * sh + dh * (kh - 1) + 1 + oph
+    fw = (wd - 1) * sw + dw * (kw - 1) + 1 + opw
+    full = np.zeros((n, og * groups, fh, fw))
+    for g in range(groups):
+        for p in range(kh):
+            for q in range(kw):
+                contrib = np.einsum("ncij,co->noij", x[:, g * cg:(g + 1) * cg],
+                                    w[g * cg:(g + 1) * cg, :, p, q])
+                full[:, g * og:(g + 1) * og, p * dh:p * dh + (h - 1) * sh + 1:sh,
+                     q * dw:q * dw + (wd - 1) * sw + 1:sw] += contrib
+    y = full[:, :, ph:fh - ph, pw:fw - pw]
+    return y if b is None else y + b[None, :, None, None]
+
+
+LOOP_REFERENCES = {"conv2d": loop_conv2d, "convtranspose2d": loop_convtranspose2d}

@@ -1,0 +1,135 @@
+"""Conformance cases and loop references of the pool family: ``maxpool2d``, ``avgpool2d``,
+``globalavgpool2d``, ``subsampling``.
+
+Windows are walked one output position at a time with PyTorch's rules written out here
+(stride defaults to the kernel, ceil_mode windows must start inside the input or the left
+padding, count_include_pad), read from the case's constructor arguments.  Max pooling also has
+a loop backward: the gradient goes to the FIRST maximum of each window in row-major order
+(PyTorch's rule), checked on a case full of ties.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cnnkit.testing._cases import Case
+
+
+def tied_inputs(rng, shape):
+    """Few distinct values (multiples of 0.5 in [-2, 2], none 0), so most pooling windows hold
+    their maximum more than once."""
+    values = np.array([-2.0, -1.5, -1.0, -0.5, 0.5, 1.0])
+    return rng.choice(values, size=shape)
+
+
+_POOL = [
+    Case(dict(kernel_size=2), (2, 3, 6, 6)),
+    Case(dict(kernel_size=3, stride=1), (1, 2, 5, 6)),
+    Case(dict(kernel_size=3, stride=2), (2, 2, 7, 7)),
+    Case(dict(kernel_size=3, stride=2, padding=1), (1, 2, 6, 5)),
+    Case(dict(kernel_size=2, ceil_mode=True), (2, 2, 5, 7)),
+    Case(dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 1), ceil_mode=True), (2, 1, 6, 5)),
+]
+
+CASES = {
+    "maxpool2d": _POOL + [
+        # ties: the gradient must reach the first maximum (no finite differences at a tie)
+        Case(dict(kernel_size=3, stride=2, padding=1), (2, 3, 7, 6), tied_inputs,
+             gradcheck=False),
+    ],
+    "avgpool2d": _POOL + [
+        Case(dict(kernel_size=3, stride=2, padding=1, count_include_pad=False), (2, 2, 5, 6)),
+        Case(dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+             (1, 2, 6, 6)),
+    ],
+    "globalavgpool2d": [Case({}, (2, 3, 4, 5)), Case({}, (1, 1, 1, 1)), Case({}, (3, 2, 1, 7))],
+    "subsampling": [
+        Case({"channels": 3}, (2, 3, 4, 6)),
+        Case({"channels": 2, "mode": "average", "bias": False}, (2, 2, 5, 7)),
+        Case({"channels": 1, "kernel_size": (3, 2), "mode": "average"}, (1, 1, 7, 5)),
+    ],
+}
+
+
+def _two(v):
+    return (v, v) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+
+
+def _windows(size, kernel, stride, padding, ceil_mode):
+    """(start, end) of every window along one axis, in input coordinates (the left padding is
+    negative), ``end`` clipped to the right padding.  A window that does not fit is kept only
+    in ceil mode, only if it starts inside the input and the previous one did not reach the
+    end of the padded input."""
+    windows, start = [], -padding
+    while start + kernel <= size + padding or (
+            ceil_mode and start < size and start - stride + kernel < size + padding):
+        windows.append((start, min(start + kernel, size + padding)))
+        start += stride
+    return windows
+
+
+def _geometry(kwargs, h, w):
+    kh, kw = _two(kwargs["kernel_size"])
+    stride = kwargs.get("stride")
+    sh, sw = (kh, kw) if stride is None else _two(stride)
+    ph, pw = _two(kwargs.get("padding", 0))
+    ceil_mode = kwargs.get("ceil_mode", False)
+    return (_windows(h, kh, sh, ph, ceil_mode), _windows(w, kw, sw, pw, ceil_mode))
+
+
+def _loop_pool(x, kwargs, kind):
+    n, c, h, w = x.shape
+    rows, cols = _geometry(kwargs, h, w)
+    include = kwargs.get("count_include_pad", True)
+    y = np.empty((n, c, len(rows), len(cols)))
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            win = x[:, :, max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
+            if kind == "max":
+                y[:, :, i, j] = win.max(axis=(2, 3))
+            else:
+                count = (r1 - r0) * (c1 - c0) if include else win.shape[2] * win.shape[3]
+                y[:, :, i, j] = win.sum(axis=(2, 3)) / count
+    return y
+
+
+def loop_maxpool2d_backward(x, params, kwargs, config, dy):
+    """Each output's gradient added to the first maximum of its window (row-major scan)."""
+    n, c, h, w = x.shape
+    rows, cols = _geometry(kwargs, h, w)
+    dx = np.zeros_like(x, dtype=np.float64)
+    for b in range(n):
+        for ch in range(c):
+            for i, (r0, r1) in enumerate(rows):
+                for j, (c0, c1) in enumerate(cols):
+                    best = None
+                    for r in range(max(r0, 0), min(r1, h)):
+                        for q in range(max(c0, 0), min(c1, w)):
+                            if best is None or x[b, ch, r, q] > x[b, ch, best[0], best[1]]:
+                                best = (r, q)
+                    dx[b, ch, best[0], best[1]] += dy[b, ch, i, j]
+    return dx
+
+
+def loop_subsampling(x, params, kwargs, config):
+    kh, kw = _two(kwargs.get("kernel_size", 2))
+    n, c, h, w = x.shape
+    y = np.empty((n, c, h // kh, w // kw))
+    for i in range(h // kh):
+        for j in range(w // kw):
+            s = x[:, :, i * kh:(i + 1) * kh, j * kw:(j + 1) * kw].sum(axis=(2, 3))
+            if kwargs.get("mode", "sum") == "average":
+                s = s / (kh * kw)
+            y[:, :, i, j] = s * params["weight"] + (0.0 if params.get("bias") is None
+                                                   else params["bias"])
+    return y
+
+
+LOOP_REFERENCES = {
+    "maxpool2d": lambda x, params, kwargs, config: _loop_pool(x, kwargs, "max"),
+    "avgpool2d": lambda x, params, kwargs, config: _loop_pool(x, kwargs, "avg"),
+    "globalavgpool2d": lambda x, params, kwargs, config: np.array(
+        [[x[i, ch].sum() / x[i, ch].size for ch in range(x.shape[1])] for i in range(x.shape[0])]),
+    "subsampling": loop_subsampling,
+}
+
+LOOP_BACKWARD = {"maxpool2d": loop_maxpool2d_backward}
