@@ -16,8 +16,12 @@ from cnnkit._ext import conv as _conv
 from cnnkit._ext import dropout as _dropout
 from cnnkit._ext import norm as _norm
 from cnnkit._ext import pool as _pool
-from cnnkit.builtin import cython_variants as cy
-from cnnkit.builtin import numpy_variants as nv
+from cnnkit.builtin import activation as Bactivation
+from cnnkit.builtin import conv as Bconv
+from cnnkit.builtin import dense as Bdense
+from cnnkit.builtin import dropout as Bdropout
+from cnnkit.builtin import norm as Bnorm
+from cnnkit.builtin import pool as Bpool
 
 DTYPES = [np.float32, np.float64]
 
@@ -96,9 +100,9 @@ def distinct_values(shape, rng, dtype=np.float64):
 
 
 ACTIVATIONS = {
-    "relu": (nv.ReluNumpy, cy.ReluCython),
-    "sigmoid": (nv.SigmoidNumpy, cy.SigmoidCython),
-    "tanh": (nv.TanhNumpy, cy.TanhCython),
+    "relu": (Bactivation.ReluNumpy, Bactivation.ReluCython),
+    "sigmoid": (Bactivation.SigmoidNumpy, Bactivation.SigmoidCython),
+    "tanh": (Bactivation.TanhNumpy, Bactivation.TanhCython),
 }
 
 
@@ -125,15 +129,15 @@ def check_pair(impl, oracle, x, params, config, dtype, seed=1):
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
 def test_conv_cython_matches_numpy(case, dtype):
     x, params, config = conv_inputs(case, dtype)
-    check_pair(cy.Conv2dCython, nv.Conv2dNumpy, x, params, config, dtype)
+    check_pair(Bconv.Conv2dCython, Bconv.Conv2dNumpy, x, params, config, dtype)
 
 
 @pytest.mark.parametrize("case", [CONV_CASES[i] for i in (0, 3, 5, 7)], ids=[CONV_IDS[i] for i in (0, 3, 5, 7)])
 def test_conv_cython_row_bands(case, monkeypatch):
     """A tiny workspace bound splits every image into one-row bands; results must not change."""
-    monkeypatch.setattr(cy, "COL_WORKSPACE_BYTES", 64)
+    monkeypatch.setattr(Bconv, "COL_WORKSPACE_BYTES", 64)
     x, params, config = conv_inputs(case, np.float64)
-    check_pair(cy.Conv2dCython, nv.Conv2dNumpy, x, params, config, np.float64)
+    check_pair(Bconv.Conv2dCython, Bconv.Conv2dNumpy, x, params, config, np.float64)
 
 
 @pytest.fixture
@@ -150,10 +154,10 @@ def test_conv_cython_larger_batch_multithreaded(two_threads):
     thread contributes partial weight gradients; the kernels report the team they ran on."""
     case = ((9, 4, 16, 16), 8, (3, 3), conv_config(stride=1, padding=1, groups=2), True)
     (n, c, h, w), o, (kh, kw) = case[:3]
-    assert n * o * h * w * (c // 2) * kh * kw >= cy.SERIAL_MACS  # same-size output, 2 groups
+    assert n * o * h * w * (c // 2) * kh * kw >= Bconv.SERIAL_MACS  # same-size output, 2 groups
     for dtype in DTYPES:
         x, params, config = conv_inputs(case, dtype)
-        check_pair(cy.Conv2dCython, nv.Conv2dNumpy, x, params, config, dtype)
+        check_pair(Bconv.Conv2dCython, Bconv.Conv2dNumpy, x, params, config, dtype)
         assert _conv.last_team_size() == 2  # the backward pass: two partial weight gradients
 
 
@@ -163,7 +167,7 @@ def test_conv_cython_larger_batch_multithreaded(two_threads):
 def test_pool_cython_matches_numpy(kind, case, dtype):
     rng = np.random.default_rng(2)
     x = distinct_values(case[0], rng, dtype)
-    pair = (cy.MaxPool2dCython, nv.MaxPool2dNumpy) if kind == "max" else (cy.AvgPool2dCython, nv.AvgPool2dNumpy)
+    pair = (Bpool.MaxPool2dCython, Bpool.MaxPool2dNumpy) if kind == "max" else (Bpool.AvgPool2dCython, Bpool.AvgPool2dNumpy)
     check_pair(*pair, x, {}, pool_config(case), dtype)
 
 
@@ -172,7 +176,7 @@ def test_maxpool_ties_go_to_first_maximum(dtype):
     x = np.zeros((1, 2, 4, 5), dtype=dtype)
     x[0, 1, 1:3, 1:4] = 1.0
     config = {"kernel_size": (2, 2), "stride": (1, 2), "padding": (1, 1), "ceil_mode": True}
-    check_pair(cy.MaxPool2dCython, nv.MaxPool2dNumpy, x, {}, config, dtype)
+    check_pair(Bpool.MaxPool2dCython, Bpool.MaxPool2dNumpy, x, {}, config, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -205,17 +209,17 @@ def _team_cases():
     drop_big = rng.standard_normal(_dropout.PARALLEL_MIN)
     conv_big, conv_params, conv_cfg = conv_inputs(
         ((8, 4, 16, 16), 8, (3, 3), conv_config(padding=1, groups=2), True), np.float64)
-    assert 8 * 8 * 16 * 16 * 2 * 9 >= cy.SERIAL_MACS  # N O H W (C/groups) kh kw
+    assert 8 * 8 * 16 * 16 * 2 * 9 >= Bconv.SERIAL_MACS  # N O H W (C/groups) kh kw
     cases = [
-        ("conv2d", _conv, cy.Conv2dCython, nv.Conv2dNumpy, conv_big, conv_big[:1, :, :5, :5],
+        ("conv2d", _conv, Bconv.Conv2dCython, Bconv.Conv2dNumpy, conv_big, conv_big[:1, :, :5, :5],
          conv_params, conv_cfg),
-        ("maxpool", _pool, cy.MaxPool2dCython, nv.MaxPool2dNumpy, pool_big, pool_big[:1, :1, :8, :8],
+        ("maxpool", _pool, Bpool.MaxPool2dCython, Bpool.MaxPool2dNumpy, pool_big, pool_big[:1, :1, :8, :8],
          {}, pool_cfg),
-        ("avgpool", _pool, cy.AvgPool2dCython, nv.AvgPool2dNumpy, pool_big, pool_big[:1, :1, :8, :8],
+        ("avgpool", _pool, Bpool.AvgPool2dCython, Bpool.AvgPool2dNumpy, pool_big, pool_big[:1, :1, :8, :8],
          {}, pool_cfg),
-        ("batchnorm", _norm, cy.BatchNormCython, nv.BatchNormNumpy, bn_big, bn_big[:2, :, :4],
+        ("batchnorm", _norm, Bnorm.BatchNormCython, Bnorm.BatchNormNumpy, bn_big, bn_big[:2, :, :4],
          bn_params, {"eps": 1e-5}),
-        ("dropout", _dropout, cy.DropoutCython, nv.DropoutNumpy, drop_big, drop_big[:100], {},
+        ("dropout", _dropout, Bdropout.DropoutCython, Bdropout.DropoutNumpy, drop_big, drop_big[:100], {},
          drop_cfg),
     ]
     cases += [(name, _act, impl, oracle, act_big, act_small, {}, {})
@@ -246,7 +250,7 @@ def test_kernels_use_the_team_above_their_threshold(two_threads, name, module, i
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("variant", [nv.SigmoidNumpy, cy.SigmoidCython], ids=["numpy", "cython"])
+@pytest.mark.parametrize("variant", [Bactivation.SigmoidNumpy, Bactivation.SigmoidCython], ids=["numpy", "cython"])
 def test_sigmoid_is_stable_for_large_inputs(variant, dtype):
     x = np.array([-1e4, -800.0, -100.0, 0.0, 100.0, 800.0, 1e4], dtype=dtype)
     with np.errstate(over="raise", invalid="raise", divide="raise"):
@@ -256,7 +260,7 @@ def test_sigmoid_is_stable_for_large_inputs(variant, dtype):
     np.testing.assert_allclose(y, [0, 0, 0, 0.5, 1, 1, 1], atol=1e-30 if dtype == np.float64 else 1e-37)
 
 
-@pytest.mark.parametrize("variant", [nv.ReluNumpy, cy.ReluCython], ids=["numpy", "cython"])
+@pytest.mark.parametrize("variant", [Bactivation.ReluNumpy, Bactivation.ReluCython], ids=["numpy", "cython"])
 def test_relu_nan_and_zero(variant):
     x = np.array([np.nan, -0.0, 0.0, -1.0, 2.0])
     y, ctx = variant.forward(x, {}, {}, True)
@@ -271,7 +275,7 @@ def test_relu_nan_and_zero(variant):
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
 def test_conv_numpy_matches_loop_reference(case):
     x, params, config = conv_inputs(case, np.float64)
-    y, _ = nv.Conv2dNumpy.forward(x, params, config, False)
+    y, _ = Bconv.Conv2dNumpy.forward(x, params, config, False)
     expected = ref.conv2d_forward(x, params["weight"], params["bias"], config["stride"], config["padding"],
                                   config["dilation"], config["groups"])
     assert rel_err(y, expected) <= 1e-12
@@ -281,9 +285,9 @@ def test_conv_numpy_matches_loop_reference(case):
 def test_pools_numpy_match_loop_reference(case):
     x = np.random.default_rng(4).standard_normal(case[0])
     config = pool_config(case)
-    y, _ = nv.MaxPool2dNumpy.forward(x, {}, config, False)
+    y, _ = Bpool.MaxPool2dNumpy.forward(x, {}, config, False)
     assert rel_err(y, ref.maxpool2d_forward(x, case[1], case[2], case[3], case[4])) == 0
-    y, _ = nv.AvgPool2dNumpy.forward(x, {}, config, False)
+    y, _ = Bpool.AvgPool2dNumpy.forward(x, {}, config, False)
     assert rel_err(y, ref.avgpool2d_forward(x, *case[1:])) <= 1e-12
 
 
@@ -306,7 +310,7 @@ def check_gradients(variant, x, params, config, seed=5):
             assert rel_err(grads[k], numeric_grad(loss, v)) <= 1e-6, k
 
 
-CONV_VARIANTS = [nv.Conv2dNumpy, cy.Conv2dCython]
+CONV_VARIANTS = [Bconv.Conv2dNumpy, Bconv.Conv2dCython]
 VARIANT_IDS = ["numpy", "cython"]
 
 
@@ -317,7 +321,7 @@ def test_conv_gradients_finite_differences(variant, case):
     check_gradients(variant, x[:1], params, config)
 
 
-@pytest.mark.parametrize("variant", [nv.MaxPool2dNumpy, cy.MaxPool2dCython, nv.AvgPool2dNumpy, cy.AvgPool2dCython],
+@pytest.mark.parametrize("variant", [Bpool.MaxPool2dNumpy, Bpool.MaxPool2dCython, Bpool.AvgPool2dNumpy, Bpool.AvgPool2dCython],
                          ids=["max-numpy", "max-cython", "avg-numpy", "avg-cython"])
 @pytest.mark.parametrize("case", [POOL_CASES[i] for i in (1, 2, 3, 5)], ids=[POOL_IDS[i] for i in (1, 2, 3, 5)])
 def test_pool_gradients_finite_differences(variant, case):
@@ -336,7 +340,7 @@ def test_activation_gradients_finite_differences(variant):
 def test_dense_gradients_finite_differences(bias):
     rng = np.random.default_rng(9)
     params = {"weight": rng.standard_normal((4, 5)), "bias": rng.standard_normal(4) if bias else None}
-    check_gradients(nv.DenseNumpy, rng.standard_normal((3, 5)), params, {})
+    check_gradients(Bdense.DenseNumpy, rng.standard_normal((3, 5)), params, {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,10 +354,10 @@ def _contract_cases():
     dense = (rng.standard_normal((3, 5)), {"weight": rng.standard_normal((4, 5)), "bias": rng.standard_normal(4)}, {})
     pool_x = rng.standard_normal(POOL_CASES[2][0])
     cases = [
-        ("conv2d-numpy", nv.Conv2dNumpy, conv), ("conv2d-cython", cy.Conv2dCython, conv),
-        ("maxpool-numpy", nv.MaxPool2dNumpy, (pool_x, {}, pool)), ("maxpool-cython", cy.MaxPool2dCython, (pool_x, {}, pool)),
-        ("avgpool-numpy", nv.AvgPool2dNumpy, (pool_x, {}, pool)), ("avgpool-cython", cy.AvgPool2dCython, (pool_x, {}, pool)),
-        ("dense-numpy", nv.DenseNumpy, dense),
+        ("conv2d-numpy", Bconv.Conv2dNumpy, conv), ("conv2d-cython", Bconv.Conv2dCython, conv),
+        ("maxpool-numpy", Bpool.MaxPool2dNumpy, (pool_x, {}, pool)), ("maxpool-cython", Bpool.MaxPool2dCython, (pool_x, {}, pool)),
+        ("avgpool-numpy", Bpool.AvgPool2dNumpy, (pool_x, {}, pool)), ("avgpool-cython", Bpool.AvgPool2dCython, (pool_x, {}, pool)),
+        ("dense-numpy", Bdense.DenseNumpy, dense),
     ]
     for name, (a, b) in ACTIVATIONS.items():
         cases += [(f"{name}-numpy", a, (act_x, {}, {})), (f"{name}-cython", b, (act_x, {}, {}))]
@@ -397,14 +401,14 @@ def test_contract_no_mutation_readonly_ctx(name, variant, inputs, dtype):
 def test_cython_conv_rejects_mismatched_shapes():
     x, params, config = conv_inputs(CONV_CASES[0], np.float32)
     with pytest.raises(ValueError):
-        cy.Conv2dCython.forward(x, {"weight": params["weight"][:, :2], "bias": None}, config, False)
+        Bconv.Conv2dCython.forward(x, {"weight": params["weight"][:, :2], "bias": None}, config, False)
     with pytest.raises(ValueError):
-        cy.Conv2dCython.forward(x, {"weight": params["weight"], "bias": params["bias"][:2]}, config, False)
+        Bconv.Conv2dCython.forward(x, {"weight": params["weight"], "bias": params["bias"][:2]}, config, False)
     with pytest.raises(ValueError):
-        cy.Conv2dCython.forward(x, {"weight": params["weight"].astype(np.float64), "bias": None}, config, False)
-    y, ctx = cy.Conv2dCython.forward(x, params, config, True)
+        Bconv.Conv2dCython.forward(x, {"weight": params["weight"].astype(np.float64), "bias": None}, config, False)
+    y, ctx = Bconv.Conv2dCython.forward(x, params, config, True)
     with pytest.raises(ValueError):
-        cy.Conv2dCython.backward(np.zeros((y.shape[0], y.shape[1], 1, 1), np.float32), ctx)
+        Bconv.Conv2dCython.backward(np.zeros((y.shape[0], y.shape[1], 1, 1), np.float32), ctx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +420,7 @@ def torch():
     return torch
 
 
-ALL_CONV = [nv.Conv2dNumpy, cy.Conv2dCython]
+ALL_CONV = [Bconv.Conv2dNumpy, Bconv.Conv2dCython]
 
 
 def check_against_torch(torch, variant, torch_fn, x, params, config):
@@ -448,7 +452,7 @@ def test_conv_matches_torch(torch, variant, case):
     check_against_torch(torch, variant, fn, x, params, config)
 
 
-@pytest.mark.parametrize("variant", [nv.MaxPool2dNumpy, cy.MaxPool2dCython, nv.AvgPool2dNumpy, cy.AvgPool2dCython],
+@pytest.mark.parametrize("variant", [Bpool.MaxPool2dNumpy, Bpool.MaxPool2dCython, Bpool.AvgPool2dNumpy, Bpool.AvgPool2dCython],
                          ids=["max-numpy", "max-cython", "avg-numpy", "avg-cython"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
 def test_pools_match_torch(torch, variant, case):
@@ -477,5 +481,5 @@ def test_dense_matches_torch(torch, bias):
     x = rng.standard_normal((8, 30)).astype(np.float32)
     params = {"weight": rng.standard_normal((10, 30)).astype(np.float32),
               "bias": rng.standard_normal(10).astype(np.float32) if bias else None}
-    check_against_torch(torch, nv.DenseNumpy, lambda tx, p: torch.nn.functional.linear(tx, p["weight"], p.get("bias")),
+    check_against_torch(torch, Bdense.DenseNumpy, lambda tx, p: torch.nn.functional.linear(tx, p["weight"], p.get("bias")),
                         x, params, {})
