@@ -84,13 +84,9 @@ def test_fans_match_torch(cls, config):
     call = rec.calls[0]
     assert call["shape"] == tuple(shape)
     assert call["fan_in"] == fan_in
-    if config[3] == 1:
-        assert call["fan_out"] == fan_out
+    assert call["fan_out"] == fan_out
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: with groups > 1 the layers pass "
-                   "fan_out = channels/groups*kh*kw, PyTorch's convention (and the plugin guide) "
-                   "say out*kh*kw for Conv2D and in*kh*kw for ConvTranspose2D")
 @pytest.mark.parametrize("cls", [L.ConvTranspose2D, L.Conv2D], ids=lambda c: c.__name__)
 def test_grouped_fan_out_matches_torch(cls):
     torch = pytest.importorskip("torch", reason=TORCH_REASON)

@@ -57,7 +57,7 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         cin_g = self.in_channels // self.groups
         shape = (self.out_channels, cin_g, kh, kw)
-        fan_in, fan_out = cin_g * kh * kw, self.out_channels // self.groups * kh * kw
+        fan_in, fan_out = cin_g * kh * kw, self.out_channels * kh * kw
         self.params["weight"] = _init_array(weight_init, shape, fan_in, fan_out, rng, dtype, owner)
         self.params["bias"] = (_init_array(bias_init, (self.out_channels,), fan_in, fan_out, rng,
                                            dtype, owner) if bias else None)
@@ -143,7 +143,7 @@ class ConvTranspose2D(Layer):
         kh, kw = self.kernel_size
         cout_g = self.out_channels // self.groups
         shape = (self.in_channels, cout_g, kh, kw)
-        fan_in, fan_out = cout_g * kh * kw, self.in_channels // self.groups * kh * kw
+        fan_in, fan_out = cout_g * kh * kw, self.in_channels * kh * kw
         self.params["weight"] = _init_array(weight_init, shape, fan_in, fan_out, rng, dtype, owner)
         self.params["bias"] = (_init_array(bias_init, (self.out_channels,), fan_in, fan_out, rng,
                                            dtype, owner) if bias else None)
