@@ -34,14 +34,10 @@ import math
 
 import numpy as np
 
+from ._checks import positive_int
+
 __all__ = ["LRSchedule", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
            "LinearWarmup", "SCHEDULES"]
-
-
-def _positive_int(owner, name, value):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _number(owner, name, value, *, low=None, high=None, low_open=False):
@@ -139,12 +135,12 @@ class StepLR(LRSchedule):
     _fields = ("step_size", "gamma")
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        self.step_size = _positive_int("StepLR", "step_size", step_size)
+        self.step_size = positive_int(step_size, "step_size", "StepLR")
         self.gamma = _number("StepLR", "gamma", gamma, low=0.0, low_open=True)
         super().__init__(optimizer)
 
     def _load_fields(self, state):
-        self.step_size = _positive_int("StepLR", "step_size", state["step_size"])
+        self.step_size = positive_int(state["step_size"], "step_size", "StepLR")
         self.gamma = _number("StepLR", "gamma", state["gamma"], low=0.0, low_open=True)
 
     def _lr_at(self, epoch):
@@ -169,7 +165,7 @@ class MultiStepLR(LRSchedule):
         except TypeError:
             raise ValueError(f"MultiStepLR: milestones must be a list of positive ints, got "
                              f"{milestones!r}") from None
-        ms = [_positive_int("MultiStepLR", "each milestone", m) for m in ms]
+        ms = [positive_int(m, "each milestone", "MultiStepLR") for m in ms]
         if ms != sorted(ms):
             raise ValueError(f"MultiStepLR: milestones must be increasing, got {ms}")
         return ms
@@ -205,12 +201,12 @@ class CosineAnnealingLR(LRSchedule):
     _fields = ("T_max", "eta_min")
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
-        self.T_max = _positive_int("CosineAnnealingLR", "T_max", T_max)
+        self.T_max = positive_int(T_max, "T_max", "CosineAnnealingLR")
         self.eta_min = _number("CosineAnnealingLR", "eta_min", eta_min, low=0.0)
         super().__init__(optimizer)
 
     def _load_fields(self, state):
-        self.T_max = _positive_int("CosineAnnealingLR", "T_max", state["T_max"])
+        self.T_max = positive_int(state["T_max"], "T_max", "CosineAnnealingLR")
         self.eta_min = _number("CosineAnnealingLR", "eta_min", state["eta_min"], low=0.0)
 
     def _lr_at(self, epoch):
@@ -231,7 +227,7 @@ class LinearWarmup(LRSchedule):
     def __init__(self, optimizer, warmup_steps=5, start_factor=1.0 / 3, end_factor=1.0, *,
                  after: LRSchedule | None = None):
         owner = "LinearWarmup"
-        self.warmup_steps = _positive_int(owner, "warmup_steps", warmup_steps)
+        self.warmup_steps = positive_int(warmup_steps, "warmup_steps", owner)
         self.start_factor = _number(owner, "start_factor", start_factor, low=0.0, high=1.0,
                                     low_open=True)
         self.end_factor = _number(owner, "end_factor", end_factor, low=0.0, high=1.0)
@@ -249,7 +245,7 @@ class LinearWarmup(LRSchedule):
 
     def _load_fields(self, state):
         owner = "LinearWarmup"
-        self.warmup_steps = _positive_int(owner, "warmup_steps", state["warmup_steps"])
+        self.warmup_steps = positive_int(state["warmup_steps"], "warmup_steps", owner)
         self.start_factor = _number(owner, "start_factor", state["start_factor"], low=0.0,
                                     high=1.0, low_open=True)
         self.end_factor = _number(owner, "end_factor", state["end_factor"], low=0.0, high=1.0)

@@ -2,17 +2,8 @@
 as real use would, with the sizes that follow from the input shape filled in."""
 from __future__ import annotations
 
-import inspect
-
+from .._checks import accepts as _accepts
 from ._common import CommandError
-
-
-def _accepts(cls, name) -> bool:
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def build_layer(reg, layer_type: str, input_shape: tuple, kwargs: dict, dtype="float32",
@@ -60,16 +51,5 @@ def build_layer(reg, layer_type: str, input_shape: tuple, kwargs: dict, dtype="f
         out_shape = layer.output_shape((None,) + shape[1:])
     except (TypeError, ValueError) as exc:
         raise CommandError(f"input shape {shape} does not fit {layer!r}: {exc}") from None
-    _resolve_config(layer, shape)
     return layer, (shape[0],) + tuple(out_shape[1:])
 
-
-def _resolve_config(layer, shape):
-    """Resolve what the layer resolves at forward time ("same" padding needs the input size),
-    so that features and config are those the variants will see."""
-    if isinstance(getattr(layer, "padding", None), str) and hasattr(layer, "_resolve_padding") \
-            and len(shape) == 4:
-        pads = layer._resolve_padding(shape[2], shape[3])
-        if pads != layer.config.get("padding"):
-            layer.config = dict(layer.config, padding=pads)
-            layer._variant_key = None

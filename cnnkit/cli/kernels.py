@@ -100,7 +100,8 @@ def _explain(reg, layer_type, args) -> int:
     from ..plugins import SelectionError
 
     layer, out_shape = build_layer(reg, layer_type, args.shape, args.args, args.dtype)
-    features = tuple(layer.features())
+    resolved = layer.resolution(tuple(args.shape))  # what the variants would receive
+    features, config = tuple(resolved.features), resolved.config
     variants = reg.variants_for(layer_type)
     choice, source = reg.explicit_choice(layer_type, args.impl)
     result = {
@@ -110,7 +111,7 @@ def _explain(reg, layer_type, args) -> int:
         "output_shape": list(out_shape),
         "dtype": args.dtype,
         "features": list(features),
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in layer.config.items()},
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
         "explicit_choice": None if choice is None else {"variant": choice, "source": source},
         "chosen": None,
         "how": None,
@@ -120,14 +121,14 @@ def _explain(reg, layer_type, args) -> int:
     status = 0
     try:
         winner, how, reasons = reg.explain(layer_type, dtype=args.dtype, features=features,
-                                           config=layer.config, impl=args.impl)
+                                           config=config, impl=args.impl)
     except SelectionError as exc:
         winner, how, status = None, None, 1
         result["error"] = str(exc)
         # what each variant would say about this request on its own
         reasons = {}
         for v in variants:
-            refusal = v.refusal(args.dtype, features, layer.config)
+            refusal = v.refusal(args.dtype, features, config)
             reasons[v.name] = refusal if refusal else "can serve this request"
     if winner is not None:
         result["chosen"], result["how"] = winner.name, how
@@ -144,7 +145,7 @@ def _explain(reg, layer_type, args) -> int:
     print(f"layer:    {layer!r}")
     print(f"input:    {tuple(args.shape)} {args.dtype} -> output {out_shape}")
     print(f"features: {', '.join(features) or 'none'}")
-    print(f"config:   {_config_text(layer.config)}")
+    print(f"config:   {_config_text(config)}")
     if choice is not None:
         print(f"explicit choice: {choice!r} (by {source})")
     if winner is not None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import accepts
 from ._locator import ConfigError, _entry_label, _Locator
 
 _LAYER_KEYS = ("type", "inputs")
@@ -49,14 +50,6 @@ def _init_to_config(init, owner, what):
                      "callable?); register it as an initializer and pass its name")
 
 
-def _accepts(cls, arg):
-    try:
-        params = inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
-        return False
-    return arg in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
 def _layer_entry(layer):
     owner = f"layer {layer.name!r} ({type(layer).__name__})"
     if not layer.layer_type:
@@ -76,7 +69,7 @@ def _layer_entry(layer):
         entry["impl"] = layer.impl
     for key in _INIT_KEYS:
         init = getattr(layer, key, None)
-        if init is not None and _accepts(type(layer), key):
+        if init is not None and accepts(type(layer), key):
             entry[key] = _init_to_config(init, owner, key)
     return entry
 
