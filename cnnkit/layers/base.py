@@ -57,6 +57,9 @@ class Layer:
     input_rank: int | None = None
     #: merge layers (Add, Concat) take a list of inputs and return a list of input gradients
     is_merge = False
+    #: the plugin registry variants are selected from; None: the process registry
+    #: (``cnnkit.get_registry()``).  The conformance kit points a layer at the registry it checks.
+    registry = None
 
     def __init__(self, *, impl: str | None = None, name: str | None = None):
         if impl is not None and not isinstance(impl, str):
@@ -179,7 +182,7 @@ class Layer:
     def _select(self, dtype, res: Resolution):
         # The explicit choice (impl=, cnnkit.use, CNNKIT_IMPL) is read on every call, so a
         # change of any of them takes effect at once; the selection itself is cached.
-        reg = get_registry()
+        reg = get_registry() if self.registry is None else self.registry
         key = (dtype, reg.explicit_choice(self.layer_type, self.impl), res)
         if self._variant_key != key:
             self._variant = reg.select(self.layer_type, dtype=dtype, features=res.features,

@@ -254,11 +254,8 @@ class _Checker:
         layer = data.layer
         x, params, dy = self.loop_inputs(data, dtype)
         reg = self.reg
-        # Layer.variant asks the process registry; the kit may check another one, so the layer
-        # selects from it here, by the same rule (impl=, its own features and config)
-        layer.variant = lambda dt=np.float32: reg.select(
-            layer.layer_type, dtype=np.dtype(dt), features=layer.features(), config=layer.config,
-            impl=layer.impl, owner=f"{layer.name} ({type(layer).__name__})")
+        # the kit may check a registry other than the process one: the layer selects from it
+        layer.registry = reg
         try:
             layer.astype(dtype)
             for k, v in params.items():
