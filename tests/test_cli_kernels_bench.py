@@ -286,12 +286,3 @@ def test_bench_flags_a_wrong_variant_as_mismatch(tmp_path):
     assert doc["plugins"] == [{"name": "relu_off", "distribution": "cnnkit-relu-off",
                                "version": "0.3", "module": "cnnkit_relu_off", "error": None}]
 
-
-def test_cli_tools_module_keeps_its_names():
-    """The commands moved to cnnkit.cli; the old module still gives the same objects."""
-    from cnnkit import cli_tools
-    from cnnkit.cli import _layer, bench
-
-    assert cli_tools.CONV2D_SHAPES is CONV2D_SHAPES and cli_tools.parse_shape is parse_shape
-    assert cli_tools.build_layer is _layer.build_layer and cli_tools.run_bench is bench.run_bench
-    assert all(hasattr(cli_tools, name) for name in cli_tools.__all__)
