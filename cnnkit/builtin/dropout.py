@@ -28,7 +28,7 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 def dropout_uniforms(seed, n):
     """The n uniforms in [0, 1) behind a dropout mask: splitmix64 of ``seed + (i + 1) * golden``,
-    top 53 bits.  ``cnnkit._ext.activation.dropout_forward`` computes the same numbers."""
+    top 53 bits.  ``cnnkit._ext.dropout.dropout_forward`` computes the same numbers."""
     z = np.uint64(int(seed) % 2**64) + (np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN)
     z = (z ^ (z >> np.uint64(30))) * _MIX1
     z = (z ^ (z >> np.uint64(27))) * _MIX2
