@@ -13,7 +13,8 @@ import pytest
 
 import cnnkit as ck
 from cnnkit import layers as L
-from cnnkit.builtin import _kernel_args, conv
+from cnnkit.builtin import _kernel_args
+from cnnkit.builtin import conv as builtin_conv
 
 
 def _lenet_step_fn(batch=64, seed=0):
@@ -157,7 +158,7 @@ def test_conv2d_workspace_stays_bounded():
     tensors = x.nbytes + y.nbytes * 2 + dx.nbytes + conv.params["weight"].nbytes * 3
     assert peak <= tensors + 4 * 2**20, (peak, tensors)
     cached = sum(b.nbytes for b in _kernel_args._workspaces.__dict__.values())
-    assert cached <= conv.COL_WORKSPACE_BYTES
+    assert cached <= builtin_conv.COL_WORKSPACE_BYTES
 
 
 def test_variant_returning_the_wrong_dtype_is_caught_naming_variant_and_plugin(monkeypatch):

@@ -81,6 +81,7 @@ class DropoutCython:
     @staticmethod
     def backward(dy, ctx):
         keep, p = ctx
+        dy = contiguous(dy)
         dy = grad_like(dy, dy.dtype, keep.shape, "dropout")
         dx = np.empty_like(dy)
         _dropout.dropout_backward(dy.reshape(-1), keep.reshape(-1), dx.reshape(-1), p)
