@@ -238,7 +238,7 @@ def load_file_state(model, arrays, meta, source: str):
                 warnings.warn(
                     f"{source}: weights saved by cnnkit 0.1 under process-dependent layer names "
                     f"(e.g. {example!r}); matched to this model's layers by position. Save them "
-                    "again to store structural names.", LegacyNamesWarning, stacklevel=3)
+                    "again to store structural names.", LegacyNamesWarning, stacklevel=4)
                 arrays = {mapping[k]: v for k, v in arrays.items()}
     return load_state_dict(model, arrays, strict=True, source=source)
 
