@@ -205,3 +205,21 @@ def test_cli_train_writes_a_one_file_model_by_default(tmp_path):
     pred = model.predict(x_test).argmax(axis=1)
     assert np.mean(pred == y_test) == pytest.approx(accuracy, abs=1e-4)
     assert model.load_weights(path)["epochs"] == 1
+
+
+def test_format_follows_the_name(tmp_path):
+    model = ck.models.lenet5(rng=0)
+    # weights: .npz unless the name says safetensors (cnnkit 0.1 wrote .npz under any name)
+    model.save_weights(tmp_path / "w.bin")
+    model.save_weights(tmp_path / "w.safetensors")
+    # a model: safetensors unless the name says .npz
+    model.save(tmp_path / "m.bin")
+    model.save(tmp_path / "m.npz")
+    zip_magic = b"PK\x03\x04"
+    assert (tmp_path / "w.bin").read_bytes()[:4] == zip_magic
+    assert (tmp_path / "m.npz").read_bytes()[:4] == zip_magic
+    for name in ("w.safetensors", "m.bin"):
+        with safe_open(str(tmp_path / name), framework="numpy") as f:
+            assert sorted(f.keys()) == sorted(model.state_dict())
+    for name in ("m.bin", "m.npz"):
+        assert same_state(ck.load_model(tmp_path / name), model)
