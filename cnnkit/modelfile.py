@@ -141,8 +141,11 @@ def _is_zip(target: str) -> bool:
         return False
 
 
-def _is_npz_name(target: str) -> bool:
-    return target.lower().endswith(".npz")
+def _writes_npz(target: str, config) -> bool:
+    """Weights go to ``.npz`` unless the name ends in ``.safetensors`` (as cnnkit 0.1 wrote any
+    name); a model goes to safetensors unless the name ends in ``.npz``."""
+    name = target.lower()
+    return name.endswith(".npz") if config is not None else not name.endswith(".safetensors")
 
 
 def _user_metadata(metadata, target, reserved) -> dict:
@@ -175,7 +178,7 @@ def _write(model, target, metadata, config):
     meta = {"cnnkit_version": __version__, **file_metadata(model)}
     meta.update(_user_metadata(metadata, target, reserved))
     arrays = state_dict(model)
-    if _is_npz_name(target):
+    if _writes_npz(target, config):
         if config is not None:
             meta["config"] = _json(config, target)
         _save_npz(target, arrays, meta)
@@ -218,8 +221,8 @@ def _check_model(model):
 
 # ------------------------------------------------------------------------ public
 def save_weights_file(model, path, metadata: Mapping | None = None) -> None:
-    """Write ``model``'s state dict (structural names) to ``path``: ``.npz`` for that suffix,
-    otherwise safetensors.  ``metadata`` is an optional JSON-serialisable dict."""
+    """Write ``model``'s state dict (structural names) to ``path``: safetensors for a name
+    ending in ``.safetensors``, otherwise ``.npz``.  ``metadata`` is an optional JSON-serialisable dict."""
     _check_model(model)
     target = _fspath(path)
     _write(model, target, metadata, None)
