@@ -203,52 +203,44 @@ class Model:
         return self.train(False)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every parameter (and buffer) by ``layer.key`` name."""
-        out = {}
-        for layer in self.layers:
-            for key, p in layer.params.items():
-                if p is not None:
-                    out[f"{layer.name}.{key}"] = p.copy()
-            for key, b in getattr(layer, "buffers", {}).items():
-                out[f"{layer.name}.{key}"] = np.array(b, copy=True)
-        return out
+        """Copies of every parameter and buffer under structural names: a Sequential by
+        position as ``torch.nn.Sequential`` (``"0.weight"``), a graph by the names the user
+        gave its layers, else by position in topological order (see :mod:`cnnkit.state`)."""
+        from .state import state_dict
 
-    def load_state_dict(self, state: dict, *, source: str = "state dict") -> None:
-        from .io import check_state
+        return state_dict(self)
 
-        expected = {}
-        for layer in self.layers:
-            for key, p in layer.params.items():
-                if p is not None:
-                    expected[f"{layer.name}.{key}"] = (p.shape, p.dtype)
-            for key, b in getattr(layer, "buffers", {}).items():
-                expected[f"{layer.name}.{key}"] = (np.shape(b), np.asarray(b).dtype)
-        check_state(expected, state, source)
-        for layer in self.layers:
-            for key, p in layer.params.items():
-                if p is not None:
-                    layer.params[key] = np.array(state[f"{layer.name}.{key}"], dtype=p.dtype,
-                                                 order="C", copy=True)
-            for key in getattr(layer, "buffers", {}):
-                layer.buffers[key] = np.array(state[f"{layer.name}.{key}"], copy=True)
+    def load_state_dict(self, state_dict, strict: bool = True, *, source: str | None = None):
+        """Load a state dict (NumPy arrays, or tensors exposing DLPack/``__array__`` such as a
+        PyTorch ``state_dict()``), cast to the model's dtypes.  Returns
+        ``IncompatibleKeys(missing_keys, unexpected_keys)``; with ``strict`` (default) any of
+        them is an error.  A shape mismatch always is, naming the key and both shapes."""
+        from .state import load_state_dict
+
+        return load_state_dict(self, state_dict, strict, source=source)
 
     def save_weights(self, path, metadata: dict | None = None) -> None:
-        """Write the weights to ``path`` (.npz, no pickle), atomically."""
-        from . import __version__
-        from .io import save_weights
+        """Write the weights and buffers to ``path`` atomically, keyed as :meth:`state_dict`:
+        a ``.safetensors`` file for that suffix, otherwise ``.npz`` (no pickle)."""
+        from .modelfile import save_weights_file
 
-        meta = {"cnnkit_version": __version__, "model": self.name,
-                "layers": [[layer.name, type(layer).__name__] for layer in self.layers]}
-        meta.update(metadata or {})
-        save_weights(path, self.state_dict(), meta)
+        save_weights_file(self, path, metadata)
 
     def load_weights(self, path) -> dict:
-        """Load weights written by :meth:`save_weights`; returns the file's metadata."""
-        from .io import load_weights
+        """Load weights written by :meth:`save_weights` or :meth:`save` (``.npz`` or
+        safetensors, told apart by content); returns the file's metadata.  ``.npz`` files of
+        cnnkit 0.1 load too, their tensors matched by layer position, with a warning."""
+        from .modelfile import load_weights_file
 
-        arrays, meta = load_weights(path)
-        self.load_state_dict(arrays, source=str(path))
-        return meta
+        return load_weights_file(self, path)
+
+    def save(self, path, metadata: dict | None = None) -> None:
+        """Write the whole model, architecture (its config) and weights, to one file,
+        atomically: safetensors (``cnnkit.load_model`` reads it back), or ``.npz`` for that
+        suffix."""
+        from .modelfile import save_model
+
+        save_model(self, path, metadata)
 
     # ------------------------------------------------------------------ execution
     def _check_inputs(self, x):

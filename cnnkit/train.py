@@ -21,7 +21,8 @@ stopping), the epoch and the history.
 
 Checkpoint file (``.npz`` read with pickling disabled, see :mod:`cnnkit.io`):
 
-* ``model/<layer>.<key>``: the model's ``state_dict()`` (parameters and buffers);
+* ``model/<name>``: the model's ``state_dict()`` (parameters and buffers, structural names
+  as in :mod:`cnnkit.state`);
 * ``optimizer/...``, ``scheduler/...``, ``trainer/...`` (epoch, history, shuffling generator),
   ``rng/<layer name>/...`` (layers' generators), ``callbacks/<i>/...``: the entries of
   :func:`cnnkit.io.flatten_state` of those structures (generator states' 128-bit integers are
@@ -564,6 +565,7 @@ def save_checkpoint(path, model, optimizer, *, epoch: int, history: History | No
     """Write a training checkpoint (see the module docstring for its layout) atomically."""
     from . import __version__
     from .io import flatten_state, save_weights
+    from .state import STRUCTURAL
 
     tree: dict = {"optimizer": optimizer.state_dict()}
     if scheduler is not None:
@@ -591,6 +593,7 @@ def save_checkpoint(path, model, optimizer, *, epoch: int, history: History | No
     meta = {"format": CHECKPOINT_FORMAT, "format_version": _CHECKPOINT_VERSION,
             "cnnkit_version": __version__, "epoch": int(epoch), "model": model.name,
             "layers": [[layer.name, type(layer).__name__] for layer in model.layers],
+            "weight_names": STRUCTURAL,
             "optimizer": type(optimizer).__name__,
             "scheduler": type(scheduler).__name__ if scheduler is not None else None}
     save_weights(path, arrays, meta)
@@ -604,6 +607,7 @@ def load_checkpoint(path, model, optimizer=None, *, scheduler=None, rng=None, ca
     Errors (:class:`CheckpointError`, a ``ValueError``) start with the file name and name the
     offending tensor or part.  On error nothing is changed."""
     from .io import load_weights, unflatten_state
+    from .state import load_file_state
 
     where = str(path)
     arrays, meta = load_weights(path)
@@ -655,7 +659,7 @@ def load_checkpoint(path, model, optimizer=None, *, scheduler=None, rng=None, ca
     backup_rng = rng.bit_generator.state if rng is not None else None
     part = "weights"
     try:
-        model.load_state_dict(weights, source=where)
+        load_file_state(model, weights, meta, where)  # 0.1 checkpoints: by layer position
         if optimizer is not None:
             part = "optimizer state"
             optimizer.load_state_dict(tree["optimizer"])

@@ -10,9 +10,15 @@ import pytest
 from conftest import PLUGIN_DIR, write_dist_infos
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def run_cli(*args, env=None, cwd=None):
     full_env = dict(os.environ)
     full_env.update(env or {})
+    # this tree's cnnkit, also when the command runs in another folder
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [ROOT] + [p for p in [full_env.get("PYTHONPATH")] if p])
     return subprocess.run([sys.executable, "-m", "cnnkit.cli", *args], capture_output=True,
                           text=True, env=full_env, cwd=cwd, timeout=600)
 
@@ -143,14 +149,11 @@ def test_train_config_end_to_end(tmp_path):
     assert "schedule StepLR" in res.stdout
     assert "epoch 2/2 [########################] 8/8" in res.stderr
     assert "epoch   2:" in res.stdout and "held-out accuracy" in res.stdout
-    out = tmp_path / "tiny.npz"  # named after the config
+    out = tmp_path / "tiny.safetensors"  # named after the config, one-file model by default
     assert out.exists()
     import cnnkit as ck
-    from cnnkit import config as C
 
-    meta = ck.io.load_weights(out)[1]
-    model = C.model_from_config(json.loads(meta["config"]))
-    model.load_weights(out)
+    model = ck.load_model(out)
     assert model.get_layer("fc").params["weight"].shape == (10, 576)
 
 
@@ -215,7 +218,9 @@ def test_lenet_examples_reach_95_percent(tmp_path, example):
     assert res.returncode == 0, res.stderr
     line = [l for l in res.stdout.splitlines() if l.startswith("held-out accuracy")][0]
     assert float(line.split()[2].rstrip("%")) >= 95.0, res.stdout
-    assert (tmp_path / f"{example}.npz").exists()
+    import cnnkit as ck
+
+    assert ck.load_model(tmp_path / f"{example}.safetensors").output_shape == (None, 10)
 
 
 def test_plot_writes_pngs(tmp_path):

@@ -211,9 +211,10 @@ def test_batchnorm_running_stats_live_in_buffers_and_state_dict():
     x = RNG.standard_normal((5, 1, 6, 6)).astype(np.float32)
     model.forward(x, training=True)
     state = model.state_dict()
-    assert {"bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
-            "bn.num_batches_tracked"} <= set(state)
-    assert not np.allclose(state["bn.running_mean"], 0)
+    # a Sequential keys by position, as torch.nn.Sequential: the BatchNorm is entry 1
+    assert {"1.weight", "1.bias", "1.running_mean", "1.running_var",
+            "1.num_batches_tracked"} <= set(state)
+    assert not np.allclose(state["1.running_mean"], 0)
     before = model.predict(x)
     fresh = build()
     fresh.load_state_dict(state)

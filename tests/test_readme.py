@@ -18,6 +18,8 @@ def test_tour_runs(tmp_path, monkeypatch):
     ns = {}
     exec(BLOCKS[0], ns)
     assert (tmp_path / "lenet.npz").exists()
+    x = ns["x_test"][:16]
+    assert np.array_equal(ns["same"].predict(x), ns["model"].predict(x))
     exec(BLOCKS[1], ns)
     assert ns["model"].output_shape == (None, 10)
 

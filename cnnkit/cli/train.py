@@ -32,8 +32,10 @@ def add_parser(sub) -> None:
                        help="folder with the standard MNIST IDX files (plain or .gz); default: "
                        "the 5,000-image sample embedded in cnnkit")
     train.add_argument("--output", "-o", metavar="FILE", default=None,
-                       help="where to save the trained weights (.npz; default: lenet5.npz, or "
-                       "the config's name with .npz)")
+                       help="where to save the trained model: one safetensors file with the "
+                       "config and weights, read back by cnnkit.load_model (default: "
+                       "lenet5.safetensors, or the config's name with .safetensors); a .npz "
+                       "name writes an .npz instead")
     train.add_argument("--impl", type=_impl_choices, default=None, metavar="TYPE=VARIANT,...",
                        help="pick variants, e.g. conv2d=numpy,relu=cython")
     train.add_argument("--dtype", choices=("float32", "float64"), default=None,
@@ -53,7 +55,7 @@ def add_parser(sub) -> None:
 
 
 _DEFAULTS = {"epochs": 10, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
-             "seed": 0, "output": "lenet5.npz", "dtype": "float32"}
+             "seed": 0, "output": "lenet5.safetensors", "dtype": "float32"}
 
 
 def cmd_train(args) -> int:
@@ -84,7 +86,7 @@ def _finish(args, model, history, n_test, t0, out, metadata):
     meta = {"epochs": len(history), "seed": args.seed, **metadata}
     if final.get("val_accuracy") is not None:
         meta["val_accuracy"] = final["val_accuracy"]
-    model.save_weights(args.output, meta)
+    model.save(args.output, meta)
     if final.get("val_accuracy") is not None:
         print(f"held-out accuracy: {final['val_accuracy'] * 100:.2f}% on {n_test} test images "
               f"({elapsed:.1f}s in all)", file=out)
@@ -93,7 +95,7 @@ def _finish(args, model, history, n_test, t0, out, metadata):
               f"({elapsed:.1f}s in all)", file=out)
     if history.stop_reason:
         print(f"stopped early: {history.stop_reason}", file=out)
-    print(f"weights saved to {os.path.abspath(args.output)}", file=out)
+    print(f"model saved to {os.path.abspath(args.output)}", file=out)
     if args.plot:
         from ..plot import plot_training
 
@@ -151,7 +153,8 @@ def _train_config(args) -> int:
     if args.checkpoint_every is None:
         args.checkpoint_every = spec.checkpoint_every
     if args.output is None:
-        args.output = spec.output or os.path.splitext(os.path.basename(args.config))[0] + ".npz"
+        args.output = (spec.output or os.path.splitext(os.path.basename(args.config))[0]
+                       + ".safetensors")
     dtype = np.dtype(args.dtype or cfg.get("dtype", "float32"))
     (x_train, y_train), (x_test, y_test), source = C.load_data(spec, dtype=dtype,
                                                                path_override=args.data)
@@ -179,6 +182,5 @@ def _train_config(args) -> int:
                       stream=sys.stderr, checkpoint=args.checkpoint,
                       checkpoint_every=args.checkpoint_every, resume_from=args.resume)
     _print_epochs(history, out)
-    _finish(args, model, history, len(x_test), t0, out,
-            {"config": json.dumps(C.model_to_config(model))})
+    _finish(args, model, history, len(x_test), t0, out, {})  # model.save stores the config
     return 0

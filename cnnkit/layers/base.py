@@ -67,6 +67,8 @@ class Layer:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{type(self).__name__}: name must be a str, got {name!r}")
         self.impl = impl
+        # a graph Model keys the state dict by the names users gave, by position otherwise
+        self._user_named = name is not None
         if name is None:
             prefix = type(self).__name__.lower()
             name = f"{prefix}_{next(_counters.setdefault(prefix, itertools.count(1)))}"
