@@ -6,6 +6,9 @@ from __future__ import annotations
 from .._checks import is_int, real
 from .base import _axis, _Elementwise
 
+__all__ = ["ReLU", "Sigmoid", "Tanh", "LeakyReLU", "ELU", "GELU", "ScaledTanh", "Softmax",
+           "LogSoftmax"]
+
 
 class ReLU(_Elementwise):
     layer_type = "relu"

@@ -10,6 +10,8 @@ from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
 from .base import (Layer, _check_bias_flag, _check_conv_input, _check_dtype, _conv_features,
                    _init_array)
 
+__all__ = ["Conv2D", "ConvTranspose2D"]
+
 
 def _check_groups(layer, owner):
     if layer.in_channels % layer.groups or layer.out_channels % layer.groups:

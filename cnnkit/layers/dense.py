@@ -7,6 +7,8 @@ from .. import _random
 from .._checks import positive_int
 from .base import Layer, _check_bias_flag, _check_dtype, _init_array
 
+__all__ = ["Dense"]
+
 
 class Dense(Layer):
     """Fully connected layer: y = x @ W.T + b with W of shape (out_features, in_features)."""

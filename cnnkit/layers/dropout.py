@@ -5,6 +5,8 @@ from .. import _random
 from .._checks import real
 from .base import _Elementwise
 
+__all__ = ["Dropout"]
+
 
 class Dropout(_Elementwise):
     """Inverted dropout: in training each element is zeroed with probability ``p`` and the

@@ -8,6 +8,8 @@ from .._checks import is_int
 from .._shapes import fmt_shape
 from .base import FLOAT_DTYPES, Layer, _axis
 
+__all__ = ["Add", "Concat"]
+
 
 def _check_inputs(xs, owner):
     if not isinstance(xs, (list, tuple)) or len(xs) < 2:

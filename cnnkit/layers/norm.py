@@ -7,6 +7,8 @@ import numpy as np
 from .._checks import positive_int, real
 from .base import Layer, _check_dtype
 
+__all__ = ["BatchNorm2D", "BatchNorm1D"]
+
 
 class _BatchNorm(Layer):
     """Batch normalisation over every axis but the channel axis 1.

@@ -10,6 +10,8 @@ from .._checks import pair, positive_int
 from .._shapes import pool_output_size
 from .base import Layer, _check_bias_flag, _check_dtype, _check_planes, _init_array
 
+__all__ = ["MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Subsampling"]
+
 
 class _Pool2D(Layer):
     FEATURES = ("stride", "padding", "ceil_mode")

@@ -9,6 +9,8 @@ import numpy as np
 from .._checks import is_int
 from .base import Layer
 
+__all__ = ["Flatten", "ZeroPad2D"]
+
 
 class Flatten(Layer):
     """Flatten every axis after the batch axis; no variants (a reshape)."""
