@@ -210,6 +210,23 @@ def test_load_size_mismatch_in_entry(tmp_path):
     assert str(p) in str(info.value)
 
 
+def test_load_entry_with_more_data_than_its_header_declares(tmp_path):
+    # The mirror of the case above: an entry longer than its header says (a header rewritten
+    # to a smaller shape, or two arrays spliced) is the same corruption and gets the same
+    # diagnosis, naming the declared shape and the bytes actually present.
+    p = tmp_path / "w.npz"
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }"
+    header = header + b" " * (118 - len(header)) + b"\n"
+    data = np.arange(3, dtype="<f8").tobytes()
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("a.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
+                    + header + data)
+    with pytest.raises(ValueError, match=r"declares shape \(2,\) float64 \(16 bytes\) but the "
+                                         r"entry holds 24 bytes") as info:
+        load_weights(p)
+    assert str(p) in str(info.value) and "'a'" in str(info.value)
+
+
 def test_load_unexpected_entry_and_duplicates(tmp_path):
     p = tmp_path / "w.npz"
     with zipfile.ZipFile(p, "w") as zf:

@@ -158,6 +158,29 @@ def test_activations_match_torch(name, make, fn, impl):
     assert_torch(dx, tdx, f"{name}[{impl}] backward")
 
 
+KINKED = [
+    ("relu", lambda: L.ReLU(), lambda F, t: F.relu(t)),
+    ("leaky_relu", lambda: L.LeakyReLU(0.2), lambda F, t: F.leaky_relu(t, 0.2)),
+    ("elu", lambda: L.ELU(0.7), lambda F, t: F.elu(t, 0.7)),
+]
+
+
+@pytest.mark.parametrize("impl", ["numpy", "cython"])
+@pytest.mark.parametrize("name,make,fn", KINKED, ids=[a[0] for a in KINKED])
+def test_kinked_activations_gradient_at_zero_matches_torch(name, make, fn, impl):
+    # Random inputs never hit the kink exactly; PyTorch's one-sided choice there (x > 0 is the
+    # positive branch, so 0 and -0 take the negative side's slope) is a convention that a
+    # `>=` slip silently changes, and ReLU inputs of exactly 0 are common (after another ReLU).
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for these tests")
+    F = torch.nn.functional
+    x = np.array([[0.0, -0.0, 1.5, -1.5, 0.0, 2.0]], dtype=np.float32).repeat(3, axis=0)
+    layer = make()
+    layer.impl = impl
+    (y, dx, _), (ty, tdx, _) = torch_pair(torch, layer, lambda t: fn(F, t), x)
+    assert_torch(y, ty, f"{name}[{impl}] forward at 0")
+    assert_torch(dx, tdx, f"{name}[{impl}] backward at 0")
+
+
 @pytest.mark.parametrize("impl", ["numpy", "cython"])
 @pytest.mark.parametrize("dims,momentum,affine", [(2, 0.1, True), (1, 0.3, False), (1, None, True)])
 def test_batchnorm_matches_torch_train_and_eval(impl, dims, momentum, affine):

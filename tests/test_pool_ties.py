@@ -94,3 +94,24 @@ def test_loop_reference_sends_ties_to_the_first_maximum():
     expected = np.zeros_like(x)
     expected[0, 0, 0, 1] = 5.0
     np.testing.assert_array_equal(dx, expected)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("config", [((2, 2), (2, 2), (0, 0), False), ((3, 3), (1, 1), (1, 1), False)],
+                         ids=["k2x2-s2x2", "k3x3-s1x1-p1x1"])
+def test_maxpool_nan_wins_its_window_like_torch(config, impl):
+    # NaN beats every number (torch.max_pool2d propagates it) wherever it sits in the window,
+    # not only as the window's first element, and the gradient follows it.  One NaN per window
+    # at most: with several, torch's CPU kernel keeps the last and ours the first.
+    torch = pytest.importorskip("torch", reason=TORCH_REASON)
+    x = np.random.default_rng(3).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    x[0, 0, 1, 1] = x[0, 1, 4, 4] = x[1, 0, 1, 4] = np.nan
+    layer = _layer(config, impl)
+    y, dy, dx = _backward(layer, x)
+    k, s, p, c = config
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.max_pool2d(tx, k, stride=s, padding=p, ceil_mode=c)
+    ty.backward(torch.tensor(dy))
+    assert np.isnan(y).any()
+    np.testing.assert_array_equal(y, ty.detach().numpy())  # NaNs compare equal here
+    np.testing.assert_array_equal(dx, tx.grad.numpy())

@@ -122,6 +122,33 @@ def test_torch_state_dict_loads_as_is_and_gives_torch_outputs():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
+def test_loaded_tensors_are_copies_not_views_of_the_source():
+    # torch's load_state_dict copies into the module's own storage: training the source model
+    # afterwards (in-place updates of its tensors) must not move the loaded model, and the
+    # loaded model's in-place optimizer steps must not write back into the caller's arrays.
+    torch.manual_seed(0)
+    ref = torch_lenet().eval()
+    model = ck_lenet()
+    model.load_state_dict(ref.state_dict())
+    x = images()
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+        for t in ref.state_dict().values():
+            t.mul_(-3.0).add_(1.0)
+    got = model.predict(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+    source = {k: v.copy() for k, v in ck_lenet().state_dict().items()}
+    kept = {k: v.copy() for k, v in source.items()}
+    model.load_state_dict(source)
+    for layer in model.layers:
+        for p in layer.params.values():
+            if p is not None:
+                p *= 2.0
+    for k in source:
+        np.testing.assert_array_equal(source[k], kept[k], err_msg=k)
+
+
 def test_cnnkit_state_dict_loads_into_torch():
     model = ck_lenet(rng=3)
     ref = torch_lenet().eval()
