@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _random
 from .._checks import pair, positive_int
 from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
-from .base import (Layer, _check_bias_flag, _check_conv_input, _check_dtype, _conv_features,
-                   _init_array)
+from .base import Layer, _check_conv_input, _conv_features, _init_weight_and_bias
 
 
 def _check_groups(layer, owner):
@@ -50,17 +48,12 @@ class Conv2D(Layer):
             self.padding = padding
         else:
             self.padding = pair(padding, "padding", owner, minimum=0)
-        _check_bias_flag(bias, owner)
-        dtype = _check_dtype(dtype, owner)
-        self.weight_init, self.bias_init = weight_init, bias_init
-        rng = _random.generator(rng)
         kh, kw = self.kernel_size
         cin_g = self.in_channels // self.groups
-        shape = (self.out_channels, cin_g, kh, kw)
-        fan_in, fan_out = cin_g * kh * kw, self.out_channels * kh * kw
-        self.params["weight"] = _init_array(weight_init, shape, fan_in, fan_out, rng, dtype, owner)
-        self.params["bias"] = (_init_array(bias_init, (self.out_channels,), fan_in, fan_out, rng,
-                                           dtype, owner) if bias else None)
+        _init_weight_and_bias(self, (self.out_channels, cin_g, kh, kw), (self.out_channels,),
+                              cin_g * kh * kw, self.out_channels * kh * kw, bias=bias,
+                              weight_init=weight_init, bias_init=bias_init, dtype=dtype, rng=rng,
+                              owner=owner)
         ph, pw = (0, 0) if isinstance(self.padding, str) else self.padding
         self.config = {"stride": self.stride, "padding": (ph, ph, pw, pw),
                        "dilation": self.dilation, "groups": self.groups}
@@ -136,17 +129,13 @@ class ConvTranspose2D(Layer):
             if op >= max(s, d):
                 raise ValueError(f"{owner}: output_padding {self.output_padding} must be smaller "
                                  f"than stride {self.stride} or dilation {self.dilation}")
-        _check_bias_flag(bias, owner)
-        dtype = _check_dtype(dtype, owner)
-        self.weight_init, self.bias_init = weight_init, bias_init
-        rng = _random.generator(rng)
         kh, kw = self.kernel_size
         cout_g = self.out_channels // self.groups
-        shape = (self.in_channels, cout_g, kh, kw)
-        fan_in, fan_out = cout_g * kh * kw, self.in_channels * kh * kw
-        self.params["weight"] = _init_array(weight_init, shape, fan_in, fan_out, rng, dtype, owner)
-        self.params["bias"] = (_init_array(bias_init, (self.out_channels,), fan_in, fan_out, rng,
-                                           dtype, owner) if bias else None)
+        # PyTorch's transposed-convolution fans: fan_in from the weight's second axis
+        _init_weight_and_bias(self, (self.in_channels, cout_g, kh, kw), (self.out_channels,),
+                              cout_g * kh * kw, self.in_channels * kh * kw, bias=bias,
+                              weight_init=weight_init, bias_init=bias_init, dtype=dtype, rng=rng,
+                              owner=owner)
         self.config = {"stride": self.stride, "padding": self.padding,
                        "output_padding": self.output_padding, "dilation": self.dilation,
                        "groups": self.groups}
