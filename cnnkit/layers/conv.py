@@ -9,6 +9,13 @@ from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
 from .base import Layer, _check_conv_input, _conv_features, _init_weight_and_bias
 
 
+def _set_channels_kernel_stride(layer, in_channels, out_channels, kernel_size, stride, owner):
+    layer.in_channels = positive_int(in_channels, "in_channels", owner)
+    layer.out_channels = positive_int(out_channels, "out_channels", owner)
+    layer.kernel_size = pair(kernel_size, "kernel_size", owner)
+    layer.stride = pair(stride, "stride", owner)
+
+
 def _check_groups(layer, owner):
     if layer.in_channels % layer.groups or layer.out_channels % layer.groups:
         raise ValueError(f"{owner}: in_channels ({layer.in_channels}) and out_channels "
@@ -34,10 +41,7 @@ class Conv2D(Layer):
                  dtype=np.float32, rng=None, impl=None, name=None):
         super().__init__(impl=impl, name=name)
         owner = f"{self.name} (Conv2D)"
-        self.in_channels = positive_int(in_channels, "in_channels", owner)
-        self.out_channels = positive_int(out_channels, "out_channels", owner)
-        self.kernel_size = pair(kernel_size, "kernel_size", owner)
-        self.stride = pair(stride, "stride", owner)
+        _set_channels_kernel_stride(self, in_channels, out_channels, kernel_size, stride, owner)
         self.dilation = pair(dilation, "dilation", owner)
         self.groups = positive_int(groups, "groups", owner)
         _check_groups(self, owner)
@@ -116,10 +120,7 @@ class ConvTranspose2D(Layer):
                  bias_init="zeros", dtype=np.float32, rng=None, impl=None, name=None):
         super().__init__(impl=impl, name=name)
         owner = f"{self.name} (ConvTranspose2D)"
-        self.in_channels = positive_int(in_channels, "in_channels", owner)
-        self.out_channels = positive_int(out_channels, "out_channels", owner)
-        self.kernel_size = pair(kernel_size, "kernel_size", owner)
-        self.stride = pair(stride, "stride", owner)
+        _set_channels_kernel_stride(self, in_channels, out_channels, kernel_size, stride, owner)
         self.padding = pair(padding, "padding", owner, minimum=0)
         self.output_padding = pair(output_padding, "output_padding", owner, minimum=0)
         self.dilation = pair(dilation, "dilation", owner)
