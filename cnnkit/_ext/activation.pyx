@@ -71,6 +71,8 @@ def sigmoid_backward(const floating[::1] dy, const floating[::1] y, floating[::1
             dx[i] = dy[i] * y[i] * (1 - y[i])
 
 
+# tanh_forward/backward repeat sigmoid_forward/backward loop for loop; not merged because a shared
+# loop would choose the function per element (a branch or indirect call in the innermost loop)
 def tanh_forward(const floating[::1] x, floating[::1] y):
     cdef Py_ssize_t i, n = x.shape[0]
     with nogil, parallel(use_threads_if=n >= _PARALLEL_MIN // 4):

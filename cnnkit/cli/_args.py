@@ -7,24 +7,22 @@ import ast
 import re
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum, what, name):
+    """An argparse ``type=`` for integers >= ``minimum`` (anything else: "expected a {what}")."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a {what}, got {text!r}")
+        return value
+    parse.__name__ = parse.__qualname__ = name
+    return parse
 
 
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+_positive_int = _int_at_least(1, "positive integer", "_positive_int")
+_non_negative_int = _int_at_least(0, "non-negative integer", "_non_negative_int")
 
 
 def _positive_float(text):

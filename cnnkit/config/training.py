@@ -126,6 +126,26 @@ def _lookup(table, name):
     return table.get(_canonical(name))
 
 
+def _named_entry(spec, section, table, desc):
+    """(class, options) for a ``{name = ..., options...}`` table of ``section``: the class of
+    that name in ``table``, or a spec error listing the known names."""
+    opts = dict(desc)
+    name = opts.pop("name")
+    cls = _lookup(table, name)
+    if cls is None:
+        raise _spec_error(spec, section, f"unknown {section} {name!r}; known: "
+                          + ", ".join(table))
+    return cls, opts
+
+
+def _build(spec, section, factory, /, *args, **kwargs):
+    """``factory(*args, **kwargs)``, its TypeError or ValueError reported as a spec error."""
+    try:
+        return factory(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise _spec_error(spec, section, str(exc)) from None
+
+
 def make_optimizer(spec: TrainingSpec, model, **overrides):
     """The optimizer of ``spec`` for ``model`` (``overrides`` replace hyper-parameters)."""
     from .. import optim
@@ -135,27 +155,17 @@ def make_optimizer(spec: TrainingSpec, model, **overrides):
     opts.update({k: v for k, v in overrides.items() if v is not None})
     opts = {k: _tuples(v) for k, v in opts.items()}
     try:
-        return optim.create(name, model, **opts)
+        return _build(spec, "optimizer", optim.create, name, model, **opts)
     except KeyError as exc:
         raise _spec_error(spec, "optimizer", exc.args[0] if exc.args else str(exc)) from None
-    except (TypeError, ValueError) as exc:
-        raise _spec_error(spec, "optimizer", str(exc)) from None
 
 
 def make_loss(spec: TrainingSpec):
     """The loss of ``spec``, by a name of :data:`cnnkit.losses.LOSSES`."""
     from ..losses import LOSSES
 
-    opts = dict(spec.loss)
-    name = opts.pop("name")
-    cls = _lookup(LOSSES, name)
-    if cls is None:
-        raise _spec_error(spec, "loss", f"unknown loss {name!r}; known: "
-                          + ", ".join(LOSSES))
-    try:
-        return cls(**opts)
-    except (TypeError, ValueError) as exc:
-        raise _spec_error(spec, "loss", str(exc)) from None
+    cls, opts = _named_entry(spec, "loss", LOSSES, spec.loss)
+    return _build(spec, "loss", cls, **opts)
 
 
 def make_schedule(spec: TrainingSpec, optimizer, epochs: int | None = None):
@@ -168,12 +178,7 @@ def make_schedule(spec: TrainingSpec, optimizer, epochs: int | None = None):
         return None
 
     def build(desc):
-        opts = dict(desc)
-        name = opts.pop("name")
-        cls = _lookup(SCHEDULES, name)
-        if cls is None:
-            raise _spec_error(spec, "schedule", f"unknown schedule {name!r}; known: "
-                              + ", ".join(SCHEDULES))
+        cls, opts = _named_entry(spec, "schedule", SCHEDULES, desc)
         if "after" in opts:
             after = opts["after"]
             if isinstance(after, str):
@@ -184,11 +189,8 @@ def make_schedule(spec: TrainingSpec, optimizer, epochs: int | None = None):
             opts["after"] = build(after)
         if cls is CosineAnnealingLR and "T_max" not in opts and epochs:
             opts["T_max"] = epochs
-        try:
-            return cls(optimizer, **{k: _tuples(v) if k != "after" else v
-                                     for k, v in opts.items()})
-        except (TypeError, ValueError) as exc:
-            raise _spec_error(spec, "schedule", str(exc)) from None
+        return _build(spec, "schedule", cls, optimizer,
+                      **{k: _tuples(v) if k != "after" else v for k, v in opts.items()})
 
     return build(spec.schedule)
 
@@ -200,16 +202,8 @@ def make_regularizer(spec: TrainingSpec):
     reg = spec.regularizer
     if reg is None or isinstance(reg, (int, float)):
         return reg if reg else None
-    opts = dict(reg)
-    name = opts.pop("name")
-    cls = _lookup(PENALTIES, name)
-    if cls is None:
-        raise _spec_error(spec, "regularizer", f"unknown regularizer {name!r}; known: "
-                          + ", ".join(PENALTIES))
-    try:
-        return cls(**opts)
-    except (TypeError, ValueError) as exc:
-        raise _spec_error(spec, "regularizer", str(exc)) from None
+    cls, opts = _named_entry(spec, "regularizer", PENALTIES, reg)
+    return _build(spec, "regularizer", cls, **opts)
 
 
 def load_data(spec: TrainingSpec, *, dtype=np.float32, path_override=None):

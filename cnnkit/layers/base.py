@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _random
 from ..plugins import get_registry
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -347,6 +348,21 @@ def _init_array(init, shape, fan_in, fan_out, rng, dtype, owner):
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{owner}: initializer {init!r} produced non-finite values")
     return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _init_weight_and_bias(layer, weight_shape, bias_shape, fan_in, fan_out, *, bias,
+                          weight_init, bias_init, dtype, rng, owner):
+    """Check ``bias`` and ``dtype``, then fill ``layer.params`` with a weight and an optional
+    bias drawn from one generator, weight first (a seeded ``rng`` draws the same values in the
+    same order for every layer that uses this)."""
+    _check_bias_flag(bias, owner)
+    dtype = _check_dtype(dtype, owner)
+    layer.weight_init, layer.bias_init = weight_init, bias_init
+    rng = _random.generator(rng)
+    layer.params["weight"] = _init_array(weight_init, weight_shape, fan_in, fan_out, rng, dtype,
+                                         owner)
+    layer.params["bias"] = (_init_array(bias_init, bias_shape, fan_in, fan_out, rng, dtype, owner)
+                            if bias else None)
 
 
 def _check_dtype(dtype, owner):

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _random
 from .._checks import pair, positive_int
 from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
-from .base import (Layer, _check_bias_flag, _check_conv_input, _check_dtype, _conv_features,
-                   _init_array)
+from .base import Layer, _check_conv_input, _conv_features, _init_weight_and_bias
+
+
+def _set_channels_kernel_stride(layer, in_channels, out_channels, kernel_size, stride, owner):
+    layer.in_channels = positive_int(in_channels, "in_channels", owner)
+    layer.out_channels = positive_int(out_channels, "out_channels", owner)
+    layer.kernel_size = pair(kernel_size, "kernel_size", owner)
+    layer.stride = pair(stride, "stride", owner)
 
 __all__ = ["Conv2D", "ConvTranspose2D"]
 
@@ -38,10 +43,7 @@ class Conv2D(Layer):
                  dtype=np.float32, rng=None, impl=None, name=None):
         super().__init__(impl=impl, name=name)
         owner = f"{self.name} (Conv2D)"
-        self.in_channels = positive_int(in_channels, "in_channels", owner)
-        self.out_channels = positive_int(out_channels, "out_channels", owner)
-        self.kernel_size = pair(kernel_size, "kernel_size", owner)
-        self.stride = pair(stride, "stride", owner)
+        _set_channels_kernel_stride(self, in_channels, out_channels, kernel_size, stride, owner)
         self.dilation = pair(dilation, "dilation", owner)
         self.groups = positive_int(groups, "groups", owner)
         _check_groups(self, owner)
@@ -52,17 +54,12 @@ class Conv2D(Layer):
             self.padding = padding
         else:
             self.padding = pair(padding, "padding", owner, minimum=0)
-        _check_bias_flag(bias, owner)
-        dtype = _check_dtype(dtype, owner)
-        self.weight_init, self.bias_init = weight_init, bias_init
-        rng = _random.generator(rng)
         kh, kw = self.kernel_size
         cin_g = self.in_channels // self.groups
-        shape = (self.out_channels, cin_g, kh, kw)
-        fan_in, fan_out = cin_g * kh * kw, self.out_channels * kh * kw
-        self.params["weight"] = _init_array(weight_init, shape, fan_in, fan_out, rng, dtype, owner)
-        self.params["bias"] = (_init_array(bias_init, (self.out_channels,), fan_in, fan_out, rng,
-                                           dtype, owner) if bias else None)
+        _init_weight_and_bias(self, (self.out_channels, cin_g, kh, kw), (self.out_channels,),
+                              cin_g * kh * kw, self.out_channels * kh * kw, bias=bias,
+                              weight_init=weight_init, bias_init=bias_init, dtype=dtype, rng=rng,
+                              owner=owner)
         ph, pw = (0, 0) if isinstance(self.padding, str) else self.padding
         self.config = {"stride": self.stride, "padding": (ph, ph, pw, pw),
                        "dilation": self.dilation, "groups": self.groups}
@@ -125,10 +122,7 @@ class ConvTranspose2D(Layer):
                  bias_init="zeros", dtype=np.float32, rng=None, impl=None, name=None):
         super().__init__(impl=impl, name=name)
         owner = f"{self.name} (ConvTranspose2D)"
-        self.in_channels = positive_int(in_channels, "in_channels", owner)
-        self.out_channels = positive_int(out_channels, "out_channels", owner)
-        self.kernel_size = pair(kernel_size, "kernel_size", owner)
-        self.stride = pair(stride, "stride", owner)
+        _set_channels_kernel_stride(self, in_channels, out_channels, kernel_size, stride, owner)
         self.padding = pair(padding, "padding", owner, minimum=0)
         self.output_padding = pair(output_padding, "output_padding", owner, minimum=0)
         self.dilation = pair(dilation, "dilation", owner)
@@ -138,17 +132,13 @@ class ConvTranspose2D(Layer):
             if op >= max(s, d):
                 raise ValueError(f"{owner}: output_padding {self.output_padding} must be smaller "
                                  f"than stride {self.stride} or dilation {self.dilation}")
-        _check_bias_flag(bias, owner)
-        dtype = _check_dtype(dtype, owner)
-        self.weight_init, self.bias_init = weight_init, bias_init
-        rng = _random.generator(rng)
         kh, kw = self.kernel_size
         cout_g = self.out_channels // self.groups
-        shape = (self.in_channels, cout_g, kh, kw)
-        fan_in, fan_out = cout_g * kh * kw, self.in_channels * kh * kw
-        self.params["weight"] = _init_array(weight_init, shape, fan_in, fan_out, rng, dtype, owner)
-        self.params["bias"] = (_init_array(bias_init, (self.out_channels,), fan_in, fan_out, rng,
-                                           dtype, owner) if bias else None)
+        # PyTorch's transposed-convolution fans: fan_in from the weight's second axis
+        _init_weight_and_bias(self, (self.in_channels, cout_g, kh, kw), (self.out_channels,),
+                              cout_g * kh * kw, self.in_channels * kh * kw, bias=bias,
+                              weight_init=weight_init, bias_init=bias_init, dtype=dtype, rng=rng,
+                              owner=owner)
         self.config = {"stride": self.stride, "padding": self.padding,
                        "output_padding": self.output_padding, "dilation": self.dilation,
                        "groups": self.groups}

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _random
 from .._checks import positive_int
-from .base import Layer, _check_bias_flag, _check_dtype, _init_array
+from .base import Layer, _init_weight_and_bias
 
 __all__ = ["Dense"]
 
@@ -23,15 +22,10 @@ class Dense(Layer):
         owner = f"{self.name} (Dense)"
         self.in_features = positive_int(in_features, "in_features", owner)
         self.out_features = positive_int(out_features, "out_features", owner)
-        _check_bias_flag(bias, owner)
-        dtype = _check_dtype(dtype, owner)
-        self.weight_init, self.bias_init = weight_init, bias_init
-        rng = _random.generator(rng)
-        shape = (self.out_features, self.in_features)
-        self.params["weight"] = _init_array(weight_init, shape, self.in_features,
-                                            self.out_features, rng, dtype, owner)
-        self.params["bias"] = (_init_array(bias_init, (self.out_features,), self.in_features,
-                                           self.out_features, rng, dtype, owner) if bias else None)
+        _init_weight_and_bias(self, (self.out_features, self.in_features), (self.out_features,),
+                              self.in_features, self.out_features, bias=bias,
+                              weight_init=weight_init, bias_init=bias_init, dtype=dtype, rng=rng,
+                              owner=owner)
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _random
 from .._checks import pair, positive_int
 from .._shapes import pool_output_size
-from .base import Layer, _check_bias_flag, _check_dtype, _check_planes, _init_array
+from .base import Layer, _check_planes, _init_weight_and_bias
 
 __all__ = ["MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Subsampling"]
 
@@ -123,16 +122,11 @@ class Subsampling(Layer):
         self.kernel_size = pair(kernel_size, "kernel_size", owner)
         if mode not in ("sum", "average"):
             raise ValueError(f"{owner}: mode must be 'sum' or 'average', got {mode!r}")
-        _check_bias_flag(bias, owner)
         self.mode = mode
-        dtype = _check_dtype(dtype, owner)
-        self.weight_init, self.bias_init = weight_init, bias_init
-        rng = _random.generator(rng)
         fan = self.kernel_size[0] * self.kernel_size[1]
-        c = self.channels
-        self.params["weight"] = _init_array(weight_init, (c,), fan, fan, rng, dtype, owner)
-        self.params["bias"] = (_init_array(bias_init, (c,), fan, fan, rng, dtype, owner)
-                               if bias else None)
+        _init_weight_and_bias(self, (self.channels,), (self.channels,), fan, fan, bias=bias,
+                              weight_init=weight_init, bias_init=bias_init, dtype=dtype, rng=rng,
+                              owner=owner)
         self.config = {"kernel_size": self.kernel_size, "mode": mode}
 
     def get_config(self):

@@ -7,6 +7,28 @@ import numpy as np
 from .base import Optimizer, _check_bool, _check_hyper, _zeros
 
 
+def _check_hypers(h, owner, reals=(), bools=()):
+    """Check the named non-negative reals, then the named flags, of the hyper-parameters
+    ``h`` in place."""
+    for key in reals:
+        h[key] = _check_hyper(owner, key, h[key])
+    for key in bools:
+        h[key] = _check_bool(owner, key, h[key])
+    return h
+
+
+def _param_steps(opt, init):
+    """(value, gradient, state) for every parameter with a gradient: the gradient negated when
+    maximizing, the state created from ``init`` on first use and its step counter advanced."""
+    maximize = opt.hyper["maximize"]
+    for p, g in opt._grads():
+        if maximize:
+            g = -g
+        st = opt._param_state(p, **init)
+        st["step"] += 1
+        yield p.value, g, st
+
+
 # --------------------------------------------------------------------------- Adam / AdamW
 class Adam(Optimizer):
     """Adam (``torch.optim.Adam``): ``weight_decay`` is L2 added to the gradient; ``amsgrad``
@@ -32,11 +54,7 @@ class Adam(Optimizer):
             raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
         h["betas"] = tuple(_check_hyper(owner, f"betas[{i}]", b, high=1.0, high_open=True)
                            for i, b in enumerate(betas))
-        h["eps"] = _check_hyper(owner, "eps", h["eps"])
-        h["weight_decay"] = _check_hyper(owner, "weight_decay", h["weight_decay"])
-        h["amsgrad"] = _check_bool(owner, "amsgrad", h["amsgrad"])
-        h["maximize"] = _check_bool(owner, "maximize", h["maximize"])
-        return h
+        return _check_hypers(h, owner, ("eps", "weight_decay"), ("amsgrad", "maximize"))
 
     def step(self):
         h = self.hyper
@@ -44,12 +62,7 @@ class Adam(Optimizer):
         init = {"step": 0, "exp_avg": _zeros, "exp_avg_sq": _zeros}
         if h["amsgrad"]:
             init["max_exp_avg_sq"] = _zeros
-        for p, g in self._grads():
-            w = p.value
-            if h["maximize"]:
-                g = -g
-            st = self._param_state(p, **init)
-            st["step"] += 1
+        for w, g, st in _param_steps(self, init):
             t = st["step"]
             if wd:
                 if self._decoupled:
@@ -105,12 +118,8 @@ class RMSProp(Optimizer):
         owner = type(self).__name__
         h["lr"] = _check_hyper(owner, "lr", h["lr"])
         h["alpha"] = _check_hyper(owner, "alpha", h["alpha"], high=1.0)
-        h["eps"] = _check_hyper(owner, "eps", h["eps"])
-        h["weight_decay"] = _check_hyper(owner, "weight_decay", h["weight_decay"])
-        h["momentum"] = _check_hyper(owner, "momentum", h["momentum"])
-        h["centered"] = _check_bool(owner, "centered", h["centered"])
-        h["maximize"] = _check_bool(owner, "maximize", h["maximize"])
-        return h
+        return _check_hypers(h, owner, ("eps", "weight_decay", "momentum"),
+                             ("centered", "maximize"))
 
     def step(self):
         h = self.hyper
@@ -120,12 +129,7 @@ class RMSProp(Optimizer):
             init["momentum_buffer"] = _zeros
         if h["centered"]:
             init["grad_avg"] = _zeros
-        for p, g in self._grads():
-            w = p.value
-            if h["maximize"]:
-                g = -g
-            st = self._param_state(p, **init)
-            st["step"] += 1
+        for w, g, st in _param_steps(self, init):
             if wd:
                 g = g + wd * w
             sq = st["square_avg"]
@@ -169,21 +173,15 @@ class AdaGrad(Optimizer):
 
     def _validate(self, h):
         owner = type(self).__name__
-        for key in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
-            h[key] = _check_hyper(owner, key, h[key])
-        h["maximize"] = _check_bool(owner, "maximize", h["maximize"])
-        return h
+        return _check_hypers(h, owner, ("lr", "lr_decay", "weight_decay",
+                                         "initial_accumulator_value", "eps"), ("maximize",))
 
     def step(self):
         h = self.hyper
         lr, lr_decay, wd, eps = h["lr"], h["lr_decay"], h["weight_decay"], h["eps"]
         acc0 = h["initial_accumulator_value"]
-        for p, g in self._grads():
-            w = p.value
-            if h["maximize"]:
-                g = -g
-            st = self._param_state(p, step=0, sum=lambda v: np.full_like(v, acc0))
-            st["step"] += 1
+        init = {"step": 0, "sum": lambda v: np.full_like(v, acc0)}
+        for w, g, st in _param_steps(self, init):
             if wd:
                 g = g + wd * w
             clr = lr / (1.0 + (st["step"] - 1) * lr_decay)
