@@ -297,25 +297,20 @@ class Registry:
 
     # ------------------------------------------------------------------ lookups
     def layer_class(self, name: str) -> type:
-        key = name.lower()
-        if key not in self.layer_types:
-            raise KeyError(f"unknown layer type {name!r}; registered: "
-                           + ", ".join(sorted(self.layer_types)))
-        return self.layer_types[key][0]
+        return self._lookup(self.layer_types, name, "layer type")
 
     def optimizer(self, name: str):
-        key = name.lower()
-        if key not in self.optimizers:
-            raise KeyError(f"unknown optimizer {name!r}; registered: "
-                           + ", ".join(sorted(self.optimizers)))
-        return self.optimizers[key][0]
+        return self._lookup(self.optimizers, name, "optimizer")
 
     def initializer(self, name: str):
+        return self._lookup(self.initializers, name, "initializer")
+
+    @staticmethod
+    def _lookup(table, name, what):
         key = name.lower()
-        if key not in self.initializers:
-            raise KeyError(f"unknown initializer {name!r}; registered: "
-                           + ", ".join(sorted(self.initializers)))
-        return self.initializers[key][0]
+        if key not in table:
+            raise KeyError(f"unknown {what} {name!r}; registered: " + ", ".join(sorted(table)))
+        return table[key][0]
 
     def variants_for(self, layer_type: str) -> list[Variant]:
         """Variants of a layer type, highest priority first."""
