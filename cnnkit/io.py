@@ -66,6 +66,14 @@ def _fspath(path: Any, what: str = "path") -> str:
     return p
 
 
+def _check_file(target: str, what: str, error: type = ValueError) -> None:
+    """Refuse a missing path (``FileNotFoundError``) or a folder (``error``), naming the file."""
+    if not os.path.exists(target):
+        raise FileNotFoundError(f"{target}: {what} not found")
+    if os.path.isdir(target):
+        raise error(f"{target}: is a folder, not a {what}")
+
+
 def _fsync_dir(folder: str) -> None:
     """Best-effort fsync of a directory so a completed rename survives a crash."""
     if os.name != "posix":
@@ -324,10 +332,7 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[s
     for everything else).
     """
     target = _fspath(path)
-    if not os.path.exists(target):
-        raise FileNotFoundError(f"{target}: weight file not found")
-    if os.path.isdir(target):
-        raise ValueError(f"{target}: is a folder, not a weight file")
+    _check_file(target, "weight file")
     try:
         with open(target, "rb") as f:
             head = f.read(4)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import _fspath, atomic_open
+from .io import _check_file, _fspath, atomic_open
 from .io import load_weights as _load_npz
 from .io import save_weights as _save_npz
 
@@ -85,10 +85,7 @@ def save_safetensors(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[s
 
 
 def _read_bytes(target: str, what: str) -> bytes:
-    if not os.path.exists(target):
-        raise FileNotFoundError(f"{target}: {what} not found")
-    if os.path.isdir(target):
-        raise ModelFileError(f"{target}: is a folder, not a {what}")
+    _check_file(target, what, ModelFileError)
     try:
         with open(target, "rb") as f:
             return f.read()

@@ -126,6 +126,8 @@ class ConvTranspose2dNumpy:
 
     @staticmethod
     def _geometry(x_shape, w_shape, config):
+        """groups, stride, padding, dilation, input shape, (out/groups, kh, kw) and
+        (full height, full width, output height, output width), unpacked once for both passes."""
         n, cin, h, wd = x_shape
         _, cog, kh, kw = w_shape
         sh, sw = config["stride"]
@@ -134,18 +136,14 @@ class ConvTranspose2dNumpy:
         dh, dw = config["dilation"]
         fh = conv_transpose_output_size(h, kh, sh, 0, oph, dh)  # full (uncropped) output
         fw = conv_transpose_output_size(wd, kw, sw, 0, opw, dw)
-        return fh, fw, fh - 2 * ph, fw - 2 * pw
+        return (config["groups"], (sh, sw), (ph, pw), (dh, dw), (n, cin, h, wd), (cog, kh, kw),
+                (fh, fw, fh - 2 * ph, fw - 2 * pw))
 
     @staticmethod
     def forward(x, params, config, need_backward):
         w, b = params["weight"], params.get("bias")
-        groups = config["groups"]
-        sh, sw = config["stride"]
-        ph, pw = config["padding"]
-        dh, dw = config["dilation"]
-        n, cin, h, wd = x.shape
-        _, cog, kh, kw = w.shape
-        fh, fw, oh, ow = ConvTranspose2dNumpy._geometry(x.shape, w.shape, config)
+        (groups, (sh, sw), (ph, pw), (dh, dw), (n, cin, h, wd), (cog, kh, kw),
+         (fh, fw, oh, ow)) = ConvTranspose2dNumpy._geometry(x.shape, w.shape, config)
         cig = cin // groups
         xg = x.reshape(n, groups, cig, h * wd).transpose(1, 0, 3, 2).reshape(groups, n * h * wd, cig)
         wmat = w.reshape(groups, cig, cog * kh * kw)
@@ -160,13 +158,8 @@ class ConvTranspose2dNumpy:
     @staticmethod
     def backward(dy, ctx):
         x, w, has_bias, config = ctx
-        groups = config["groups"]
-        sh, sw = config["stride"]
-        ph, pw = config["padding"]
-        dh, dw = config["dilation"]
-        n, cin, h, wd = x.shape
-        _, cog, kh, kw = w.shape
-        fh, fw, oh, ow = ConvTranspose2dNumpy._geometry(x.shape, w.shape, config)
+        (groups, (sh, sw), (ph, pw), (dh, dw), (n, cin, h, wd), (cog, kh, kw),
+         (fh, fw, oh, ow)) = ConvTranspose2dNumpy._geometry(x.shape, w.shape, config)
         dfull = np.zeros((n, dy.shape[1], fh, fw), dtype=dy.dtype)
         dfull[:, :, ph:ph + oh, pw:pw + ow] = dy
         dcols = _im2col(dfull, kh, kw, sh, sw, dh, dw, h, wd, groups)  # (g, N*h*w, cog*kh*kw)
