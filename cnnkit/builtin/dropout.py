@@ -89,7 +89,8 @@ class DropoutCython:
 
 
 # ---------------------------------------------------------------------------------------------
-# registration
+# registration: written out per family as a third-party plugin writes it (the blocks of
+# the families look alike on purpose; a shared helper would hide the plugin API they show)
 # ---------------------------------------------------------------------------------------------
 @hookimpl
 def cnnkit_register_layers(register):
