@@ -14,7 +14,7 @@ from libc.string cimport memset
 
 from cnnkit._ext._omp cimport note_team, omp_last_team
 
-# below this many input elements a single thread is faster than waking the OpenMP team; each family module
+# below this many input elements one thread beats waking the OpenMP team; each family module
 # keeps its own threshold and team-size probe, so these few lines recur per module by design
 cdef Py_ssize_t _PARALLEL_MIN = 16384
 PARALLEL_MIN = _PARALLEL_MIN
