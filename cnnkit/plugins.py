@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import importlib
 import importlib.metadata as importlib_metadata
 import inspect
@@ -159,6 +160,7 @@ class Registry:
         self.variants: dict[str, dict[str, Variant]] = {}
         self.optimizers: dict[str, tuple[Any, str]] = {}
         self.initializers: dict[str, tuple[Any, str]] = {}
+        self._impl_env_checked: str | None = None
 
     # ------------------------------------------------------------------ loading
     def load(self, builtins=BUILTIN_PLUGINS, entry_points=True) -> None:
@@ -317,17 +319,54 @@ class Registry:
         return sorted(self.variants.get(layer_type, {}).values(),
                       key=lambda v: (-v.priority, v.name))
 
+    def known_layer_types(self) -> list[str]:
+        """Every layer type a choice may name: those with a class and those with variants."""
+        return sorted(set(self.layer_types) | set(self.variants))
+
+    def check_choices(self, choices: dict, source: str, *, variants: bool = False) -> None:
+        """Raise :class:`SelectionError` naming ``source`` if ``choices`` ({layer type: variant})
+        names a layer type nobody registered or, with ``variants``, a variant of it nobody
+        registered; both with a did-you-mean."""
+        known = self.known_layer_types()
+        for layer_type, name in choices.items():
+            if layer_type not in known:
+                raise SelectionError(
+                    f"{source}: unknown layer type {layer_type!r}{_did_you_mean(layer_type, known)}"
+                    f"; known layer types: {', '.join(known)}")
+            if not variants:
+                continue
+            names = sorted(self.variants.get(layer_type, {}))
+            if not names:
+                raise SelectionError(f"{source}: layer type {layer_type!r} has no variants to "
+                                     "choose from (the layer computes itself)")
+            if name not in names:
+                raise SelectionError(
+                    f"{source}: unknown variant {name!r} of {layer_type}"
+                    f"{_did_you_mean(name, names)}; registered variants: {', '.join(names)}")
+
     def explicit_choice(self, layer_type: str, impl: str | None = None) -> tuple[str | None, str]:
         """The explicitly chosen variant name for a layer type and where the choice came from."""
         if impl is not None:
             return impl, "impl= argument"
         chosen = _USE.get().get(layer_type)
         if chosen is not None:
-            return chosen, "cnnkit.use()"
-        env = _parse_impl_env_cached(os.environ.get("CNNKIT_IMPL"))
+            return chosen
+        env = self.impl_env()
         if layer_type in env:
             return env[layer_type], "CNNKIT_IMPL"
         return None, "automatic"
+
+    def impl_env(self) -> dict[str, str]:
+        """The choices of ``CNNKIT_IMPL`` ({layer type: variant}); a layer type nobody
+        registered raises :class:`SelectionError`."""
+        value = os.environ.get("CNNKIT_IMPL")
+        env = _parse_impl_env_cached(value)
+        if env and value != self._impl_env_checked:
+            # checked on the first use of each value, so a misspelt layer type is an error
+            # instead of a choice that never applies
+            self.check_choices(env, "CNNKIT_IMPL")
+            self._impl_env_checked = value
+        return env
 
     def select(self, layer_type: str, *, dtype, features=(), config=None,
                impl: str | None = None, owner: str | None = None) -> Variant:
@@ -348,8 +387,9 @@ class Registry:
             by_name = {v.name: v for v in variants}
             if choice not in by_name:
                 raise SelectionError(f"{who}: variant {choice!r} of {layer_type} (chosen by "
-                                     f"{source}) is not registered; registered variants: "
-                                     + ", ".join(sorted(by_name)))
+                                     f"{source}) is not registered"
+                                     f"{_did_you_mean(choice, sorted(by_name))}; registered "
+                                     "variants: " + ", ".join(sorted(by_name)))
             v = by_name[choice]
             reason = v.refusal(dtype, features, config)
             if reason is not None:
@@ -411,6 +451,13 @@ def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float3
                    supports=supports, description=description, skips_input_grad=skips)
 
 
+def _did_you_mean(word: str, candidates) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=3)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+
+
 def _name_obj(kind, name, obj):
     if not isinstance(name, str) or not name:
         raise PluginError(f"{kind} name must be a non-empty string, got {name!r}")
@@ -429,6 +476,7 @@ def _parse_impl_env_cached(value):
         return parsed
 
 
+#: {layer type: (variant name, where the choice came from)}
 _USE: contextvars.ContextVar[dict] = contextvars.ContextVar("cnnkit_use", default={})
 
 _registry: Registry | None = None
@@ -456,14 +504,24 @@ def reset_registry() -> None:
         _registry = None
 
 
-@contextlib.contextmanager
-def use(**choices: str) -> Iterator[None]:
-    """Choose variants by layer type inside a ``with`` block: ``with ck.use(conv2d="numpy"):``."""
+def use(**choices: str) -> contextlib.AbstractContextManager[None]:
+    """Choose variants by layer type inside a ``with`` block: ``with ck.use(conv2d="numpy"):``.
+
+    A layer type nobody registered is an error here, with a did-you-mean; a variant name is
+    checked when a layer selects its variant (plugins may still be registered meanwhile)."""
     for key, value in choices.items():
         if not isinstance(value, str):
             raise TypeError(f"cnnkit.use({key}=...): variant name must be a string, got {value!r}")
+    return _use({k.lower(): v for k, v in choices.items()}, "cnnkit.use()")
+
+
+@contextlib.contextmanager
+def _use(choices: dict[str, str], source: str) -> Iterator[None]:
+    """:func:`use` with the name of where the choices came from (``--impl`` for the CLI),
+    which selection errors then name."""
+    get_registry().check_choices(choices, source)
     current = dict(_USE.get())
-    current.update({k.lower(): v for k, v in choices.items()})
+    current.update({k: (v, source) for k, v in choices.items()})
     token = _USE.set(current)
     try:
         yield

@@ -90,7 +90,7 @@ def test_plugins_lists_builtins_and_third_party(tmp_path):
     assert "relu/demo" in plugins["demo"]["registered"]["variant"]
     assert "boom inside the hook" in plugins["broken_hook"]["error"]
     res = run_cli("plugins", env=env)
-    assert res.returncode == 0
+    assert res.returncode == 1  # some plugins FAILED: a script checking the install sees it
     assert "demo  [entrypoint]  cnnkit-demo 1.2.3  ok" in res.stdout
     assert "broken_import  [entrypoint]  cnnkit-broken-import 0.1  FAILED" in res.stdout
     assert "variants: scale2/numpy" in res.stdout
@@ -246,3 +246,91 @@ def test_plot_without_matplotlib_says_which_extra(tmp_path):
     assert res.returncode == 1
     assert 'pip install "cnnkit[plot]"' in res.stderr
     assert "epoch" not in res.stderr and not (tmp_path / "w.npz").exists()  # before training
+
+
+# --------------------------------------------------------------------------- checks before work
+def test_train_impl_is_checked_before_loading_data(tmp_path):
+    res = run_cli("train", "--impl", "conv2dd=numpy", "-o", str(tmp_path / "w.npz"))
+    assert res.returncode == 2 and "data:" not in res.stdout
+    assert ("argument --impl: unknown layer type 'conv2dd' (did you mean 'conv2d'?)"
+            in res.stderr)
+    res = run_cli("train", "--impl", "conv2d=nosuch", "-o", str(tmp_path / "w.npz"))
+    assert res.returncode == 2 and "data:" not in res.stdout
+    assert "argument --impl: unknown variant 'nosuch' of conv2d" in res.stderr
+    assert "cnnkit.use()" not in res.stderr and "registered variants: cython, numpy" in res.stderr
+    res = run_cli("train", "--impl", "relu=cythn", "-o", str(tmp_path / "w.npz"))
+    assert res.returncode == 2 and "(did you mean 'cython'?)" in res.stderr
+    assert not (tmp_path / "w.npz").exists()
+
+
+def test_impl_env_with_unknown_layer_type_fails_naming_it(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_CONFIG)
+    res = run_cli("train", str(cfg), "-q", "-o", str(tmp_path / "w.npz"),
+                  env={"CNNKIT_IMPL": "conv2dd=numpy"})
+    assert res.returncode == 1
+    assert "CNNKIT_IMPL: unknown layer type 'conv2dd' (did you mean 'conv2d'?)" in res.stderr
+    assert res.stdout == "" and not (tmp_path / "w.npz").exists()  # before the data
+    res = run_cli("train", str(cfg), "-q", "-o", str(tmp_path / "w.npz"),
+                  env={"CNNKIT_IMPL": "conv2d=nosuch"})
+    assert res.returncode == 1 and res.stdout == ""
+    assert "CNNKIT_IMPL: unknown variant 'nosuch' of conv2d" in res.stderr
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--output", "missing/w.safetensors", "--output {}: folder {} does not exist"),
+    ("--output", ".", "--output {}: is a folder; give a file name"),
+    ("--checkpoint", "missing/ck.npz", "--checkpoint {}: folder {} does not exist"),
+    ("--plot", "afile/plots", "--plot {}: {} is not a folder"),
+])
+def test_train_outputs_are_checked_before_loading_data(tmp_path, option, value, message):
+    (tmp_path / "afile").write_text("")
+    path = str(tmp_path / value)
+    folder = os.path.dirname(path)
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_CONFIG)
+    args = ["-o", str(tmp_path / "w.npz"), option, path]  # a later -o wins
+    for config in ([], [str(cfg)]):  # the default recipe and a config
+        if option == "--plot":
+            pytest.importorskip("matplotlib", reason="matplotlib is not installed (plot extra)")
+        res = run_cli("train", *config, *args, "--data", str(tmp_path / "no_mnist_here"))
+        assert res.returncode == 1, res.stderr
+        # one line naming the option, before the data (a missing folder) is even looked at
+        assert res.stderr.splitlines() == [
+            "cnnkit train: error: " + message.format(path, folder).rstrip()], res.stderr
+        assert res.stdout == ""
+
+
+def test_train_output_in_an_unwritable_folder_fails_at_once(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        probe = ro / "probe"
+        try:  # root writes anyway; /proc refuses everyone
+            probe.write_text("")
+            probe.unlink()
+            target = "/proc/w.npz"
+        except OSError:
+            target = str(ro / "w.npz")
+        res = run_cli("train", "-o", target)
+    finally:
+        ro.chmod(0o700)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.startswith(f"cnnkit train: error: --output {target}: cannot write in folder")
+    assert len(res.stderr.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- pipes
+@pytest.mark.parametrize("args", [("plugins", "--json"), ("kernels",), ("plugins",)])
+def test_a_closed_pipe_ends_quietly(args):
+    read_end, write_end = os.pipe()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.Popen([sys.executable, "-m", "cnnkit.cli", *args], stdout=write_end,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    os.close(write_end)
+    os.close(read_end)  # the reader is gone before the command writes anything (`| head -0`)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode in (0, 141), err
+    assert err == ""

@@ -273,3 +273,36 @@ def test_each_hook_registers_through_the_callback():
     assert reg.optimizers["plain"] == (ck.optim.SGD, "p")
     assert reg.layer_types["relu2"] == (Relu2, "p")
     assert reg.variants["relu2"]["numpy"].plugin == "p"
+
+
+def test_unknown_layer_type_in_use_is_an_error_on_entering():
+    with pytest.raises(SelectionError, match=r"cnnkit\.use\(\): unknown layer type 'conv2dd' "
+                       r"\(did you mean 'conv2d'\?\); known layer types: .*relu"):
+        with ck.use(conv2dd="numpy"):
+            pytest.fail("the block must not run")
+    with pytest.raises(SelectionError, match="unknown layer type 'nosuchlayer'; known"):
+        ck.use(relu="numpy", nosuchlayer="numpy").__enter__()
+    with ck.use(ReLU="numpy"):  # layer types are case-insensitive, as everywhere
+        assert ck.layers.ReLU().variant(np.float32).name == "numpy"
+
+
+def test_unknown_variant_of_a_known_type_suggests_the_close_ones(monkeypatch):
+    x = np.ones((1, 3, 9, 9), np.float32)
+    with ck.use(conv2d="nunpy"):
+        with pytest.raises(SelectionError, match=r"'nunpy' of conv2d \(chosen by cnnkit\.use\(\)\) "
+                           r"is not registered \(did you mean 'numpy'\?\); registered variants"):
+            ck.layers.Conv2D(3, 4, 3).forward(x)
+    monkeypatch.setenv("CNNKIT_IMPL", "conv2d=cythn")
+    with pytest.raises(SelectionError, match=r"chosen by CNNKIT_IMPL.*did you mean 'cython'\?"):
+        ck.layers.Conv2D(3, 4, 3).forward(x)
+
+
+def test_unknown_layer_type_in_impl_env_is_an_error_at_first_use(monkeypatch):
+    get_registry()
+    monkeypatch.setenv("CNNKIT_IMPL", "relu=numpy,conv2dd=numpy")
+    for _ in range(2):  # every use, not only the first check of the value
+        with pytest.raises(SelectionError, match=r"CNNKIT_IMPL: unknown layer type 'conv2dd' "
+                           r"\(did you mean 'conv2d'\?\)"):
+            ck.layers.ReLU().forward(np.ones((1, 2), np.float32))
+    monkeypatch.setenv("CNNKIT_IMPL", "relu=numpy")
+    assert ck.layers.ReLU().variant(np.float32).name == "numpy"

@@ -3,11 +3,13 @@
 
 Exit status: 0 on success, 1 when the request cannot be served (a bad config, an unknown layer
 type, a variant that fails or disagrees with the reference in ``cnnkit bench``...), 2 for
-malformed command-line arguments, 130 when interrupted.
+malformed command-line arguments, 130 when interrupted, 141 (like a shell's SIGPIPE) when
+the reader of the output went away; ``cnnkit plugins`` exits 1 when a plugin failed.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import bench, kernels, plugins, train
@@ -37,7 +39,15 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # the reader went away (`cnnkit plugins --json | head -1`): end quietly, like other
+        # command-line tools; stdout goes to devnull so the exit-time flush cannot fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         return _fail(args.command, str(msg))

@@ -36,12 +36,22 @@ def _positive_float(text):
 
 
 def _impl_choices(text):
+    """``conv2d=numpy,relu=cython`` -> {layer type: variant}, each checked against the
+    registry now, so a misspelling fails before any data is loaded."""
+    from ..plugins import SelectionError
+    from ._common import _registry
+
     out = {}
     for item in text.split(","):
-        if "=" not in item:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip() or not val.strip():
             raise argparse.ArgumentTypeError(f"expected layer_type=variant[,...], got {text!r}")
-        key, _, val = item.partition("=")
         out[key.strip().lower()] = val.strip()
+    try:
+        _registry().check_choices(out, "--impl", variants=True)
+    except SelectionError as exc:
+        # argparse already says "argument --impl:"
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--impl: ")) from None
     return out
 
 

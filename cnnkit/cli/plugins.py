@@ -1,4 +1,5 @@
-"""``cnnkit plugins [--json]``: installed plugins and what they registered."""
+"""``cnnkit plugins [--json]``: installed plugins and what they registered; exit status 1
+when any plugin failed."""
 from __future__ import annotations
 
 import json
@@ -17,10 +18,11 @@ def add_parser(sub) -> None:
 def cmd_plugins(args) -> int:
     reg = _registry()  # a plugin's failure is part of the listing, not a warning
     rows = [info.describe() for info in reg.plugins.values()]
+    exit_status = 1 if any(r["error"] for r in rows) else 0  # scripts can check the install
     if args.json:
         json.dump({"plugins": rows}, sys.stdout, indent=2)
         sys.stdout.write("\n")
-        return 0
+        return exit_status
     for r in rows:
         version = r["version"] or (r["distribution"] == "cnnkit" and _version()) or "?"
         status = "FAILED" if r["error"] else "ok"
@@ -30,7 +32,7 @@ def cmd_plugins(args) -> int:
         for kind, items in r["registered"].items():
             if items:
                 print(f"    {kind}s: {', '.join(items)}")
-    return 0
+    return exit_status
 
 
 def _version():

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 
 from ._args import _impl_choices, _positive_float, _positive_int
+from ._common import CommandError, _fail, _registry
 
 
 def add_parser(sub) -> None:
@@ -59,16 +61,57 @@ _DEFAULTS = {"epochs": 10, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weigh
 
 
 def cmd_train(args) -> int:
-    if args.plot:
-        from ..plot import require_matplotlib
+    # --impl is checked while the arguments are parsed; everything else that can be checked
+    # without the data is checked here or, for a config, right after reading it
+    try:
+        reg = _registry()
+        reg.check_choices(reg.impl_env(), "CNNKIT_IMPL", variants=True)
+        if args.plot:
+            from ..plot import require_matplotlib
 
-        require_matplotlib()  # fail before training, not after
-    if args.config is not None:
-        return _train_config(args)
-    for key, value in _DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return _train_lenet5(args)
+            require_matplotlib()  # fail before training, not after
+        if args.config is not None:
+            return _train_config(args)
+        for key, value in _DEFAULTS.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        _check_outputs(args)
+        return _train_lenet5(args)
+    except CommandError as exc:
+        return _fail("train", str(exc))
+
+
+def _check_outputs(args) -> None:
+    """Every file or folder the run will write must be writable now, not after training."""
+    for option, path in (("--output", args.output), ("--checkpoint", args.checkpoint)):
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            raise CommandError(f"{option} {path}: is a folder; give a file name")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise CommandError(f"{option} {path}: folder {folder} does not exist")
+        _probe(option, path, folder, tempfile.TemporaryFile)
+    if args.plot is not None:
+        # the plot folder is created if missing, so its nearest existing ancestor must be a
+        # folder in which one can be created
+        folder = os.path.abspath(args.plot)
+        while not os.path.exists(folder):
+            folder = os.path.dirname(folder)
+        if not os.path.isdir(folder):
+            raise CommandError(f"--plot {args.plot}: {folder} is not a folder")
+        _probe("--plot", args.plot, folder, lambda dir: os.rmdir(tempfile.mkdtemp(dir=dir)))
+
+
+def _probe(option, path, folder, make):
+    # os.access says yes to root even where writing fails (/proc, read-only mounts): try it
+    try:
+        handle = make(dir=folder)
+    except OSError as exc:
+        raise CommandError(f"{option} {path}: cannot write in folder {folder}: "
+                           f"{exc.strerror or exc}") from None
+    if handle is not None:
+        handle.close()
 
 
 def _print_epochs(history, out):
@@ -106,7 +149,8 @@ def _finish(args, model, history, n_test, t0, out, metadata):
 def _train_lenet5(args) -> int:
     import numpy as np
 
-    from .. import optim, use
+    from .. import optim
+    from ..plugins import _use
     from ..datasets import load_mnist
     from ..models import lenet5
     from ..train import fit
@@ -118,7 +162,7 @@ def _train_lenet5(args) -> int:
     source = args.data or "embedded MNIST sample"
     print(f"data: {source}: {len(x_train)} training, {len(x_test)} test images", file=out)
     rng = np.random.default_rng(args.seed)
-    with use(**(args.impl or {})):
+    with _use(args.impl or {}, "--impl"):
         model = lenet5(dtype=dtype, rng=rng)
         print(model.summary(), file=out)
         opt = optim.SGD(model, lr=args.lr, momentum=args.momentum,
@@ -139,7 +183,7 @@ def _train_config(args) -> int:
     import numpy as np
 
     from .. import config as C
-    from .. import use
+    from ..plugins import _use
     from ..train import fit
 
     out = sys.stdout
@@ -155,12 +199,13 @@ def _train_config(args) -> int:
     if args.output is None:
         args.output = (spec.output or os.path.splitext(os.path.basename(args.config))[0]
                        + ".safetensors")
+    _check_outputs(args)
     dtype = np.dtype(args.dtype or cfg.get("dtype", "float32"))
     (x_train, y_train), (x_test, y_test), source = C.load_data(spec, dtype=dtype,
                                                                path_override=args.data)
     print(f"data: {source}: {len(x_train)} training, {len(x_test)} test samples", file=out)
     rng = np.random.default_rng(spec.seed)
-    with use(**(args.impl or {})):
+    with _use(args.impl or {}, "--impl"):
         model = C.model_from_config(cfg, rng=rng, dtype=dtype)
         print(model.summary(), file=out)
         opt = C.make_optimizer(spec, model, lr=args.lr, momentum=args.momentum,
