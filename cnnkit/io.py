@@ -28,6 +28,7 @@ import stat
 import zipfile
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import quote, unquote
 
 import numpy as np
 
@@ -485,8 +486,6 @@ def check_state(expected: Mapping[str, Any], got: Mapping[str, Any],
 # ---------------------------------------------------------------------------
 # nested state as flat arrays (training checkpoints)
 # ---------------------------------------------------------------------------
-from urllib.parse import quote, unquote  # noqa: E402
-
 __all__ += ["flatten_state", "unflatten_state"]
 
 # Key grammar: components joined by "/", the last one followed by "@" and a type tag.  Dict keys

@@ -200,16 +200,16 @@ def _reference_outputs(reg, layer_type, layer, x, dy):
 
     if REFERENCE_VARIANT not in reg.variants.get(layer_type, {}):
         return None
-    saved = (layer.impl, layer.params, layer.grads, layer._variant, layer._variant_key)
+    saved = (layer.impl, layer.params, layer.grads)
     try:
         layer.params = {k: None if v is None else v.astype(np.float64)
                         for k, v in layer.params.items()}
-        layer.impl, layer._variant_key = REFERENCE_VARIANT, None
+        layer.impl = REFERENCE_VARIANT
         y = layer.forward(x.astype(np.float64), training=True)
         dx = layer.backward(dy.astype(np.float64))
         return y, dx, dict(layer.grads)
     finally:
-        layer.impl, layer.params, layer.grads, layer._variant, layer._variant_key = saved
+        layer.impl, layer.params, layer.grads = saved  # selection follows impl per call
 
 
 def run_bench(layer_type, shapes, *, dtype="float32", repeat=5, warmup=1, variants=None,
@@ -252,7 +252,7 @@ def run_bench(layer_type, shapes, *, dtype="float32", repeat=5, warmup=1, varian
             row = BenchRow(case.name, tuple(case.input_shape), dict(case.kwargs), v.name,
                            v.plugin, tol=tol)
             case_rows.append(row)
-            layer.impl, layer._variant_key = v.name, None
+            layer.impl = v.name
             try:
                 layer.variant(dtype)
             except SelectionError as exc:

@@ -53,9 +53,8 @@ class _Where:
 class _CaseData:
     """Everything one case needs: the layer, its resolved config and float64 data."""
 
-    def __init__(self, case, label, layer, x, params, dy, out_shape, features):
-        self.case, self.label, self.layer = case, label, layer
-        self.config = dict(layer.config)
+    def __init__(self, case, label, layer, config, x, params, dy, out_shape, features):
+        self.case, self.label, self.layer, self.config = case, label, layer, config
         self.x, self.params, self.dy = x, params, dy
         self.out_shape, self.features = out_shape, features
 
@@ -150,11 +149,10 @@ class _Checker:
             kwargs.setdefault("impl", self.variant.name)
         try:
             layer = self.layer_cls(**kwargs)
-            # what Conv2D.forward does before selecting a variant ("same" padding resolved)
-            layer.config = dict(layer.resolve(tuple(case.input_shape)))
-            out = layer.output_shape((None,) + tuple(case.input_shape[1:]))
-            out_shape = (case.input_shape[0],) + tuple(out[1:])
-            features = tuple(layer.features())
+            # what the layer's forward resolves before selecting a variant ("same" padding)
+            res = layer.resolution(tuple(case.input_shape))
+            out_shape = (case.input_shape[0],) + tuple(res.output_shape)
+            features = tuple(res.features)
         except Exception as exc:
             self.fail("setup", f"the case is invalid for {self.layer_cls.__name__}: "
                       f"{type(exc).__name__}: {exc}", probe)
@@ -164,7 +162,8 @@ class _Checker:
         params = {k: (None if p is None else rng.uniform(-1.0, 1.0, p.shape))
                   for k, p in layer.params.items()}
         dy = rng.standard_normal(out_shape)
-        return _CaseData(case, label, layer, x, params, dy, out_shape, features)
+        return _CaseData(case, label, layer, dict(res.config), x, params, dy, out_shape,
+                         features)
 
     def run_case(self, data: _CaseData, seed, index):
         refusals = {}
