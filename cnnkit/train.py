@@ -93,9 +93,11 @@ class ProgressBar:
         self._last = 0.0
 
     def _line(self, done, suffix):
+        elapsed = time.perf_counter() - self.start
+        if self.total is None:  # a streamed epoch of unknown length
+            return f"{self.prefix} {done} batches {elapsed:5.1f}s {suffix}"
         filled = int(self.width * done / max(self.total, 1))
         bar = "#" * filled + "." * (self.width - filled)
-        elapsed = time.perf_counter() - self.start
         return f"{self.prefix} [{bar}] {done}/{self.total} {elapsed:5.1f}s {suffix}"
 
     def update(self, done, suffix=""):
@@ -342,13 +344,53 @@ def _needs_closure(optimizer):
     return bool(getattr(optimizer, "needs_closure", False))
 
 
+class _batch_source:
+    """A re-iterable source of ``(x_batch, y_batch)`` pairs for :func:`fit`, checked as it
+    streams (each pair: two arrays with the same number of samples)."""
+
+    def __init__(self, data, epochs):
+        if callable(data) and not hasattr(data, "__iter__"):
+            self._fresh = data
+        elif hasattr(data, "__iter__"):
+            if iter(data) is data and epochs > 1:
+                raise TypeError(f"fit: train is a one-shot iterator ({type(data).__name__}) but "
+                                f"{epochs} epochs need it {epochs} times; pass (x, y) arrays, a "
+                                "list of batches, or a function returning a fresh iterator")
+            self._fresh = lambda: iter(data)
+        else:
+            raise TypeError("fit: train must be a pair (x, y) of numpy arrays or an iterable of "
+                            f"(x_batch, y_batch) pairs, got {type(data).__name__}")
+        self.steps = len(data) if hasattr(data, "__len__") else None
+
+    def epoch(self, epoch):
+        for i, pair in enumerate(self._fresh()):
+            if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                    or not all(isinstance(a, np.ndarray) for a in pair)):
+                raise TypeError(f"fit: batch {i + 1} of epoch {epoch} is not an (x, y) pair of "
+                                f"numpy arrays: {type(pair).__name__}")
+            if len(pair[0]) != len(pair[1]) or len(pair[0]) == 0:
+                raise ValueError(f"fit: batch {i + 1} of epoch {epoch} has {len(pair[0])} inputs "
+                                 f"and {len(pair[1])} targets")
+            yield np.asarray(pair[0]), pair[1]
+
+
 # ---------------------------------------------------------------------------------- the loop
 def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: int = 10,
         batch_size: int = 64, shuffle: bool = True, rng=None, seed: int | None = None,
         callbacks=(), early_stopping=None, checkpoint=None, checkpoint_every: int = 1,
         scheduler=None, regularizer=None, initial_epoch: int = 0, resume_from=None,
-        verbose: bool = True, stream=None, check_finite: bool = False) -> History:
-    """Train ``model`` on ``train`` = (x, y) up to epoch ``epochs``; report metrics on ``val``.
+        verbose: bool = True, stream=None, check_finite: bool = False,
+        transform=None) -> History:
+    """Train ``model`` on ``train`` up to epoch ``epochs``; report metrics on ``val``.
+
+    * ``train`` is a pair ``(x, y)`` of arrays (shuffled and cut into ``batch_size`` batches
+      here), or any re-iterable of ``(x_batch, y_batch)`` pairs, read once per epoch as it
+      comes (a list, an object whose ``__iter__`` starts over, or a callable returning a fresh
+      iterator): data can stream from memory-mapped arrays or a generator function.  A
+      one-shot iterator serves one epoch only, so it is refused when ``epochs`` asks for more.
+    * ``transform``: a :mod:`cnnkit.transforms` augmentation applied to every training batch,
+      drawing from the shuffling generator (so a seeded run and a resumed run repeat it); its
+      deterministic part (:meth:`~cnnkit.transforms.Transform.inference`) is applied to ``val``.
 
     * ``rng`` (a Generator or an int seed) or ``seed`` drives shuffling; neither: cnnkit's
       global generator (``cnnkit.seed``).
@@ -369,9 +411,22 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
 
     Returns a :class:`History` (with a resumed run: the checkpoint's epochs, then the new ones).
     """
-    x, y = _check_data("train", train)
+    if transform is not None:
+        from .transforms import Transform
+
+        if not isinstance(transform, Transform):
+            raise TypeError(f"fit: transform must be a cnnkit.transforms.Transform, got "
+                            f"{transform!r}")
+    if isinstance(train, (tuple, list)) and len(train) == 2 and all(
+            isinstance(a, np.ndarray) for a in train):
+        x, y = _check_data("train", train)
+    else:
+        x, y = _batch_source(train, epochs - (initial_epoch or 0)), None
     if val is not None:
         _check_data("val", val)
+        deterministic = transform.inference() if transform is not None else None
+        if deterministic is not None:
+            val = (deterministic(val[0]), val[1])
     for name, v in (("epochs", epochs), ("batch_size", batch_size),
                     ("checkpoint_every", checkpoint_every)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -406,7 +461,7 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
         initial_epoch, history = load_checkpoint(resume_from, model, optimizer,
                                                  scheduler=scheduler, rng=rng,
                                                  callbacks=callbacks)
-    steps = math.ceil(len(x) / batch_size)
+    steps = math.ceil(len(x) / batch_size) if y is not None else x.steps
     state = TrainState(model, optimizer, scheduler, history, epochs, steps)
     for cb in callbacks:
         cb.set_trainer(state)
@@ -416,14 +471,14 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
     try:
         return _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rng,
                          callbacks, checkpoint, checkpoint_every, scheduler, regularizer,
-                         initial_epoch, verbose, stream, history, steps, state)
+                         initial_epoch, verbose, stream, history, steps, state, transform)
     finally:
         model.check_finite = previous_check
 
 
 def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rng, callbacks,
               checkpoint, checkpoint_every, scheduler, regularizer, initial_epoch, verbose,
-              stream, history, steps, state):
+              stream, history, steps, state, transform=None):
     for cb in callbacks:
         cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch,
                            "steps_per_epoch": steps})
@@ -433,14 +488,20 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
         lr = getattr(optimizer, "lr", None)
         for cb in callbacks:
             cb.on_epoch_begin(epoch, {"lr": lr})
-        order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
+        if y is not None:
+            order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
+            source = ((x[idx], y[idx]) for idx in
+                      (order[i * batch_size:(i + 1) * batch_size] for i in range(steps)))
+        else:
+            source = x.epoch(epoch)
         bar = ProgressBar(steps, f"epoch {epoch}/{epochs}", stream) if verbose else None
         total, correct, seen = 0.0, 0, 0
         classify = True
         t0 = time.perf_counter()
-        for step in range(steps):
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            xb, yb = x[idx], y[idx]
+        step = -1
+        for step, (xb, yb) in enumerate(source):
+            if transform is not None:
+                xb = transform.apply(xb, rng)
             result = {}
 
             def closure():
@@ -464,8 +525,8 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
                                          f"{step + 1}; lower the learning rate")
             if not _needs_closure(optimizer):
                 optimizer.step()
-            total += value * len(idx)
-            seen += len(idx)
+            total += value * len(yb)
+            seen += len(yb)
             if _is_classification(out, yb):
                 correct += int(np.sum(np.argmax(out, axis=1) == yb))
             else:
@@ -475,10 +536,12 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
                            + (f" acc {correct / seen:.4f}" if classify else ""))
             if callbacks:
                 for cb in callbacks:
-                    cb.on_batch_end(step + 1, {"batch": step + 1, "size": len(idx),
+                    cb.on_batch_end(step + 1, {"batch": step + 1, "size": len(yb),
                                                "loss": value})
                 if state.stop_training:
                     break
+        if seen == 0:
+            raise ValueError(f"fit: the training data gave no batch in epoch {epoch}")
         metrics = {"epoch": epoch, "loss": total / seen}
         if classify:
             metrics["accuracy"] = correct / seen

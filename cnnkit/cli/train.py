@@ -30,9 +30,15 @@ def add_parser(sub) -> None:
     train.add_argument("--momentum", type=float, default=None, help="default: 0.9")
     train.add_argument("--weight-decay", type=float, default=None, help="default: 0")
     train.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
-    train.add_argument("--data", metavar="FOLDER", default=None,
-                       help="folder with the standard MNIST IDX files (plain or .gz); default: "
-                       "the 5,000-image sample embedded in cnnkit")
+    train.add_argument("--data", metavar="PATH", default=None,
+                       help="a folder of MNIST or Fashion-MNIST IDX files (plain or .gz), a "
+                       "CIFAR-10 binary folder (with a config), or an .npz of your arrays "
+                       "(x_train, y_train, x_test, y_test); default: the 5,000-image MNIST "
+                       "sample embedded in cnnkit, or the config's data")
+    train.add_argument("--augment", metavar="NAME[:K=V...]", action="append", default=None,
+                       help="augment training batches (repeatable), e.g. random_crop:padding=4, "
+                       "random_horizontal_flip, random_affine:degrees=10:translate=0.1/0.1; "
+                       "added after the config's augment list (see cnnkit.transforms)")
     train.add_argument("--output", "-o", metavar="FILE", default=None,
                        help="where to save the trained model: one safetensors file with the "
                        "config and weights, read back by cnnkit.load_model (default: "
@@ -70,6 +76,15 @@ def cmd_train(args) -> int:
             from ..plot import require_matplotlib
 
             require_matplotlib()  # fail before training, not after
+        if args.augment:
+            from ..transforms import from_spec
+
+            try:
+                from_spec(args.augment)
+            except ValueError as exc:
+                raise CommandError(f"--augment: {exc}") from None
+        if args.data is not None and not os.path.exists(args.data):
+            raise CommandError(f"--data {args.data}: no such file or folder")
         if args.config is not None:
             return _train_config(args)
         for key, value in _DEFAULTS.items():
@@ -151,16 +166,29 @@ def _train_lenet5(args) -> int:
 
     from .. import optim
     from ..plugins import _use
-    from ..datasets import load_mnist
+    from ..datasets import detect_dataset, load_dataset, load_mnist
     from ..models import lenet5
     from ..train import fit
+    from ..transforms import from_spec
 
     out = sys.stdout
     dtype = np.dtype(args.dtype)
     t0 = time.perf_counter()
-    (x_train, y_train), (x_test, y_test) = load_mnist(args.data, dtype=dtype)
-    source = args.data or "embedded MNIST sample"
+    if args.data is not None and detect_dataset(args.data) != "mnist":
+        kind = detect_dataset(args.data)
+        (x_train, y_train), (x_test, y_test), source = load_dataset(kind, path=args.data,
+                                                                    dtype=dtype)
+        if x_train.shape[1:] != (1, 28, 28):
+            raise CommandError(f"--data {args.data}: LeNet-5 takes (1, 28, 28) images, this "
+                               f"data holds {x_train.shape[1:]}; train it with a model config "
+                               "(cnnkit train CONFIG --data ...; see examples/)")
+    else:
+        (x_train, y_train), (x_test, y_test) = load_mnist(args.data, dtype=dtype)
+        source = args.data or "embedded MNIST sample"
     print(f"data: {source}: {len(x_train)} training, {len(x_test)} test images", file=out)
+    transform = from_spec(args.augment) if args.augment else None
+    if transform is not None:
+        print(f"augment: {transform.describe()}", file=out)
     rng = np.random.default_rng(args.seed)
     with _use(args.impl or {}, "--impl"):
         model = lenet5(dtype=dtype, rng=rng)
@@ -173,7 +201,8 @@ def _train_lenet5(args) -> int:
         history = fit(model, (x_train, y_train), (x_test, y_test), optimizer=opt,
                       epochs=args.epochs, batch_size=args.batch_size, rng=rng,
                       verbose=not args.quiet, stream=sys.stderr, checkpoint=args.checkpoint,
-                      checkpoint_every=args.checkpoint_every or 1, resume_from=args.resume)
+                      checkpoint_every=args.checkpoint_every or 1, resume_from=args.resume,
+                      transform=transform)
     _print_epochs(history, out)
     _finish(args, model, history, len(x_test), t0, out, {})
     return 0
@@ -213,6 +242,9 @@ def _train_config(args) -> int:
         scheduler = C.make_schedule(spec, opt, spec.epochs)
         loss = C.make_loss(spec)
         regularizer = C.make_regularizer(spec)
+        transform = C.make_transform(spec, args.augment)
+        if transform is not None:
+            print(f"augment: {transform.describe()}", file=out)
         hyper = ", ".join(f"{k} {v}" for k, v in opt.hyper.items()
                           if k in ("lr", "momentum", "weight_decay", "betas"))
         print(f"training: {spec.epochs} epochs, batch {spec.batch_size}, "
@@ -225,7 +257,8 @@ def _train_config(args) -> int:
                       rng=rng, scheduler=scheduler, regularizer=regularizer,
                       early_stopping=spec.early_stopping, verbose=not args.quiet,
                       stream=sys.stderr, checkpoint=args.checkpoint,
-                      checkpoint_every=args.checkpoint_every, resume_from=args.resume)
+                      checkpoint_every=args.checkpoint_every, resume_from=args.resume,
+                      transform=transform)
     _print_epochs(history, out)
     _finish(args, model, history, len(x_test), t0, out, {})  # model.save stores the config
     return 0

@@ -14,7 +14,7 @@ from ._locator import ConfigError, _Locator
 from .model import _tuples
 
 _TRAIN_KEYS = ("optimizer", "loss", "epochs", "batch_size", "seed", "schedule", "data",
-               "early_stopping", "regularizer", "shuffle", "checkpoint_every", "output")
+               "early_stopping", "regularizer", "shuffle", "checkpoint_every", "output", "augment")
 
 
 @dataclass
@@ -34,6 +34,7 @@ class TrainingSpec:
     shuffle: bool = True
     checkpoint_every: int = 1
     output: str | None = None
+    augment: Any = None
 
 
 def _named(value, what, err, key):
@@ -64,6 +65,11 @@ def training_from_config(cfg) -> TrainingSpec:
                                                 #  pixel_range = [-0.1, 1.175]}
                                                 # or {name = "synthetic", shape = [3, 32, 32],
                                                 #  classes = 4, train_size = 512, ...}
+                                                # or {name = "cifar10", path = "DIR"},
+                                                # "fashion-mnist" (path = "DIR"),
+                                                # "npz" (path = "FILE.npz")
+        augment = [{name = "random_crop", padding = 4}, "random_horizontal_flip"]
+                                                # cnnkit.transforms, applied to training batches
     """
     loc = _Locator(cfg)
     section = cfg.get("training", {}) if isinstance(cfg, dict) else {}
@@ -105,6 +111,13 @@ def training_from_config(cfg) -> TrainingSpec:
         elif key == "output":
             if not isinstance(value, str) or not value:
                 err(f"must be a file name, got {value!r}", key)
+        elif key == "augment":
+            from ..transforms import from_spec
+
+            try:
+                from_spec(value)  # checked now, built by make_transform
+            except (TypeError, ValueError) as exc:
+                err(str(exc), key)
         setattr(spec, key, value)
     spec._locator = loc  # for the builders' error messages
     return spec
@@ -206,17 +219,35 @@ def make_regularizer(spec: TrainingSpec):
     return _build(spec, "regularizer", cls, **opts)
 
 
+def make_transform(spec: TrainingSpec, extra=None):
+    """The augmentation of ``spec`` (its ``augment`` list, then the command line's
+    ``--augment`` items in ``extra``) as a :class:`cnnkit.transforms.Compose`, or ``None``."""
+    from ..transforms import from_spec
+
+    items = ([] if spec.augment is None else
+             [spec.augment] if isinstance(spec.augment, (str, dict)) else list(spec.augment))
+    items += list(extra or ())
+    return _build(spec, "augment", from_spec, items) if items else None
+
+
 def load_data(spec: TrainingSpec, *, dtype=np.float32, path_override=None):
     """((x_train, y_train), (x_test, y_test), description) for the spec's data section, loaded
     by :func:`cnnkit.datasets.load_dataset`; ``path_override`` (a folder, the command line's
     ``--data``) replaces the section's ``path``."""
     from ..datasets import DatasetOptionsError, load_dataset
 
+    from ..datasets import detect_dataset
+
     opts = dict(spec.data)
     name = opts.pop("name")
     if path_override:
         if _canonical(name) == "synthetic":
             raise _spec_error(spec, "data", "--data (a folder) does not apply to synthetic data")
+        detected = detect_dataset(path_override)
+        if detected != "mnist" and _canonical(name) != detected:
+            # --data names a CIFAR-10 folder or an .npz: read it as that, keeping sizes
+            name = detected
+            opts = {k: v for k, v in opts.items() if k in ("train_size", "test_size")}
         opts["path"] = path_override
     try:
         return load_dataset(name, dtype=dtype, **opts)

@@ -25,11 +25,14 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_open
-from .named import DATASETS, DatasetOptionsError, load_dataset
+from .arrays import load_arrays, save_arrays
+from .cifar import load_cifar10, write_cifar10
+from .named import DATASETS, DatasetOptionsError, detect_dataset, load_dataset
 from .synthetic import synthetic_data
 
-__all__ = ["load_mnist", "read_idx", "write_idx", "mnist_info", "batches", "synthetic_data",
-           "load_dataset", "DATASETS", "DatasetOptionsError"]
+__all__ = ["load_mnist", "load_fashion_mnist", "load_cifar10", "write_cifar10", "load_arrays",
+           "save_arrays", "read_idx", "write_idx", "mnist_info", "batches", "synthetic_data",
+           "load_dataset", "detect_dataset", "DATASETS", "DatasetOptionsError"]
 
 # IDX type codes -> big-endian NumPy dtypes.
 _IDX_DTYPES: dict[int, np.dtype] = {
@@ -193,23 +196,31 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, *,
 # MNIST
 # ---------------------------------------------------------------------------
 
-def _find_mnist_file(folder: str, stems: tuple[str, str]) -> str:
+#: Where to download the IDX files of each data set read by :func:`_load_idx_folder`.
+_IDX_SOURCES = {
+    "MNIST": "https://yann.lecun.com/exdb/mnist/ (or any MNIST mirror)",
+    "Fashion-MNIST": "https://github.com/zalandoresearch/fashion-mnist (folder data/fashion)",
+}
+
+
+def _find_mnist_file(folder: str, stems: tuple[str, str], what: str = "MNIST") -> str:
     candidates = [stems[0], stems[0] + ".gz", stems[1], stems[1] + ".gz"]
     for c in candidates:
         p = os.path.join(folder, c)
         if os.path.isfile(p):
             return p
-    raise FileNotFoundError(f"{folder}: no MNIST file {stems[0]!r} found (looked for "
-                            f"{', '.join(candidates)})")
+    raise FileNotFoundError(f"{folder}: no {what} file {stems[0]!r} found (looked for "
+                            f"{', '.join(candidates)}); download the four IDX files from "
+                            f"{_IDX_SOURCES[what]} into this folder")
 
 
 def _validate_pair(images: np.ndarray, labels: np.ndarray, img_name: str,
-                   lab_name: str) -> None:
+                   lab_name: str, what: str = "MNIST") -> None:
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(f"{img_name}: expected MNIST images of shape (N, 28, 28) uint8, got "
+        raise ValueError(f"{img_name}: expected {what} images of shape (N, 28, 28) uint8, got "
                          f"{_dims(images.shape)} {images.dtype} (labels file: {lab_name})")
     if labels.dtype != np.uint8 or labels.ndim != 1:
-        raise ValueError(f"{lab_name}: expected MNIST labels of shape (N,) uint8, got "
+        raise ValueError(f"{lab_name}: expected {what} labels of shape (N,) uint8, got "
                          f"{_dims(labels.shape)} {labels.dtype} (images file: {img_name})")
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{img_name} holds {images.shape[0]} images but {lab_name} holds "
@@ -261,6 +272,28 @@ def load_mnist(path: str | os.PathLike | None = None, *, dtype: Any = np.float32
     needs a floating dtype), else holding the raw values 0..255.  Labels are
     ``int64`` of shape ``(N,)``.  Returned arrays are new and writable.
     """
+    dt = _image_dtype(dtype, normalize, flatten)
+    raw = _embedded_raw() if path is None else _load_idx_folder(path, "MNIST")
+    return _idx_splits(raw, dt, normalize, flatten)
+
+
+def load_fashion_mnist(path: str | os.PathLike, *, dtype: Any = np.float32,
+                       normalize: bool = True, flatten: bool = False
+                       ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Load Fashion-MNIST (Zalando's 70,000 28x28 grey images of 10 kinds of clothing) from a
+    folder holding its four IDX files, as :func:`load_mnist` loads MNIST: the files have the
+    same names and format (``train-images-idx3-ubyte.gz``, ...; get them from
+    https://github.com/zalandoresearch/fashion-mnist).  Nothing is embedded: ``path`` is
+    required."""
+    dt = _image_dtype(dtype, normalize, flatten)
+    if path is None:
+        raise ValueError("load_fashion_mnist: give the folder holding the Fashion-MNIST IDX "
+                         f"files (download them from {_IDX_SOURCES['Fashion-MNIST']})")
+    return _idx_splits(_load_idx_folder(path, "Fashion-MNIST"), dt, normalize, flatten)
+
+
+def _image_dtype(dtype, normalize, flatten):
+    """The checked pixel dtype of the image loaders."""
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
     if not isinstance(flatten, bool):
@@ -276,21 +309,26 @@ def load_mnist(path: str | os.PathLike | None = None, *, dtype: Any = np.float32
                          f"got {dt}; pass normalize=False for raw 0..255 values")
     if dt.kind == "i" and dt.itemsize == 1:
         raise ValueError(f"dtype {dt} cannot hold pixel values up to 255")
+    return dt
 
-    if path is None:
-        raw = _embedded_raw()
-    else:
-        folder = _check_path(path)
-        if not os.path.exists(folder):
-            raise FileNotFoundError(f"{folder}: MNIST folder not found")
-        if not os.path.isdir(folder):
-            raise NotADirectoryError(f"{folder}: expected a folder holding the MNIST IDX files")
-        files = {part: _find_mnist_file(folder, stems) for part, stems in _MNIST_FILES.items()}
-        raw = {part: read_idx(p) for part, p in files.items()}
-        for split in ("train", "test"):
-            _validate_pair(raw[f"{split}_images"], raw[f"{split}_labels"],
-                           files[f"{split}_images"], files[f"{split}_labels"])
 
+def _load_idx_folder(path, what):
+    """The four raw arrays of an MNIST-format folder, checked."""
+    folder = _check_path(path)
+    if not os.path.exists(folder):
+        raise FileNotFoundError(f"{folder}: {what} folder not found; download the four IDX files "
+                                f"from {_IDX_SOURCES[what]} into a folder and name it")
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"{folder}: expected a folder holding the {what} IDX files")
+    files = {part: _find_mnist_file(folder, stems, what) for part, stems in _MNIST_FILES.items()}
+    raw = {part: read_idx(p) for part, p in files.items()}
+    for split in ("train", "test"):
+        _validate_pair(raw[f"{split}_images"], raw[f"{split}_labels"],
+                       files[f"{split}_images"], files[f"{split}_labels"], what)
+    return raw
+
+
+def _idx_splits(raw, dt, normalize, flatten):
     def images(x: np.ndarray) -> np.ndarray:
         out = x.astype(dt, copy=True)
         if normalize:

@@ -1,15 +1,18 @@
 """Data sets by name, as a config's ``data`` entry names them: ``"mnist"`` (the embedded sample
-or a folder of IDX files) and ``"synthetic"`` (:func:`~cnnkit.datasets.synthetic_data`)."""
+or a folder of IDX files), ``"fashion-mnist"`` (a folder of its IDX files), ``"cifar10"`` (a
+folder of its binary files), ``"npz"`` (the user's arrays in one ``.npz``) and ``"synthetic"``
+(:func:`~cnnkit.datasets.synthetic_data`)."""
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import numpy as np
 
 from .synthetic import synthetic_data
 
-DATASETS = ("mnist", "synthetic")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "npz", "synthetic")
 
 
 class DatasetOptionsError(ValueError):
@@ -45,7 +48,16 @@ def load_dataset(name, *, dtype=np.float32, train_size=None, test_size=None, **o
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise DatasetOptionsError(f"{what} must be a positive int, got {n!r}")
     kind = _canonical(name)
-    if kind == "mnist":
+    if kind in ("fashionmnist", "cifar10", "npz"):
+        path = options.pop("path", None)
+        if options:
+            raise DatasetOptionsError(f"unknown {name} options {sorted(options)}; it takes "
+                                      "path, train_size, test_size")
+        if path is None:
+            raise DatasetOptionsError(f"{name} needs path = the folder (or, for npz, the file) "
+                                      "holding it")
+        (xtr, ytr), (xte, yte), what = _load_files(kind, path, dtype)
+    elif kind == "mnist":
         from . import load_mnist
 
         path = options.pop("path", None)
@@ -71,9 +83,52 @@ def load_dataset(name, *, dtype=np.float32, train_size=None, test_size=None, **o
             raise DatasetOptionsError(str(exc)) from None
         what = f"synthetic {xtr.shape[1:]} task, {len(np.unique(ytr))} classes"
     else:
-        raise DatasetOptionsError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+        raise DatasetOptionsError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}"
+                                  + _did_you_mean(name))
     if train_size:
         xtr, ytr = xtr[:train_size], ytr[:train_size]
     if test_size:
         xte, yte = xte[:test_size], yte[:test_size]
     return (xtr, ytr), (xte, yte), what
+
+
+def _did_you_mean(name):
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), DATASETS, n=2)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+
+
+def _load_files(kind, path, dtype):
+    from . import load_arrays, load_cifar10, load_fashion_mnist
+
+    if kind == "fashionmnist":
+        train, test = load_fashion_mnist(path, dtype=dtype)
+        return train, test, f"Fashion-MNIST from {path}"
+    if kind == "cifar10":
+        train, test = load_cifar10(path, dtype=dtype)
+        return train, test, f"CIFAR-10 from {path}"
+    train, test = load_arrays(path, dtype=dtype)
+    what = f"arrays from {path}"
+    if test is None:  # hold out the last tenth, as Keras' validation_split does
+        x, y = train
+        cut = len(x) - max(1, len(x) // 10)
+        if cut < 1:
+            raise DatasetOptionsError(f"{path}: {len(x)} samples and no x_test/y_test: too few "
+                                      "to hold out a test split")
+        train, test = (x[:cut], y[:cut]), (x[cut:], y[cut:])
+        what += f" (no test arrays: the last {len(test[0])} samples held out)"
+    return train, test, what
+
+
+def detect_dataset(path) -> str:
+    """The data set name a ``--data`` path holds: ``npz`` for a ``.npz`` file, ``cifar10`` for a
+    folder of CIFAR-10 binary files, else ``mnist`` (IDX files, MNIST or Fashion-MNIST: the two
+    have the same files and shapes)."""
+    p = os.fspath(path)
+    if p.lower().endswith(".npz") or os.path.isfile(p):
+        return "npz"
+    for folder in (p, os.path.join(p, "cifar-10-batches-bin")):
+        if os.path.isfile(os.path.join(folder, "test_batch.bin")):
+            return "cifar10"
+    return "mnist"
