@@ -83,8 +83,6 @@ def cmd_train(args) -> int:
                 from_spec(args.augment)
             except ValueError as exc:
                 raise CommandError(f"--augment: {exc}") from None
-        if args.data is not None and not os.path.exists(args.data):
-            raise CommandError(f"--data {args.data}: no such file or folder")
         if args.config is not None:
             return _train_config(args)
         for key, value in _DEFAULTS.items():
@@ -116,6 +114,8 @@ def _check_outputs(args) -> None:
         if not os.path.isdir(folder):
             raise CommandError(f"--plot {args.plot}: {folder} is not a folder")
         _probe("--plot", args.plot, folder, lambda dir: os.rmdir(tempfile.mkdtemp(dir=dir)))
+    if args.data is not None and not os.path.exists(args.data):  # after the outputs: a bad
+        raise CommandError(f"--data {args.data}: no such file or folder")  # output is worse
 
 
 def _probe(option, path, folder, make):
