@@ -381,12 +381,41 @@ class Model:
         total = self.num_params()
         nbytes = sum(p.nbytes for p in self.named_parameters().values())
         out.append(f"Total params: {total:,} ({nbytes / 1024:.1f} KiB)")
-        out.append(f"Trainable params: {total:,}")
+        trainable = sum(layer.num_params() for layer in self.layers if layer.trainable)
+        out.append(f"Trainable params: {trainable:,}")
+        if trainable != total:
+            out.append(f"Frozen params: {total - trainable:,}")
         return "\n".join(out)
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name!r}: {len(self.nodes)} layers, " \
                f"{self.num_params():,} params>"
+
+    # ------------------------------------------------------------------ training
+    def fit(self, x, y=None, *, validation_data=None, optimizer="adam", **kwargs):
+        """Train this model, as Keras' ``model.fit``: ``model.fit(x, y, epochs=5,
+        validation_data=(xv, yv))``, or ``model.fit(batches)`` with any re-iterable of
+        ``(x_batch, y_batch)`` pairs.  ``optimizer`` is an optimizer object or a registered
+        name (``"adam"``, ``"sgd"``, ...; built with its defaults for this model's parameters).
+        Other arguments are those of :func:`cnnkit.train.fit`; returns its History."""
+        from .optim import Optimizer, create
+        from .train import fit
+
+        if isinstance(optimizer, str):
+            optimizer = create(optimizer, self)
+        elif not (isinstance(optimizer, Optimizer) or callable(getattr(optimizer, "step", None))):
+            raise TypeError(f"{self.name}.fit: optimizer must be an optimizer or a registered "
+                            f"name, got {optimizer!r}")
+        train = x if y is None else (x, y)
+        return fit(self, train, validation_data, optimizer=optimizer, **kwargs)
+
+    def evaluate(self, x, y=None, *, batch_size: int = 256, loss=None, metrics=None) -> dict:
+        """Loss, accuracy and the ``metrics`` named (see :mod:`cnnkit.metrics`) on ``(x, y)``
+        in inference mode: ``model.evaluate(x_test, y_test, metrics=["top_k_accuracy:5"])``."""
+        from .train import evaluate
+
+        data = x if y is None else (x, y)
+        return evaluate(self, data, loss=loss, batch_size=batch_size, metrics=metrics)
 
 
 Graph = Model

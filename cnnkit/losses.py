@@ -199,6 +199,8 @@ class L2Penalty:
         for layer in layers:
             if getattr(layer, "is_normalization", False) and not self.include_norm:
                 continue
+            if not getattr(layer, "trainable", True):  # frozen: its penalty is a constant
+                continue
             for key, p in layer.params.items():
                 if p is None or (key == "bias" and not self.include_biases):
                     continue

@@ -44,8 +44,8 @@ from . import _random
 from .losses import Loss, SoftmaxCrossEntropy
 
 __all__ = ["fit", "evaluate", "History", "ProgressBar", "Callback", "EarlyStopping",
-           "LambdaCallback", "save_checkpoint", "load_checkpoint", "CheckpointError",
-           "CHECKPOINT_FORMAT"]
+           "LambdaCallback", "CSVLogger", "JSONLinesLogger", "save_checkpoint", "load_checkpoint",
+           "CheckpointError", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "cnnkit-checkpoint"
 _CHECKPOINT_VERSION = 1
@@ -274,6 +274,65 @@ class EarlyStopping(Callback):
         self.best_weights = None if bw is None else {k: np.array(v) for k, v in bw.items()}
 
 
+class _EpochLogger(Callback):
+    """One line per epoch, written and flushed as soon as the epoch ends (a crash loses at
+    most the epoch in progress).  A new run truncates the file; a resumed run
+    (``fit(resume_from=...)``) or ``append=True`` adds to it."""
+
+    suffix = ""
+
+    def __init__(self, path, append: bool = False):
+        import os
+
+        if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"{type(self).__name__}: path must be a str or os.PathLike, got "
+                            f"{type(path).__name__}")
+        if not isinstance(append, bool):
+            raise TypeError(f"{type(self).__name__}: append must be True or False")
+        self.path, self.append = os.fspath(path), append
+        self._file = None
+
+    def on_train_begin(self, logs):
+        resumed = bool(logs.get("initial_epoch"))
+        self._file = open(self.path, "a" if (self.append or resumed) else "w",
+                          encoding="utf-8", newline="")
+        self._header = self._file.tell() == 0
+
+    def on_epoch_end(self, epoch, logs):
+        self._write({"epoch": epoch, **{k: v for k, v in logs.items() if k != "epoch"}})
+        self._file.flush()
+
+    def on_train_end(self, logs):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class CSVLogger(_EpochLogger):
+    """Per-epoch metrics as CSV (``epoch,loss,accuracy,val_loss,...``), as Keras' CSVLogger."""
+
+    def _write(self, row):
+        import csv
+
+        writer = csv.writer(self._file)
+        if self._header:
+            writer.writerow(list(row))
+            self._columns = list(row)
+            self._header = False
+        elif not hasattr(self, "_columns"):
+            self._columns = list(row)
+        writer.writerow([row.get(k, "") for k in self._columns])
+
+
+class JSONLinesLogger(_EpochLogger):
+    """Per-epoch metrics as JSON lines (one object per epoch)."""
+
+    def _write(self, row):
+        import json
+
+        self._file.write(json.dumps(row) + "\n")
+
+
 def _early_stopping(spec):
     if spec is None or spec is False:
         return None
@@ -304,15 +363,23 @@ def _is_classification(out, yb):
     return out.ndim == 2 and yb.ndim == 1 and yb.dtype.kind in "iu"
 
 
-def evaluate(model, data, *, loss: Loss | None = None, batch_size: int = 256) -> dict:
-    """Mean loss and accuracy (for class-label targets; else None) of ``model`` on ``data`` in
-    inference mode."""
+def evaluate(model, data, *, loss: Loss | None = None, batch_size: int = 256,
+             metrics=None) -> dict:
+    """Mean loss and accuracy (for class-label targets; else None) of ``model`` on ``data`` =
+    (x, y) in inference mode, plus the ``metrics`` named (:mod:`cnnkit.metrics`:
+    ``"top_k_accuracy:5"``, ``"confusion_matrix"``, ``"per_class_accuracy"``, ...)."""
     x, y = _check_data("data", data, "evaluate")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"evaluate: batch_size must be a positive int, got {batch_size!r}")
+    from .metrics import parse_metric
+
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    extra = [parse_metric(m) for m in (metrics or ())]
     loss = loss or SoftmaxCrossEntropy()
     total, correct, n = 0.0, 0, 0
     classify = True
+    scores = []
     for i in range(0, len(x), batch_size):
         out = model.forward(x[i:i + batch_size], training=False)
         yb = y[i:i + batch_size]
@@ -320,10 +387,20 @@ def evaluate(model, data, *, loss: Loss | None = None, batch_size: int = 256) ->
         loss._ctx = None
         if _is_classification(out, yb):
             correct += int(np.sum(np.argmax(out, axis=1) == yb))
+            if extra:
+                scores.append(np.array(out, copy=True))
         else:
             classify = False
         n += len(yb)
-    return {"loss": total / n, "accuracy": correct / n if classify else None}
+    result = {"loss": total / n, "accuracy": correct / n if classify else None}
+    if extra:
+        if not classify:
+            raise ValueError("evaluate: metrics other than the loss need class-label targets "
+                             "and (N, classes) outputs")
+        s = np.concatenate(scores)
+        for key, fn in extra:
+            result[key] = fn(y, s)
+    return result
 
 
 def _regularize(regularizer, model):
@@ -336,6 +413,24 @@ def _regularize(regularizer, model):
     value = float(forward(model))
     regularizer.backward(model)
     return value
+
+
+def _clipper(max_norm, max_value):
+    """The gradient clipping ``fit`` applies after each backward pass (or None), its
+    arguments checked before training starts."""
+    from .optim.base import _check_hyper
+    from .optim.clip import clip_grad_norm, clip_grad_value
+
+    steps = []
+    if max_norm is not None:
+        max_norm = _check_hyper("fit", "clip_grad_norm", max_norm, low_open=True)
+        steps.append(lambda model: clip_grad_norm(model, max_norm))
+    if max_value is not None:
+        max_value = _check_hyper("fit", "clip_grad_value", max_value, low_open=True)
+        steps.append(lambda model: clip_grad_value(model, max_value))
+    if not steps:
+        return None
+    return lambda model: [step(model) for step in steps]
 
 
 def _needs_closure(optimizer):
@@ -380,7 +475,8 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
         callbacks=(), early_stopping=None, checkpoint=None, checkpoint_every: int = 1,
         scheduler=None, regularizer=None, initial_epoch: int = 0, resume_from=None,
         verbose: bool = True, stream=None, check_finite: bool = False,
-        transform=None) -> History:
+        transform=None, clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None) -> History:
     """Train ``model`` on ``train`` up to epoch ``epochs``; report metrics on ``val``.
 
     * ``train`` is a pair ``(x, y)`` of arrays (shuffled and cut into ``batch_size`` batches
@@ -405,6 +501,8 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
       the layers' generators and the callbacks; training continues at the epoch after it, up to
       ``epochs``).  ``initial_epoch``: start numbering after this epoch without loading anything.
 
+    * ``clip_grad_norm`` / ``clip_grad_value``: clip the gradients after every backward pass,
+      before the step (:func:`cnnkit.optim.clip_grad_norm`, :func:`~cnnkit.optim.clip_grad_value`).
     * ``check_finite``: stop at the first NaN/Inf that any layer produces (in its output or a
       gradient) with a ``FloatingPointError`` naming that layer; off by default (it costs one
       pass over every array).
@@ -456,6 +554,7 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
                         f"backward(model) (cnnkit.losses.L2Penalty) or a number, got "
                         f"{regularizer!r}")
 
+    clip = _clipper(clip_grad_norm, clip_grad_value)
     history = History()
     if resume_from is not None:
         initial_epoch, history = load_checkpoint(resume_from, model, optimizer,
@@ -471,14 +570,14 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
     try:
         return _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rng,
                          callbacks, checkpoint, checkpoint_every, scheduler, regularizer,
-                         initial_epoch, verbose, stream, history, steps, state, transform)
+                         initial_epoch, verbose, stream, history, steps, state, transform, clip)
     finally:
         model.check_finite = previous_check
 
 
 def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rng, callbacks,
               checkpoint, checkpoint_every, scheduler, regularizer, initial_epoch, verbose,
-              stream, history, steps, state, transform=None):
+              stream, history, steps, state, transform=None, clip=None):
     for cb in callbacks:
         cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch,
                            "steps_per_epoch": steps})
@@ -511,6 +610,8 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
                 model.backward(loss.backward(), input_grads=False)
                 if regularizer is not None:
                     value += _regularize(regularizer, model)
+                if clip is not None:
+                    clip(model)
                 result.setdefault("out", out)
                 result.setdefault("value", value)
                 return value

@@ -202,6 +202,21 @@ class Layer:
     def eval(self):
         return self.train(False)
 
+    #: ``False`` freezes the layer's parameters for fine-tuning: every optimizer leaves them
+    #: as they are (weight decay included) and L2 penalties skip them; gradients still flow
+    #: through the layer to the layers before it.
+    _trainable = True
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{self.name}: trainable must be True or False, got {value!r}")
+        self._trainable = bool(value)
+
     def astype(self, dtype):
         """Cast the parameters to float32 or float64 (in place) and return self."""
         dtype = np.dtype(dtype)

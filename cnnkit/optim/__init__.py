@@ -31,7 +31,9 @@ State
 :mod:`cnnkit.io` and are re-exported here.
 
 Modules: :mod:`.base` (``Optimizer`` and the shared checks), :mod:`.sgd`, :mod:`.adaptive`
-(Adam, AdamW, RMSProp, AdaGrad), :mod:`.lbfgs`.
+(Adam, AdamW, RMSProp, AdaGrad), :mod:`.lbfgs`, :mod:`.clip` (gradient clipping by norm and by
+value, as ``torch.nn.utils``).  Every optimizer leaves the parameters of frozen layers
+(``layer.trainable = False``) untouched.
 """
 from __future__ import annotations
 
@@ -39,11 +41,13 @@ from ..io import flatten_state, unflatten_state
 from ..plugins import get_registry
 from .adaptive import AdaGrad, Adagrad, Adam, AdamW, RMSProp, RMSprop
 from .base import Optimizer
+from .clip import clip_grad_norm, clip_grad_value
 from .lbfgs import LBFGS
 from .sgd import SGD
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSProp", "RMSprop", "AdaGrad", "Adagrad",
-           "LBFGS", "create", "available", "flatten_state", "unflatten_state"]
+           "LBFGS", "create", "available", "flatten_state", "unflatten_state", "clip_grad_norm",
+           "clip_grad_value"]
 
 
 def create(name: str, model_or_params, **hyperparameters) -> Optimizer:

@@ -28,6 +28,11 @@ def _parameters(owner, model_or_params):
     return params
 
 
+def _trainable(p) -> bool:
+    """Whether parameter ``p`` belongs to a layer that is not frozen."""
+    return getattr(p.layer, "trainable", True)
+
+
 def _is_number(value):
     return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(
         value, (bool, np.bool_))
@@ -114,10 +119,12 @@ class Optimizer:
 
     def _grads(self):
         """(parameter, gradient) for every parameter that has a gradient; the gradient is in
-        the parameter's dtype (never the stored array itself when a cast was needed)."""
+        the parameter's dtype (never the stored array itself when a cast was needed).  Frozen
+        layers' parameters (``layer.trainable = False``) are left out, so no update and no
+        weight decay touches them."""
         for p in self.params:
             g = p.grad
-            if g is None:
+            if g is None or not _trainable(p):
                 continue
             w = p.value
             g = np.asarray(g)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Optimizer, _check_hyper, _check_int
+from .base import Optimizer, _check_hyper, _check_int, _trainable
 
 
 # --------------------------------------------------------------------------- L-BFGS
@@ -168,7 +168,7 @@ class LBFGS(Optimizer):
         for p in self.params:
             g = p.grad
             w = p.value
-            if g is None:
+            if g is None or not _trainable(p):  # a zero gradient leaves frozen values alone
                 parts.append(np.zeros(w.size, dtype=dtype))
             else:
                 g = np.asarray(g)
