@@ -253,7 +253,7 @@ class Registry:
         text = f"cnnkit plugin {info.name!r} ({info.module}) failed and was skipped: {message}"
         if strict:
             raise PluginError(text + " [CNNKIT_STRICT_PLUGINS is set]")
-        warnings.warn(text, PluginWarning, stacklevel=3)
+        warnings.warn(text, PluginWarning, stacklevel=_caller_level())
 
     # ------------------------------------------------------------------ registration
     def _check(self, kind, plugin, staged, *args, **kwargs) -> None:
@@ -449,6 +449,18 @@ def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float3
     return Variant(layer_type=layer_type.lower(), name=name, impl=impl, plugin=plugin,
                    priority=priority, dtypes=dtypes, capabilities=frozenset(capabilities),
                    supports=supports, description=description, skips_input_grad=skips)
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside cnnkit (the user's
+    line that loaded the plugins), not at cnnkit's own ``reg.load()``."""
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _did_you_mean(word: str, candidates) -> str:

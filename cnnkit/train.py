@@ -415,6 +415,15 @@ def _regularize(regularizer, model):
     return value
 
 
+def _non_finite(xb, epoch, step):
+    """Raise the error for a model output holding NaN/Inf: bad input data, or divergence."""
+    where = f"epoch {epoch}, step {step + 1}"
+    if np.asarray(xb).dtype.kind == "f" and not np.isfinite(xb).all():
+        raise ValueError(f"fit: the input batch of {where} holds NaN or infinite values")
+    raise FloatingPointError(f"fit: the model's output became NaN/Inf at {where}; the training "
+                             "diverged (lower the learning rate)")
+
+
 def _clipper(max_norm, max_value):
     """The gradient clipping ``fit`` applies after each backward pass (or None), its
     arguments checked before training starts."""
@@ -605,6 +614,8 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
 
             def closure():
                 out = model.forward(xb, training=True)
+                if out.dtype.kind == "f" and not np.isfinite(out).all():
+                    _non_finite(xb, epoch, step)
                 value = loss.forward(out, yb)
                 optimizer.zero_grad()
                 model.backward(loss.backward(), input_grads=False)
@@ -800,15 +811,16 @@ def load_checkpoint(path, model, optimizer=None, *, scheduler=None, rng=None, ca
     if optimizer is not None:
         saved = meta.get("optimizer")
         if saved != type(optimizer).__name__:
-            raise CheckpointError(f"{where}: the checkpoint holds the state of a {saved} "
-                                  f"optimizer, cannot resume a {type(optimizer).__name__}")
+            raise CheckpointError(f"{where}: the checkpoint holds optimizer state of type {saved}; "
+                                  f"cannot resume an optimizer of type "
+                                  f"{type(optimizer).__name__}")
         if "optimizer" not in tree:
             raise CheckpointError(f"{where}: corrupt checkpoint: no optimizer state")
     if scheduler is not None and meta.get("scheduler") != type(scheduler).__name__:
         raise CheckpointError(f"{where}: the checkpoint holds "
-                              + (f"a {meta.get('scheduler')} schedule" if meta.get("scheduler")
-                                 else "no schedule state")
-                              + f", cannot resume a {type(scheduler).__name__}")
+                              + (f"schedule state of type {meta.get('scheduler')}"
+                                 if meta.get("scheduler") else "no schedule state")
+                              + f"; cannot resume a schedule of type {type(scheduler).__name__}")
     gens = _layer_generators(model)
     saved_gens = tree.get("rng", {})
     missing = sorted(set(gens) - set(saved_gens))

@@ -230,7 +230,7 @@ def test_bad_checkpoints_name_the_file_and_tensor(data, tmp_path):
 
     # another optimizer
     fresh = small_model()
-    with pytest.raises(CheckpointError, match=r"c\.npz.*SGD optimizer, cannot resume a Adam"):
+    with pytest.raises(CheckpointError, match=r"c\.npz.*optimizer state of type SGD; cannot resume an optimizer of type Adam"):
         load_checkpoint(ckpt, fresh, ck.optim.Adam(fresh))
 
     # truncated file

@@ -32,7 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None):
+    # a user of the command line needs the warning, not the source line that raised it
+    return f"cnnkit: {category.__name__}: {message}\n"
+
+
 def main(argv=None) -> int:
+    import warnings
+
+    previous, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -83,15 +83,31 @@ def cmd_train(args) -> int:
                 from_spec(args.augment)
             except ValueError as exc:
                 raise CommandError(f"--augment: {exc}") from None
-        if args.config is not None:
-            return _train_config(args)
-        for key, value in _DEFAULTS.items():
-            if getattr(args, key) is None:
-                setattr(args, key, value)
-        _check_outputs(args)
-        return _train_lenet5(args)
+        import numpy as np  # noqa: PLC0415 - the command's own imports stay lazy
+
+        # a diverging run overflows on its way to NaN; the loss check below says so in one
+        # line with a hint instead of NumPy's warnings from inside the kernels
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            try:
+                if args.config is not None:
+                    return _train_config(args)
+                return _train_default(args)
+            except FloatingPointError as exc:
+                lr = f"; --lr was {args.lr}" if args.lr is not None else ""
+                raise CommandError(f"{exc}{lr}") from None
     except CommandError as exc:
         return _fail("train", str(exc))
+
+
+def _train_default(args) -> int:
+    """LeNet-5 with the defaults of the options not given (remembered, for --resume)."""
+    args.explicit = {k for k in _DEFAULTS if getattr(args, k) is not None}
+    for key, value in _DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    _check_outputs(args)
+    _check_resume(args, args.epochs)
+    return _train_lenet5(args)
 
 
 def _check_outputs(args) -> None:
@@ -118,6 +134,33 @@ def _check_outputs(args) -> None:
         raise CommandError(f"--data {args.data}: no such file or folder")  # output is worse
 
 
+def _check_resume(args, epochs):
+    """With --resume: the checkpoint must be readable and hold fewer epochs than asked for."""
+    if not args.resume:
+        return
+    from ..io import load_weights
+
+    try:
+        _, meta = load_weights(args.resume)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"--resume {args.resume}: {exc}") from None
+    done = meta.get("epoch")
+    if not isinstance(done, int):
+        raise CommandError(f"--resume {args.resume}: not a cnnkit training checkpoint")
+    if epochs <= done:
+        raise CommandError(f"--resume {args.resume}: the checkpoint is at epoch {done}, so "
+                           f"--epochs {epochs} leaves nothing to train; ask for more than "
+                           f"{_plural(done, 'epoch')}")
+
+
+def _overrides(args, explicit):
+    """{optimizer hyper-parameter: (option, value)} for the options given on the command line,
+    which win over a resumed checkpoint's values."""
+    return {key: (f"--{key.replace('_', '-')}", getattr(args, key))
+            for key in ("lr", "momentum", "weight_decay")
+            if key in explicit and getattr(args, key) is not None}
+
+
 def _probe(option, path, folder, make):
     # os.access says yes to root even where writing fails (/proc, read-only mounts): try it
     try:
@@ -129,13 +172,65 @@ def _probe(option, path, folder, make):
         handle.close()
 
 
-def _print_epochs(history, out):
-    for e in history.epochs:
-        parts = [f"epoch {e['epoch']:>3}: loss {e['loss']:.4f}"]
-        for key in ("accuracy", "val_loss", "val_accuracy"):
-            if e.get(key) is not None:
-                parts.append(f"{key} {e[key]:.4f}")
-        print("  ".join(parts) + f"  ({e['time']:.1f}s)", file=out)
+def _plural(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _epoch_line(e):
+    parts = [f"epoch {e['epoch']:>3}: loss {e['loss']:.4f}"]
+    for key in ("accuracy", "val_loss", "val_accuracy"):
+        if e.get(key) is not None:
+            parts.append(f"{key} {e[key]:.4f}")
+    return "  ".join(parts) + f"  ({e['time']:.1f}s)"
+
+
+def _reporter(out, err, quiet, resume, overrides):
+    """The callback that prints the run: on a terminal a live bar per epoch on ``err``, replaced
+    by the epoch's line on ``out`` when it ends; elsewhere only that line, flushed at once.  On
+    resume it says what it resumed and applies the options given explicitly (``overrides``:
+    {hyper-parameter: (option, value)}) over the checkpoint's, printing each."""
+    from ..train import Callback, ProgressBar
+
+    class Reporter(Callback):
+        bar = None
+
+        def on_train_begin(self, logs):
+            self.epochs = logs["epochs"]
+            self.steps = logs["steps_per_epoch"]
+            if resume:
+                opt = self.trainer.optimizer
+                first = logs["initial_epoch"] + 1
+                todo = (f"epoch {first}" if first == self.epochs
+                        else f"epochs {first}-{self.epochs}")
+                print(f"resumed from {resume} after epoch {logs['initial_epoch']}; training "
+                      f"{todo}", file=out)
+                for key, (option, value) in overrides.items():
+                    if key in opt.hyper and opt.hyper[key] != value:
+                        print(f"{option} {value} overrides the checkpoint's {key} "
+                              f"{opt.hyper[key]}", file=out)
+                        setattr(opt, key, value) if key == "lr" else opt.hyper.__setitem__(
+                            key, value)
+                hyper = ", ".join(f"{k} {v}" for k, v in opt.hyper.items()
+                                  if k in ("lr", "momentum", "weight_decay", "betas"))
+                print(f"optimizer: {type(opt).__name__} {hyper}", file=out)
+                out.flush()
+
+        def on_epoch_begin(self, epoch, logs):
+            live = not quiet and hasattr(err, "isatty") and err.isatty()
+            self.bar = ProgressBar(self.steps, f"epoch {epoch}/{self.epochs}", err) if live \
+                else None
+
+        def on_batch_end(self, batch, logs):
+            if self.bar is not None:
+                self.bar.update(batch, f"loss {logs['loss']:.4f}")
+
+        def on_epoch_end(self, epoch, logs):
+            if self.bar is not None:
+                err.write("\r\033[K")  # the bar gives way to the epoch's line
+                err.flush()
+            print(_epoch_line(logs), file=out, flush=True)
+
+    return Reporter()
 
 
 def _finish(args, model, history, n_test, t0, out, metadata):
@@ -195,15 +290,17 @@ def _train_lenet5(args) -> int:
         print(model.summary(), file=out)
         opt = optim.SGD(model, lr=args.lr, momentum=args.momentum,
                         weight_decay=args.weight_decay)
-        print(f"training: {args.epochs} epochs, batch {args.batch_size}, SGD lr {args.lr} "
-              f"momentum {args.momentum}, seed {args.seed}", file=out)
+        if not args.resume:
+            print(f"training: {_plural(args.epochs, 'epoch')}, batch {args.batch_size}, SGD lr "
+                  f"{args.lr} momentum {args.momentum}, seed {args.seed}", file=out)
         out.flush()
+        report = _reporter(out, sys.stderr, args.quiet, args.resume,
+                           _overrides(args, args.explicit))
         history = fit(model, (x_train, y_train), (x_test, y_test), optimizer=opt,
                       epochs=args.epochs, batch_size=args.batch_size, rng=rng,
-                      verbose=not args.quiet, stream=sys.stderr, checkpoint=args.checkpoint,
+                      verbose=False, callbacks=[report], checkpoint=args.checkpoint,
                       checkpoint_every=args.checkpoint_every or 1, resume_from=args.resume,
                       transform=transform)
-    _print_epochs(history, out)
     _finish(args, model, history, len(x_test), t0, out, {})
     return 0
 
@@ -229,6 +326,7 @@ def _train_config(args) -> int:
         args.output = (spec.output or os.path.splitext(os.path.basename(args.config))[0]
                        + ".safetensors")
     _check_outputs(args)
+    _check_resume(args, spec.epochs)
     dtype = np.dtype(args.dtype or cfg.get("dtype", "float32"))
     (x_train, y_train), (x_test, y_test), source = C.load_data(spec, dtype=dtype,
                                                                path_override=args.data)
@@ -247,18 +345,23 @@ def _train_config(args) -> int:
             print(f"augment: {transform.describe()}", file=out)
         hyper = ", ".join(f"{k} {v}" for k, v in opt.hyper.items()
                           if k in ("lr", "momentum", "weight_decay", "betas"))
-        print(f"training: {spec.epochs} epochs, batch {spec.batch_size}, "
+        print(f"training: {_plural(spec.epochs, 'epoch')}, batch {spec.batch_size}, "
               f"{type(opt).__name__} {hyper}"
               + (f", schedule {type(scheduler).__name__}" if scheduler else "")
               + f", loss {type(loss).__name__}, seed {spec.seed}", file=out)
         out.flush()
+        from ..train import _early_stopping
+
+        report = _reporter(out, sys.stderr, args.quiet, args.resume,
+                           _overrides(args, {"lr", "momentum", "weight_decay"}))
+        # the early stopper keeps callback slot 0, where checkpoints have always held its state
+        stopper = _early_stopping(spec.early_stopping)
         history = fit(model, (x_train, y_train), (x_test, y_test), optimizer=opt, loss=loss,
                       epochs=spec.epochs, batch_size=spec.batch_size, shuffle=spec.shuffle,
                       rng=rng, scheduler=scheduler, regularizer=regularizer,
-                      early_stopping=spec.early_stopping, verbose=not args.quiet,
-                      stream=sys.stderr, checkpoint=args.checkpoint,
+                      callbacks=[c for c in (stopper, report) if c is not None], verbose=False,
+                      checkpoint=args.checkpoint,
                       checkpoint_every=args.checkpoint_every, resume_from=args.resume,
                       transform=transform)
-    _print_epochs(history, out)
     _finish(args, model, history, len(x_test), t0, out, {})  # model.save stores the config
     return 0
