@@ -178,7 +178,35 @@ class Registry:
             except Exception as exc:
                 self._fail(info, f"import failed: {type(exc).__name__}: {exc}", strict)
                 continue
-            self.register_plugin(module, info, strict=strict)
+            self.register_plugin(module, info, strict=strict, deferred=True)
+        self._check_variant_layer_types(strict)
+
+    def _check_variant_layer_types(self, strict, only=None) -> None:
+        """A plugin whose variants name a layer type no plugin registered fails as a whole
+        (checked once every plugin has loaded, as one plugin may add variants for another's
+        layer type): its registrations are withdrawn and the reason recorded."""
+        for info in list(self.plugins.values()):
+            if (only is not None and info is not only) or info.error:
+                continue
+            unknown = sorted({key.split("/")[0] for key in info.registered["variant"]}
+                             - set(self.layer_types))
+            if not unknown:
+                continue
+            for kind, keys in info.registered.items():
+                for key in keys:
+                    if kind == "variant":
+                        layer_type, name = key.split("/", 1)
+                        self.variants.get(layer_type, {}).pop(name, None)
+                        if not self.variants.get(layer_type, True):
+                            del self.variants[layer_type]
+                    else:
+                        {"layer": self.layer_types, "optimizer": self.optimizers,
+                         "initializer": self.initializers}[kind].pop(key, None)
+                keys.clear()
+            hints = "".join(_did_you_mean(t, self.layer_types) for t in unknown)
+            self._fail(info, "registers variants for layer type(s) no plugin registered: "
+                       + ", ".join(repr(t) for t in unknown) + hints
+                       + "; register the layer class with cnnkit_register_layers", strict)
 
     def _entry_point_candidates(self):
         allow = _env_list("CNNKIT_LOAD_PLUGINS")
@@ -202,8 +230,12 @@ class Registry:
                 info.name = f"{ep.name} ({dist_name})"
             yield info, ep.load
 
-    def register_plugin(self, module, info: PluginInfo | str, *, strict: bool | None = None) -> bool:
-        """Register a plugin object and run its hooks.  Returns False if it failed."""
+    def register_plugin(self, module, info: PluginInfo | str, *, strict: bool | None = None,
+                        deferred: bool = False) -> bool:
+        """Register a plugin object and run its hooks.  Returns False if it failed.
+
+        ``deferred``: leave the check that its variants' layer types exist to the caller
+        (:meth:`load` checks once every plugin is in)."""
         if strict is None:
             strict = os.environ.get("CNNKIT_STRICT_PLUGINS", "") not in ("", "0")
         if isinstance(info, str):
@@ -245,6 +277,9 @@ class Registry:
         for kind, args, kwargs in staged:
             key = self._commit(kind, info.name, *args, **kwargs)
             info.registered[kind].append(key)
+        if not deferred:
+            self._check_variant_layer_types(strict, only=info)
+            return info.error is None
         return True
 
     def _fail(self, info: PluginInfo, message: str, strict: bool) -> None:

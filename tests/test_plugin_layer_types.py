@@ -1,0 +1,71 @@
+"""A plugin whose variants name a layer type nobody registered fails as a whole, with the
+reason; variants for another plugin's layer type are fine whatever the loading order."""
+import warnings
+
+import pytest
+
+import cnnkit as ck
+from cnnkit.layers import ReLU
+from cnnkit.plugins import PluginWarning, Registry, hookimpl
+
+from cnnkit.builtin.activation import ReluNumpy
+
+
+class Typo:
+    @hookimpl
+    def cnnkit_register_variants(register):
+        register("relu", "typo_ok", ReluNumpy)
+        register("rleu", "typo_fast", ReluNumpy)
+
+    @hookimpl
+    def cnnkit_register_optimizers(register):
+        register("typo_sgd", ck.optim.SGD)
+
+
+class NewType(ReLU):
+    layer_type = "newtype"
+
+
+class Provider:
+    @hookimpl
+    def cnnkit_register_layers(register):
+        register("newtype", NewType)
+
+
+class Consumer:
+    @hookimpl
+    def cnnkit_register_variants(register):
+        register("newtype", "fast", ReluNumpy)
+
+
+def _registry():
+    reg = Registry()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg.load(entry_points=False)
+    return reg
+
+
+def test_variants_for_an_unknown_layer_type_fail_the_plugin():
+    reg = _registry()
+    with pytest.warns(PluginWarning, match=r"'rleu'.*did you mean 'relu'"):
+        assert not reg.register_plugin(Typo, "typo")
+    info = reg.plugins["typo"]
+    assert "layer type(s) no plugin registered: 'rleu'" in info.error
+    # the plugin is skipped whole, like any failed plugin: nothing it registered stays
+    assert "typo_ok" not in reg.variants["relu"] and "rleu" not in reg.variants
+    assert "typo_sgd" not in reg.optimizers
+    assert all(not keys for keys in info.registered.values())
+
+
+def test_variants_for_another_plugins_layer_type_in_any_order():
+    reg = _registry()
+    reg.register_plugin(Provider, "provider")
+    assert reg.register_plugin(Consumer, "consumer")
+    assert "fast" in reg.variants["newtype"]
+    # while loading, the consumer may come first: the check waits for every plugin
+    reg = _registry()
+    assert reg.register_plugin(Consumer, "consumer", deferred=True)
+    reg.register_plugin(Provider, "provider")
+    reg._check_variant_layer_types(strict=False)
+    assert reg.plugins["consumer"].error is None and "fast" in reg.variants["newtype"]
