@@ -167,7 +167,8 @@ class Registry:
         strict = os.environ.get("CNNKIT_STRICT_PLUGINS", "") not in ("", "0")
         candidates: list[tuple[PluginInfo, Callable[[], Any]]] = []
         for modname in builtins:
-            info = PluginInfo(name=modname, module=modname, source="builtin", distribution="cnnkit")
+            info = PluginInfo(name=modname, module=modname, source="builtin", distribution="cnnkit",
+                              version=_cnnkit_version())
             candidates.append((info, lambda m=modname: importlib.import_module(m)))
         if entry_points:
             candidates.extend(self._entry_point_candidates())
@@ -484,6 +485,12 @@ def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float3
     return Variant(layer_type=layer_type.lower(), name=name, impl=impl, plugin=plugin,
                    priority=priority, dtypes=dtypes, capabilities=frozenset(capabilities),
                    supports=supports, description=description, skips_input_grad=skips)
+
+
+def _cnnkit_version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _caller_level() -> int:

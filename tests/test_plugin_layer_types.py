@@ -69,3 +69,16 @@ def test_variants_for_another_plugins_layer_type_in_any_order():
     reg.register_plugin(Provider, "provider")
     reg._check_variant_layer_types(strict=False)
     assert reg.plugins["consumer"].error is None and "fast" in reg.variants["newtype"]
+
+
+def test_plugins_listing_fits_100_columns_and_names_builtin_versions():
+    import json
+
+    from test_cli import run_cli
+
+    res = run_cli("plugins")
+    assert res.returncode == 0, res.stderr
+    assert max(len(line) for line in res.stdout.splitlines()) <= 100
+    assert "relu/numpy" in res.stdout and "logsoftmax/cython" in res.stdout  # wrapped, not cut
+    rows = json.loads(run_cli("plugins", "--json").stdout)["plugins"]
+    assert all(r["version"] == ck.__version__ for r in rows if r["source"] == "builtin")

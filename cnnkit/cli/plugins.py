@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 
 from ._common import _registry
 
@@ -24,18 +25,19 @@ def cmd_plugins(args) -> int:
         sys.stdout.write("\n")
         return exit_status
     for r in rows:
-        version = r["version"] or (r["distribution"] == "cnnkit" and _version()) or "?"
         status = "FAILED" if r["error"] else "ok"
-        print(f"{r['name']}  [{r['source']}]  {r['distribution'] or '-'} {version}  {status}")
+        print(f"{r['name']}  [{r['source']}]  {r['distribution'] or '-'} {r['version'] or '?'}  "
+              f"{status}")
         if r["error"]:
-            print(f"    error: {r['error']}")
+            print(_wrap("error: ", r["error"]))
         for kind, items in r["registered"].items():
             if items:
-                print(f"    {kind}s: {', '.join(items)}")
+                print(_wrap(f"{kind}s: ", ", ".join(items)))
     return exit_status
 
 
-def _version():
-    from .. import __version__
+def _wrap(label, text, width=100):
+    """An indented entry folded to ``width`` columns, continuation lines aligned."""
+    return textwrap.fill(text, width=width, initial_indent="    " + label,
+                         subsequent_indent=" " * (4 + len(label)), break_on_hyphens=False)
 
-    return __version__
