@@ -2,6 +2,7 @@
 reason; variants for another plugin's layer type are fine whatever the loading order."""
 import warnings
 
+import numpy as np
 import pytest
 
 import cnnkit as ck
@@ -82,3 +83,64 @@ def test_plugins_listing_fits_100_columns_and_names_builtin_versions():
     assert "relu/numpy" in res.stdout and "logsoftmax/cython" in res.stdout  # wrapped, not cut
     rows = json.loads(run_cli("plugins", "--json").stdout)["plugins"]
     assert all(r["version"] == ck.__version__ for r in rows if r["source"] == "builtin")
+
+
+class ScaledSoftsign(ck.layers.Layer):
+    """x * scale / (1 + |x|): its get_config() below forgets ``scale`` (the bug the kit must
+    catch: a saved model would come back with scale 1)."""
+
+    layer_type = "scaledsoftsign"
+    input_rank = None
+
+    def __init__(self, scale=1.0, *, impl=None, name=None):
+        super().__init__(impl=impl, name=name)
+        self.scale = float(scale)
+        self.config = {"scale": self.scale}
+
+    def get_config(self):
+        return {}
+
+
+class ScaledSoftsignFixed(ScaledSoftsign):
+    def get_config(self):
+        return {"scale": self.scale}
+
+
+class SoftsignNumpy:
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        return x * config["scale"] / (1 + np.abs(x)), ((x, config["scale"]) if need_backward
+                                                         else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x, scale = ctx
+        return dy * scale / (1 + np.abs(x)) ** 2, {}
+
+
+def _softsign_registry(cls):
+    class Plugin:
+        @hookimpl
+        def cnnkit_register_layers(register):
+            register("scaledsoftsign", cls)
+
+        @hookimpl
+        def cnnkit_register_variants(register):
+            register("scaledsoftsign", "numpy", SoftsignNumpy)
+
+    reg = _registry()
+    assert reg.register_plugin(Plugin, "softsign")
+    return reg
+
+
+def test_conformance_kit_checks_that_a_plugin_layers_config_round_trips():
+    from cnnkit.testing import check_variant
+
+    cases = [({"scale": 2.0}, (2, 3)), ({"scale": 2.0}, (2, 1, 3, 3))]
+    report = check_variant("scaledsoftsign", "numpy", registry=_softsign_registry(ScaledSoftsign),
+                           cases=cases)
+    config = [f for f in report.failures if f.check == "config"]
+    assert len(config) == 1 and "leaves out a constructor argument" in config[0].message
+    report = check_variant("scaledsoftsign", "numpy", cases=cases,
+                           registry=_softsign_registry(ScaledSoftsignFixed))
+    assert report.ok, str(report)

@@ -417,6 +417,49 @@ class _Checker:
                           f"from differences (eps={GRADCHECK_EPS})", data, "float64", output,
                           max_abs_err=err, max_rel_err=err / scale, tol=GRADCHECK_RTOL)
 
+    def check_config_round_trip(self, data):
+        """A layer rebuilt from its ``get_config()`` must compute what the original computes
+        (saving a model stores that config: an argument missing from it comes back as its
+        default, silently changing the model)."""
+        self.count()
+        layer = data.layer
+        name = self.layer_cls.__name__
+        try:
+            cfg = layer.get_config()
+            kwargs = dict(cfg)
+            if accepts(self.layer_cls, "dtype"):
+                kwargs.setdefault("dtype", np.float64)
+            if accepts(self.layer_cls, "impl"):
+                kwargs.setdefault("impl", self.variant.name)
+            clone = self.layer_cls(**kwargs)
+            layer.registry = clone.registry = self.reg  # select from the registry checked
+        except Exception as exc:
+            self.fail("config", f"{name}(**layer.get_config()) raised {type(exc).__name__}: "
+                      f"{exc}; get_config() must return the constructor arguments", data,
+                      "float64")
+            return
+        try:
+            for key, value in data.params.items():
+                for target in (layer, clone):
+                    if key in target.params and value is not None:
+                        target.params[key] = value.copy()
+            for key, value in getattr(layer, "buffers", {}).items():  # running statistics
+                clone.buffers[key] = np.array(value, copy=True)
+            x = data.x.copy()
+            y0 = layer.forward(x, training=False)
+        except Exception:
+            return  # the layer itself fails: the other checks report that
+        try:
+            y1 = clone.forward(x.copy(), training=False)
+        except Exception as exc:
+            self.fail("config", f"forward of the layer rebuilt from get_config() raised "
+                      f"{type(exc).__name__}: {exc}", data, "float64", "y")
+            return
+        if not (np.shape(y0) == np.shape(y1) and np.array_equal(y0, y1, equal_nan=True)):
+            self.fail("config", f"{name} rebuilt from its get_config() {cfg!r} computes "
+                      "something else: get_config() leaves out a constructor argument that "
+                      "changes the result", data, "float64", "y")
+
     def check_capabilities(self, n_cases):
         known = set(getattr(self.layer_cls, "FEATURES", ()) or ())
         for cap in sorted(self.variant.capabilities):
@@ -493,10 +536,14 @@ def check_variant(layer_type: str, variant_name: str, *, registry=None,
     ref, report.reference = _find_reference(reg, layer_type, variant_name)
     loop_fwd, loop_bwd = loop_reference(layer_type)
     checker = _Checker(reg, variant, layer_cls, ref, loop_fwd, loop_bwd, report, tol, tested)
+    round_trip = "float64" in tested
     for index, case in enumerate(cases):
         data = checker.prepare(index, case, seed)
         if data is not None:
             checker.run_case(data, seed, index)
+            if round_trip:  # once, on the first valid case
+                checker.check_config_round_trip(data)
+                round_trip = False
     checker.check_capabilities(len(cases))
     return report
 
