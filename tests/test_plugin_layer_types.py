@@ -144,3 +144,31 @@ def test_conformance_kit_checks_that_a_plugin_layers_config_round_trips():
     report = check_variant("scaledsoftsign", "numpy", cases=cases,
                            registry=_softsign_registry(ScaledSoftsignFixed))
     assert report.ok, str(report)
+
+
+def test_the_guides_layer_with_parameters_conforms():
+    """docs/plugin-guide.md's ChannelScale example, run as written, passes the kit."""
+    import pathlib
+    import re
+    import types
+
+    from cnnkit.testing import check_variant
+
+    guide = (pathlib.Path(__file__).parents[1] / "docs" / "plugin-guide.md").read_text()
+    section = guide[guide.index("### A layer with parameters"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    module = types.ModuleType("guide_channelscale")
+    exec(compile(code, "plugin-guide.md", "exec"), module.__dict__)
+    from cnnkit.plugins import get_registry, reset_registry
+
+    reset_registry()  # the example registers into the process registry, as an installed one
+    try:
+        reg = get_registry()
+        assert reg.register_plugin(module, "guide")
+        layer = reg.layer_class("channelscale")(3, rng=0)
+        assert np.array_equal(layer.params["weight"], np.full(3, 0.5, np.float32))
+        report = check_variant("channelscale", "numpy",
+                               cases=[({"channels": 3}, (2, 3, 4, 4)), ({"channels": 2}, (5, 2))])
+        assert report.ok, str(report)
+    finally:
+        reset_registry()
