@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from . import bench, kernels, plugins, train
+from . import bench, kernels, new_plugin, plugins, train
 from ._common import _fail
 from .plugins import cmd_plugins
 from .train import cmd_train
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with Cython kernels and pluggable layers.")
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (train, plugins, kernels, bench):
+    for command in (train, plugins, kernels, bench, new_plugin):
         command.add_parser(sub)
     return parser
 
