@@ -1,5 +1,6 @@
 """The ``cnnkit`` command line: one module per command (:mod:`.train`, :mod:`.plugins`,
-:mod:`.kernels`, :mod:`.bench`), each adding its parser and handler; :func:`main` wires them.
+:mod:`.kernels`, :mod:`.bench`, :mod:`.tune`), each adding its parser and handler; :func:`main`
+wires them.
 
 Exit status: 0 on success, 1 when the request cannot be served (a bad config, an unknown layer
 type, a variant that fails or disagrees with the reference in ``cnnkit bench``...), 2 for
@@ -12,7 +13,7 @@ import argparse
 import os
 import sys
 
-from . import bench, kernels, plugins, train
+from . import bench, kernels, plugins, train, tune
 from ._common import _fail
 from .plugins import cmd_plugins
 from .train import cmd_train
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with Cython kernels and pluggable layers.")
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (train, plugins, kernels, bench):
+    for command in (train, plugins, kernels, bench, tune):
         command.add_parser(sub)
     return parser
 

@@ -1,6 +1,7 @@
 """``cnnkit kernels [LAYER_TYPE] [--json]``: layer types and their variants (plugin, priority,
 dtypes, capabilities); with ``--explain --shape N,C,H,W [--args k=v,...]`` it builds the layer
-as real use does and says which variant would compute it and why each other one would not."""
+as real use does and says which variant would compute it and why each other one would not
+(including when the choice comes from the autotuning cache)."""
 from __future__ import annotations
 
 import json
@@ -121,7 +122,8 @@ def _explain(reg, layer_type, args) -> int:
     status = 0
     try:
         winner, how, reasons = reg.explain(layer_type, dtype=args.dtype, features=features,
-                                           config=config, impl=args.impl)
+                                           config=config, impl=args.impl,
+                                           shape=tuple(args.shape))
     except SelectionError as exc:
         winner, how, status = None, None, 1
         result["error"] = str(exc)
