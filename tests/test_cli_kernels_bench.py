@@ -167,7 +167,8 @@ def test_bench_relu_quick(capsys, tmp_path):
     path = tmp_path / "relu.json"
     status, out, err = cli(capsys, "bench", "relu", "--quick", "--json", str(path))
     assert status == 0, out + err
-    assert out.startswith("cnnkit bench relu: float32, median of 1 after 1 warm-up")
+    assert out.startswith("cnnkit bench relu: float32, best of 1 interleaved rounds after 1 "
+                          "warm-up")
     rows = _table_rows(out)
     names = [s.name for s in DEFAULT_SHAPES["relu"]]
     for shape in names:
