@@ -26,8 +26,9 @@ def add_parser(sub) -> None:
     kernels.add_argument("--shape", type=parse_shape, metavar="N,C,H,W",
                          help="input shape, batch first (with --explain)")
     kernels.add_argument("--args", type=parse_layer_args, default={}, metavar="K=V,...",
-                         help="layer arguments, e.g. kernel_size=3,padding=1 (conv2d takes "
-                         "in_channels from the shape; out_channels defaults to in_channels)")
+                         help="layer arguments, e.g. kernel_size=3,padding=1 (in_channels, "
+                         "in_features, num_features and channels come from the shape; "
+                         "out_channels/out_features default to the same)")
     kernels.add_argument("--impl", metavar="VARIANT", default=None,
                          help="explain an explicit choice, as impl= would (CNNKIT_IMPL is "
                          "honoured too)")
