@@ -20,7 +20,8 @@ rewritten.
 Selection (``Registry.explain``) consults the cache after the explicit choices (``impl=``,
 ``cnnkit.use``, ``CNNKIT_IMPL``) and before priorities; an entry naming a variant that is no
 longer registered or now refuses the request is ignored.  ``CNNKIT_AUTOTUNE=0`` turns the cache
-off; unset, entries already tuned are used and nothing new is timed.
+off; unset, entries already tuned are used and nothing new is timed.  The variable is read when
+a layer selects its variant (its first call, a new shape, dtype or explicit choice).
 """
 from __future__ import annotations
 
@@ -92,11 +93,13 @@ def _bump():
 
 
 def token():
-    """What a layer's cached selection must be keyed by for the cache's answer to stay valid."""
-    value = os.environ.get("CNNKIT_AUTOTUNE")
+    """What a layer's cached selection must be keyed by for the cache's answer to stay valid.
+
+    Called on every layer call, so it reads no environment variable: ``CNNKIT_AUTOTUNE`` is
+    read when a layer selects its variant (first call, new shape, dtype or explicit choice)."""
     if _active:
-        return _generation, value, get_num_threads()
-    return _generation, value
+        return _generation, get_num_threads()
+    return _generation
 
 
 def clear_memory() -> None:
@@ -173,14 +176,26 @@ def fingerprint(registry) -> dict:
             "cpu": cpu_description()}
 
 
+_digests: dict = {}
+
+
 def cache_path(registry=None) -> str:
     """The cache file for ``registry`` (default: the process registry) on this machine."""
+    from . import __version__
+
     if registry is None:
         from .plugins import get_registry
 
         registry = get_registry()
-    digest = hashlib.sha256(json.dumps(fingerprint(registry), sort_keys=True).encode())
-    return os.path.join(cache_dir(), f"autotune-{digest.hexdigest()[:16]}.json")
+    # the digest is computed once per state of what goes into the fingerprint
+    state = (id(registry), __version__, tuple(sorted(cpu_description().items())),
+             tuple((i.name, i.distribution, i.version, len(i.registered.get("variant", ())))
+                   for i in registry.plugins.values()))
+    digest = _digests.get(state)
+    if digest is None:
+        digest = _digests[state] = hashlib.sha256(
+            json.dumps(fingerprint(registry), sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(cache_dir(), f"autotune-{digest}.json")
 
 
 def _plain(value):

@@ -147,8 +147,9 @@ def test_autotune_off_ignores_the_cache(monkeypatch):
     ck.autotune(conv(), SHAPE)
     layer = conv()
     assert layer.variant(np.float32, SHAPE).name == "numpy"
-    monkeypatch.setenv("CNNKIT_AUTOTUNE", "0")
-    assert layer.variant(np.float32, SHAPE).name == "cython"
+    monkeypatch.setenv("CNNKIT_AUTOTUNE", "0")  # read when a layer selects its variant
+    assert conv().variant(np.float32, SHAPE).name == "cython"
+    assert how(conv())[1].startswith("highest priority")
     monkeypatch.setenv("CNNKIT_AUTOTUNE", "maybe")
     with pytest.raises(ValueError, match="CNNKIT_AUTOTUNE must be 1"):
         conv().variant(np.float32, SHAPE)
