@@ -5,7 +5,8 @@ wires them.
 Exit status: 0 on success, 1 when the request cannot be served (a bad config, an unknown layer
 type, a variant that fails or disagrees with the reference in ``cnnkit bench``...), 2 for
 malformed command-line arguments, 130 when interrupted, 141 (like a shell's SIGPIPE) when
-the reader of the output went away; ``cnnkit plugins`` exits 1 when a plugin failed.
+the reader of the output went away; ``cnnkit plugins`` exits 1 when a plugin failed, and
+``cnnkit bench --compare`` when a time regressed beyond its threshold.
 """
 from __future__ import annotations
 
