@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["interleaved", "spread", "busy_load"]
+__all__ = ["interleaved", "spread", "busy_load", "machine_load"]
 
 #: a timed sample lasts about this long: faster calls are repeated within the sample, so timer
 #: resolution and loop overhead stay small
@@ -77,3 +77,12 @@ def busy_load() -> tuple[float | None, int]:
     except (AttributeError, OSError):
         load = None
     return load, cpus
+
+
+def machine_load(threads: int) -> dict:
+    """The one-minute load average now and whether it makes the machine busy for a run on
+    ``threads`` threads: more load than the cores left free can absorb (plus half a core)."""
+    load, cpus = busy_load()
+    free = max(cpus - threads, 0)
+    return {"load_average": load, "cpu_count": cpus,
+            "busy": load is not None and load > free + 0.5}

@@ -518,6 +518,13 @@ def autotune(model, input_shape, *, dtype=None, rounds: int = DEFAULT_ROUNDS,
 
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise ValueError(f"cnnkit.autotune: rounds must be a positive int, got {rounds!r}")
+    load = _timing.machine_load(get_num_threads())
+    if load["busy"]:
+        warnings.warn(f"cnnkit.autotune: the machine is busy (load average "
+                      f"{load['load_average']:.2f} on {load['cpu_count']} CPUs): the timings, "
+                      "and so the variants chosen, may not hold on a quiet machine; tune again "
+                      "later with force=True (cnnkit tune --force)", AutotuneWarning,
+                      stacklevel=2)
     if isinstance(model, Layer):
         shape = _check_shape(input_shape, "cnnkit.autotune")
         result = tune_layer(model, shape, dtype=dtype, registry=registry, rounds=rounds,

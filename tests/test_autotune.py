@@ -197,7 +197,8 @@ def test_a_corrupt_or_stale_cache_is_ignored_with_a_warning_and_rewritten(monkey
     doc = json.loads(path.read_text())  # rewritten: valid, empty
     assert doc["format"] == "cnnkit-autotune" and doc["entries"] == []
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no second warning: the file is usable again
+        # no second warning about the file: it is usable again
+        warnings.filterwarnings("error", message=".*ignored and rewritten")
         results = ck.autotune(conv(), SHAPE)
     assert not results[0].cached
     assert [e["variant"] for e in json.loads(path.read_text())["entries"]] == ["numpy"]
@@ -215,6 +216,17 @@ def test_an_entry_for_a_variant_no_longer_registered_is_ignored(monkeypatch):
     winner, text, _ = how(conv())
     assert winner.name == "cython"
     assert "autotuned variant 'gone' is no longer registered" in text
+
+
+@pytest.mark.parametrize("load, busy", [(50.0, True), (0.0, False)])
+def test_autotune_warns_when_the_machine_is_busy(monkeypatch, load, busy):
+    fake_timer(monkeypatch, "numpy")
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ck.autotune(conv(), SHAPE)
+    said = [str(w.message) for w in caught if issubclass(w.category, AutotuneWarning)]
+    assert any("the machine is busy (load average 50.00" in m for m in said) == busy, said
 
 
 # ------------------------------------------------------------------------------ the key

@@ -488,13 +488,7 @@ def _plot(path, layer_type, rows, dtype):
 UNSTABLE_SPREAD = 0.25
 
 
-def machine_load(threads: int) -> dict:
-    """The one-minute load average before a run and whether it makes the machine busy: more
-    load than the cores cnnkit's threads leave free can absorb (plus half a core of slack)."""
-    load, cpus = _timing.busy_load()
-    free = max(cpus - threads, 0)
-    return {"load_average": load, "cpu_count": cpus,
-            "busy": load is not None and load > free + 0.5}
+machine_load = _timing.machine_load
 
 
 def _warnings(load: dict, rows, threads: int) -> list[str]:
