@@ -24,9 +24,10 @@ def interleaved(fns: dict, rounds: int, warmup: int = 1,
     Each callable first runs ``warmup`` times untimed (the last warm-up run also sets how many
     calls make one sample).  With ``settle``, one untimed call precedes each sample: thread
     pools of the previous callable (another OpenMP runtime, PyTorch's) keep spinning for a
-    while after their last call, and that time must not be charged to the next one.  Returns ``({name: [seconds per call, one per round]},
-    {name: exception})``: a callable that raises is dropped from the later rounds and reported
-    with its exception instead."""
+    while after their last call, and that time must not be charged to the next one.
+
+    Returns ``({name: [seconds per call, one per round]}, {name: exception})``: a callable that
+    raises is dropped from the later rounds and reported with its exception instead."""
     if rounds < 1:
         raise ValueError(f"rounds must be a positive int, got {rounds!r}")
     errors: dict = {}

@@ -289,7 +289,8 @@ def run_bench(layer_type, shapes, *, dtype="float32", repeat=5, warmup=1, varian
             try:
                 vlayer.variant(dtype, case.input_shape)
             except SelectionError as exc:
-                row.status, row.message = "refused", str(exc).split("cannot serve this request: ")[-1]
+                row.status = "refused"
+                row.message = str(exc).split("cannot serve this request: ")[-1]
                 continue
             try:
                 _check_row(row, vlayer, x, dy, ref, ref_error, tol)
