@@ -39,10 +39,11 @@ from .graph import Graph, Input, Model, Parameter, Sequential  # noqa: E402
 from .hookspecs import hookspec  # noqa: E402
 from .modelfile import load_model  # noqa: E402
 from .plugins import SelectionError, PluginError, get_registry, hookimpl, use  # noqa: E402
+from .autotuning import AutotuneWarning, autotune  # noqa: E402
 
 __all__ = [
     "__version__", "config", "datasets", "init", "io", "layers", "losses", "models", "optim",
     "metrics", "schedules", "train", "transforms", "seed", "get_num_threads", "num_threads", "set_num_threads", "Graph",
     "Input", "Model", "Parameter", "Sequential", "hookimpl", "hookspec", "use", "get_registry",
-    "SelectionError", "PluginError", "load_model",
+    "SelectionError", "PluginError", "load_model", "autotune", "AutotuneWarning",
 ]

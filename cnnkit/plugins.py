@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 import pluggy
 
+from . import autotuning as _autotune
 from . import hookspecs
 from .builtin import PLUGIN_MODULES
 
@@ -405,14 +406,17 @@ class Registry:
         return env
 
     def select(self, layer_type: str, *, dtype, features=(), config=None,
-               impl: str | None = None, owner: str | None = None) -> Variant:
+               impl: str | None = None, owner: str | None = None, shape=None) -> Variant:
         """Pick the variant that serves a request (see the selection rules in the docs)."""
         winner, _, reasons = self.explain(layer_type, dtype=dtype, features=features,
-                                          config=config, impl=impl, owner=owner)
+                                          config=config, impl=impl, owner=owner, shape=shape)
         return winner
 
-    def explain(self, layer_type, *, dtype, features=(), config=None, impl=None, owner=None):
-        """Return (winner, how it was chosen, {variant name: reason it was not chosen})."""
+    def explain(self, layer_type, *, dtype, features=(), config=None, impl=None, owner=None,
+                shape=None):
+        """Return (winner, how it was chosen, {variant name: reason it was not chosen}).
+
+        ``shape`` (the input shape, batch first) lets the autotuning cache answer."""
         who = owner or layer_type
         variants = self.variants_for(layer_type)
         if not variants:
@@ -436,6 +440,11 @@ class Registry:
                 if other is not v:
                     reasons[other.name] = f"not chosen: {source} asks for {choice!r}"
             return v, source, reasons
+        tuned, note, tuned_reasons = _autotune.lookup(self, layer_type, variants, dtype=dtype,
+                                                      features=features, config=config,
+                                                      shape=shape)
+        if tuned is not None:
+            return tuned, note, tuned_reasons
         winner = None
         for v in variants:
             reason = v.refusal(dtype, features, config)
@@ -449,7 +458,8 @@ class Registry:
         if winner is None:
             raise SelectionError(f"{who}: no registered variant of {layer_type} can serve this "
                                  "request: " + "; ".join(f"{k}: {r}" for k, r in reasons.items()))
-        return winner, "highest priority among variants that support the request", reasons
+        how = "highest priority among variants that support the request"
+        return winner, how + (f" ({note})" if note else ""), reasons
 
 
 def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float32", "float64"),

@@ -30,9 +30,12 @@ def write_dist_infos(root: Path, plugins=TEST_PLUGINS) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _clean_plugin_env(monkeypatch):
+def _clean_plugin_env(monkeypatch, tmp_path_factory):
     for var in ENV_VARS:
         monkeypatch.delenv(var, raising=False)
+    # never read or write the user's autotuning cache: every test starts with an empty one
+    monkeypatch.delenv("CNNKIT_AUTOTUNE", raising=False)
+    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path_factory.mktemp("cnnkit-cache")))
 
 
 @pytest.fixture

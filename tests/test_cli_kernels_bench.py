@@ -167,7 +167,8 @@ def test_bench_relu_quick(capsys, tmp_path):
     path = tmp_path / "relu.json"
     status, out, err = cli(capsys, "bench", "relu", "--quick", "--json", str(path))
     assert status == 0, out + err
-    assert out.startswith("cnnkit bench relu: float32, median of 1 after 1 warm-up")
+    assert out.startswith("cnnkit bench relu: float32, best of 1 interleaved rounds after 1 "
+                          "warm-up")
     rows = _table_rows(out)
     names = [s.name for s in DEFAULT_SHAPES["relu"]]
     for shape in names:
@@ -286,3 +287,115 @@ def test_bench_flags_a_wrong_variant_as_mismatch(tmp_path):
     assert doc["plugins"] == [{"name": "relu_off", "distribution": "cnnkit-relu-off",
                                "version": "0.3", "module": "cnnkit_relu_off", "error": None}]
 
+
+
+# ------------------------------------------------------------------------------ bench: issue 10
+def test_bench_takes_input_sizes_from_the_shape(capsys):
+    status, out, err = cli(capsys, "bench", "convtranspose2d", "--quick", "--shape", "2,8,5,5",
+                           "--args", "out_channels=4,kernel_size=4,stride=2",
+                           "--variants", "cython,numpy")
+    assert status == 0, out + err
+    assert all(check.startswith("ok ") for check in _table_rows(out).values())
+    for layer_type, shape in (("batchnorm2d", "2,3,4,4"), ("batchnorm1d", "4,5"),
+                              ("subsampling", "2,3,4,4"), ("dense", "2,7")):
+        status, out, err = cli(capsys, "bench", layer_type, "--quick", "--shape", shape,
+                               "--variants", "numpy")
+        assert status == 0, (layer_type, out + err)
+    from cnnkit.cli._layer import build_layer
+    from cnnkit.plugins import get_registry
+
+    layer, out_shape = build_layer(get_registry(), "convtranspose2d", (2, 8, 5, 5),
+                                   {"out_channels": 4, "kernel_size": 4, "stride": 2})
+    assert layer.in_channels == 8 and out_shape == (2, 4, 12, 12)
+    status, _, err = cli(capsys, "bench", "flatten", "--quick")
+    assert status == 1 and "no variants to time" in err
+
+
+def test_bench_has_default_shapes_for_every_built_in_layer_type():
+    from cnnkit.cli._layer import build_layer
+    from cnnkit.cli.bench import BenchShape, run_bench
+    from cnnkit.plugins import get_registry
+
+    reg = get_registry()
+    builtin = {t for t, (_, plugin) in reg.layer_types.items()
+               if plugin.startswith("cnnkit.builtin.")}
+    with_variants = {t for t in builtin if reg.variants_for(t)}
+    assert {"convtranspose2d", "batchnorm2d", "zeropad2d", "subsampling"} <= with_variants
+    assert with_variants <= set(DEFAULT_SHAPES), with_variants - set(DEFAULT_SHAPES)
+    ct = DEFAULT_SHAPES["convtranspose2d"][0]
+    assert ct.input_shape == (32, 64, 16, 16)
+    assert ct.kwargs == {"out_channels": 32, "kernel_size": 4, "stride": 2, "padding": 1}
+    for t in sorted(with_variants):
+        for case in DEFAULT_SHAPES[t]:
+            build_layer(reg, t, case.input_shape, case.kwargs)  # every case builds
+        case = DEFAULT_SHAPES[t][0]
+        small = BenchShape(case.name, (2,) + case.input_shape[1:], case.kwargs)
+        rows = run_bench(t, [small], repeat=1, warmup=0, registry=reg,
+                         variants=[v.name for v in reg.variants_for(t)
+                                   if v.plugin.startswith("cnnkit.builtin.")])
+        assert rows and all(r.status == "ok" for r in rows), (t, rows)
+
+
+def _bench_json(capsys, path, *extra):
+    status, out, err = cli(capsys, "bench", "relu", "--quick", "--shape", "2,8",
+                           "--variants", "cython,numpy", "--repeat", "3", "--json", str(path),
+                           *extra)
+    return status, out, err, json.loads(path.read_text())
+
+
+def test_bench_compare_flags_a_planted_regression(capsys, tmp_path):
+    old_path = tmp_path / "old.json"
+    status, _, _, old = _bench_json(capsys, old_path)
+    assert status == 0
+    assert old["statistic"] == "best of interleaved rounds"
+    for r in old["results"]:
+        assert r["forward_spread"] is not None and r["forward_backward_spread"] >= 0
+    # plant: the old run had cython's forward a thousand times faster, numpy's slower
+    for r in old["results"]:
+        if r["variant"] == "cython":
+            r["forward_ms"] /= 1000
+        else:
+            r["forward_ms"] *= 1000
+    old_path.write_text(json.dumps(old))
+    status, out, err, new = _bench_json(capsys, tmp_path / "new.json", "--compare",
+                                        str(old_path))
+    assert status == 1, out + err
+    assert f"compared with {old_path}" in out
+    lines = {tuple(line.split()[:3]): line for line in out.splitlines()
+             if line.startswith("custom ")}
+    assert lines[("custom", "cython", "forward")].endswith("REGRESSION")
+    assert not lines[("custom", "numpy", "forward")].endswith("REGRESSION")
+    assert "regressed beyond 10%" in err and "cython on custom forward" in err
+    rows = {(c["variant"], c["mode"]): c for c in new["comparison"]["rows"]}
+    assert rows[("cython", "forward")]["regression"] and rows[("cython", "forward")]["ratio"] > 10
+    assert not rows[("numpy", "forward")]["regression"]
+    assert len(rows) == 4  # two variants, two modes
+    # the results fields of earlier versions are all still there
+    for key in ("forward_ms", "forward_backward_ms", "forward_ratio", "forward_backward_ratio",
+                "status", "max_rel_err", "shape", "input_shape", "kwargs", "variant", "plugin"):
+        assert key in new["results"][0]
+
+
+def test_bench_compare_errors(capsys, tmp_path):
+    status, _, err = cli(capsys, "bench", "relu", "--quick", "--compare",
+                         str(tmp_path / "none.json"))
+    assert status == 1 and "cannot be read" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    status, _, err = cli(capsys, "bench", "relu", "--quick", "--compare", str(bad))
+    assert status == 1 and "not a JSON file" in err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"layer_type": "conv2d", "dtype": "float32", "results": []}))
+    status, _, err = cli(capsys, "bench", "relu", "--quick", "--compare", str(other))
+    assert status == 1 and "layer type 'conv2d', not 'relu'" in err
+
+
+@pytest.mark.parametrize("load, busy", [(50.0, True), (0.0, False)])
+def test_bench_warns_when_the_machine_is_busy(capsys, tmp_path, monkeypatch, load, busy):
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    status, out, err, doc = _bench_json(capsys, tmp_path / "r.json")
+    assert status == 0
+    assert f"load average at start: {load:.2f}" in out
+    assert ("the machine is busy: load average 50.00" in err) == busy
+    assert doc["busy"] is busy and doc["load_average"] == load
+    assert any("machine is busy" in w for w in doc["warnings"]) == busy

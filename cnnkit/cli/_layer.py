@@ -2,19 +2,37 @@
 as real use would, with the sizes that follow from the input shape filled in."""
 from __future__ import annotations
 
+import inspect
+
 from .._checks import accepts as _accepts
 from ._common import CommandError
+
+
+def _signature(cls) -> set:
+    """The named parameters of a layer class's constructor (a ``**kwargs`` catches none)."""
+    try:
+        return set(inspect.signature(cls).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+#: constructor arguments that take the input's channel (or feature) count from the shape
+SIZE_FROM_SHAPE = ("in_channels", "in_features", "num_features", "channels")
+#: output sizes that default to the input size taken from the shape
+_SAME_SIZE = {"in_channels": "out_channels", "in_features": "out_features"}
+_DEFAULT_KERNEL = {"conv2d": 3, "convtranspose2d": 3, "maxpool2d": 2, "avgpool2d": 2}
 
 
 def build_layer(reg, layer_type: str, input_shape: tuple, kwargs: dict, dtype="float32",
                 impl=None):
     """Build ``layer_type`` from the registry for ``input_shape`` as real use would.
 
-    Sizes that follow from the shape are filled in: conv2d's ``in_channels`` (and
-    ``out_channels``, default: the same) and ``kernel_size`` (default 3), dense's
-    ``in_features`` (and ``out_features``, default: the same), the pools' ``kernel_size``
-    (default 2).  Parameters are drawn with a fixed seed, so every build is the same layer.
-    Raises :class:`CommandError` with a readable message.
+    Sizes that follow from the shape are filled in, for any layer class whose constructor takes
+    them: ``in_channels``, ``in_features``, ``num_features`` and ``channels`` from the shape's
+    second entry, ``out_channels``/``out_features`` (default: the same as the input's), and
+    the ``kernel_size`` of convolutions (default 3) and pools (default 2).  Parameters are
+    drawn with a fixed seed, so every build is the same layer.  Raises :class:`CommandError`
+    with a readable message.
     """
     try:
         cls = reg.layer_class(layer_type)
@@ -27,15 +45,15 @@ def build_layer(reg, layer_type: str, input_shape: tuple, kwargs: dict, dtype="f
         layout = {4: " N,C,H,W", 2: " N,FEATURES"}.get(rank, "")
         raise CommandError(f"{layer_type} expects a {rank}-D input shape{layout}, got "
                            f"{','.join(map(str, shape))}")
-    if layer_type == "conv2d" and len(shape) == 4:
-        kw.setdefault("in_channels", shape[1])
-        kw.setdefault("out_channels", kw["in_channels"])
-        kw.setdefault("kernel_size", 3)
-    elif layer_type == "dense" and len(shape) == 2:
-        kw.setdefault("in_features", shape[1])
-        kw.setdefault("out_features", kw["in_features"])
-    elif layer_type in ("maxpool2d", "avgpool2d"):
-        kw.setdefault("kernel_size", 2)
+    if len(shape) >= 2:
+        for name in SIZE_FROM_SHAPE:
+            if name in _signature(cls):
+                kw.setdefault(name, shape[1])
+                out = _SAME_SIZE.get(name)
+                if out is not None and out in _signature(cls):
+                    kw.setdefault(out, kw[name])
+    if layer_type in _DEFAULT_KERNEL:
+        kw.setdefault("kernel_size", _DEFAULT_KERNEL[layer_type])
     if _accepts(cls, "dtype"):
         kw.setdefault("dtype", dtype)
     if _accepts(cls, "rng"):

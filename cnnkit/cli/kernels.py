@@ -1,6 +1,7 @@
 """``cnnkit kernels [LAYER_TYPE] [--json]``: layer types and their variants (plugin, priority,
 dtypes, capabilities); with ``--explain --shape N,C,H,W [--args k=v,...]`` it builds the layer
-as real use does and says which variant would compute it and why each other one would not."""
+as real use does and says which variant would compute it and why each other one would not
+(including when the choice comes from the autotuning cache)."""
 from __future__ import annotations
 
 import json
@@ -25,8 +26,9 @@ def add_parser(sub) -> None:
     kernels.add_argument("--shape", type=parse_shape, metavar="N,C,H,W",
                          help="input shape, batch first (with --explain)")
     kernels.add_argument("--args", type=parse_layer_args, default={}, metavar="K=V,...",
-                         help="layer arguments, e.g. kernel_size=3,padding=1 (conv2d takes "
-                         "in_channels from the shape; out_channels defaults to in_channels)")
+                         help="layer arguments, e.g. kernel_size=3,padding=1 (in_channels, "
+                         "in_features, num_features and channels come from the shape; "
+                         "out_channels/out_features default to the same)")
     kernels.add_argument("--impl", metavar="VARIANT", default=None,
                          help="explain an explicit choice, as impl= would (CNNKIT_IMPL is "
                          "honoured too)")
@@ -121,7 +123,8 @@ def _explain(reg, layer_type, args) -> int:
     status = 0
     try:
         winner, how, reasons = reg.explain(layer_type, dtype=args.dtype, features=features,
-                                           config=config, impl=args.impl)
+                                           config=config, impl=args.impl,
+                                           shape=tuple(args.shape))
     except SelectionError as exc:
         winner, how, status = None, None, 1
         result["error"] = str(exc)

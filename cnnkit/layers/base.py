@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import _random
+from .. import autotuning as _autotune
 from ..plugins import get_registry
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -135,6 +136,7 @@ class Layer:
         self._last_resolution = None
         self._variant = None
         self._variant_key = None
+        self._last_shape = None
 
     def resolution(self, input_shape: tuple) -> Resolution:
         """This layer resolved for inputs of ``input_shape`` (whose batch entry may be None):
@@ -180,17 +182,24 @@ class Layer:
             res = self.resolution(input_shape)
         else:
             res = self._last_resolution or self._unshaped_resolution()
-        return self._select(np.dtype(dtype), res)
+            input_shape = self._last_shape if res is self._last_resolution else None
+        return self._select(np.dtype(dtype), res, input_shape)
 
-    def _select(self, dtype, res: Resolution):
-        # The explicit choice (impl=, cnnkit.use, CNNKIT_IMPL) is read on every call, so a
-        # change of any of them takes effect at once; the selection itself is cached.
+    def _select(self, dtype, res: Resolution, shape: tuple | None = None):
+        # The explicit choice (impl=, cnnkit.use, CNNKIT_IMPL) and the autotuning state are
+        # read on every call, so a change of any of them takes effect at once; the selection
+        # itself is cached.  ``shape`` (batch first) lets the autotuning cache answer.
         reg = get_registry() if self.registry is None else self.registry
-        key = (dtype, reg.explicit_choice(self.layer_type, self.impl), res)
+        key = (dtype, reg.explicit_choice(self.layer_type, self.impl), res,
+               None if shape is None else shape[0], _autotune.token())
         if self._variant_key != key:
+            if shape is not None:
+                self._last_shape = tuple(shape)
+                if _autotune.tune_on_first_call(self, reg, dtype, res, self._last_shape):
+                    key = key[:-1] + (_autotune.token(),)
             self._variant = reg.select(self.layer_type, dtype=dtype, features=res.features,
                                        config=res.config, impl=self.impl,
-                                       owner=f"{self.name} ({type(self).__name__})")
+                                       owner=f"{self.name} ({type(self).__name__})", shape=shape)
             self._variant_key = key
         return self._variant
 
@@ -272,7 +281,7 @@ class Layer:
 
     def _compute(self, x, res: Resolution, config: dict, training: bool):
         """Run the selected variant on a prepared input; check and keep what it returns."""
-        variant = self._select(x.dtype, res)
+        variant = self._select(x.dtype, res, x.shape)
         y, ctx = variant.impl.forward(x, self.params, config, training)
         expected = x.shape[:1] + res.output_shape
         if not isinstance(y, np.ndarray) or y.shape != expected or y.dtype != x.dtype:
