@@ -1,5 +1,5 @@
 """The ``cnnkit`` command line: one module per command (:mod:`.train`, :mod:`.plugins`,
-:mod:`.kernels`, :mod:`.bench`, :mod:`.tune`), each adding its parser and handler; :func:`main`
+:mod:`.kernels`, :mod:`.bench`, :mod:`.tune`, :mod:`.new_plugin`), each adding its parser and handler; :func:`main`
 wires them.
 
 Exit status: 0 on success, 1 when the request cannot be served (a bad config, an unknown layer
