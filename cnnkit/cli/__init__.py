@@ -1,6 +1,6 @@
 """The ``cnnkit`` command line: one module per command (:mod:`.train`, :mod:`.plugins`,
-:mod:`.kernels`, :mod:`.bench`, :mod:`.tune`, :mod:`.new_plugin`), each adding its parser and handler; :func:`main`
-wires them.
+:mod:`.kernels`, :mod:`.bench`, :mod:`.tune`, :mod:`.new_plugin`), each adding its parser and
+handler; :func:`main` wires them.
 
 Exit status: 0 on success, 1 when the request cannot be served (a bad config, an unknown layer
 type, a variant that fails or disagrees with the reference in ``cnnkit bench``...), 2 for
