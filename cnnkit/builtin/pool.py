@@ -65,6 +65,11 @@ class MaxPool2dNumpy:
         win = _pool_windows(xp, kh, kw, sh, sw, oh, ow)
         arg = np.argmax(win, axis=-1)  # first occurrence: PyTorch's tie rule (and NaN wins)
         y = np.ascontiguousarray(np.take_along_axis(win, arg[..., None], axis=-1)[..., 0])
+        # a window of -inf only: PyTorch routes its gradient to the first in-input position,
+        # where argmax would pick the first position, maybe padding
+        inside = _pool_windows(np.pad(np.ones((1, 1, *x.shape[2:])), pads), kh, kw, sh, sw,
+                               oh, ow)
+        arg = np.where(y == -np.inf, np.argmax(inside, axis=-1), arg)
         ctx = (x.shape, xp.shape, arg, (kh, kw, sh, sw, ph, pw, oh, ow)) if need_backward else None
         return y, ctx
 
