@@ -169,29 +169,25 @@ cdef bint _max_row(const floating* x0, Py_ssize_t w, floating* y, unsigned char*
                    Py_ssize_t k) noexcept nogil:
     """n k x k windows (k = 2 or 3), stride 2, wholly inside the input: ``x0`` is the first
     window's corner, ``w`` the row length; ``a`` (or NULL) receives the argmax.  Returns
-    whether a window held a NaN (then y and a are not to be trusted).  One loop per case, so
-    that each is a straight line."""
-    cdef Py_ssize_t s
-    cdef floating at
+    whether a window held a NaN (then y and a are not to be trusted)."""
+    # positions of a chunk of windows, turned into bytes by a loop of their own: a byte store
+    # in the main loop would make it step 16 windows at a time, leaving most rows to the tail
+    cdef floating where[64]
+    cdef Py_ssize_t s, start, m
     cdef bint nan = False
-    if k == 2 and a == NULL:
-        for s in range(n):
-            y[s] = _max_2x2(x0 + 2 * s, w, &at)
-            nan = nan | _has_nan(x0 + 2 * s, w, 2)
-    elif k == 2:
-        for s in range(n):
-            y[s] = _max_2x2(x0 + 2 * s, w, &at)
-            a[s] = <unsigned char> <int> at
-            nan = nan | _has_nan(x0 + 2 * s, w, 2)
-    elif a == NULL:
-        for s in range(n):
-            y[s] = _max_3x3(x0 + 2 * s, w, &at)
-            nan = nan | _has_nan(x0 + 2 * s, w, 3)
-    else:
-        for s in range(n):
-            y[s] = _max_3x3(x0 + 2 * s, w, &at)
-            a[s] = <unsigned char> <int> at
-            nan = nan | _has_nan(x0 + 2 * s, w, 3)
+    for start in range(0, n, 64):
+        m = n - start if n - start < 64 else 64
+        if k == 2:
+            for s in range(start, start + m):
+                y[s] = _max_2x2(x0 + 2 * s, w, &where[s - start])
+                nan = nan | _has_nan(x0 + 2 * s, w, 2)
+        else:
+            for s in range(start, start + m):
+                y[s] = _max_3x3(x0 + 2 * s, w, &where[s - start])
+                nan = nan | _has_nan(x0 + 2 * s, w, 3)
+        if a != NULL:
+            for s in range(m):
+                a[start + s] = <unsigned char> <int> where[s]
     return nan
 
 
@@ -294,8 +290,9 @@ cdef void _backward2_row(const floating* g, const unsigned char* a, floating* d,
         return
     for s in range(n):
         at = a[s]
-        d[2 * s] = g[s] if at == left else 0
-        d[2 * s + 1] = g[s] if at == right else 0
+        v = g[s]  # loaded unconditionally, so the selects below need no branch
+        d[2 * s] = v if at == left else 0
+        d[2 * s + 1] = v if at == right else 0
 
 
 cdef void _backward2_plane(const floating* g, const unsigned char* a, floating* dst,
