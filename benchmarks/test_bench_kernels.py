@@ -65,29 +65,62 @@ def test_conv2d(benchmark, request, mode, name, shape, cout, k, stride, pad, var
     benchmark(run)
 
 
-@pytest.mark.parametrize("variant", variant_names("maxpool2d") + [PEER])
-@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
-def test_maxpool2d(benchmark, request, mode, variant):
-    benchmark.group = f"maxpool2d 2x2 {mode} (64,32,32,32)"
-    x = np.random.default_rng(0).standard_normal((64, 32, 32, 32), dtype=np.float32)
-    backward = mode != "forward"
+# (window, input shape, kernel, stride, padding)
+POOL_SHAPES = [("2x2", (64, 32, 32, 32), 2, 2, 0), ("3x3 s2 p1", (32, 64, 56, 56), 3, 2, 1)]
+POOL_IDS = [f"{s[0]} {s[1]}".replace(" ", "") for s in POOL_SHAPES]
+
+
+def _pool_group(layer_type, name, mode, shape):
+    return f"{layer_type} {name} {mode} ({','.join(map(str, shape))})"
+
+
+def _pool_run(request, layer_type, variant, x, k, stride, pad, backward):
+    """One pooling call (and its backward): a cnnkit variant through its layer, or the peer."""
     if variant == PEER:
         torch = request.getfixturevalue("torch_peer")
+        fn = (torch.nn.functional.max_pool2d if layer_type == "maxpool2d"
+              else torch.nn.functional.avg_pool2d)
         tx = torch.from_numpy(x).requires_grad_(backward)
 
         def run():
             if backward:
-                y = torch.nn.functional.max_pool2d(tx, 2)
+                y = fn(tx, k, stride, pad)
                 y.backward(torch.ones_like(y))
                 tx.grad = None
             else:
                 with torch.no_grad():
-                    torch.nn.functional.max_pool2d(tx, 2)
-    else:
-        pool = ck.layers.MaxPool2D(2, impl=variant)
+                    fn(tx, k, stride, pad)
+        return run
+    cls = ck.layers.MaxPool2D if layer_type == "maxpool2d" else ck.layers.AvgPool2D
+    pool = cls(k, stride=stride, padding=pad, impl=variant)
 
-        def run():
-            y = pool.forward(x, training=backward)
-            if backward:
-                pool.backward(np.ones_like(y))
-    benchmark(run)
+    def run():
+        y = pool.forward(x, training=backward)
+        if backward:
+            pool.backward(np.ones_like(y))
+    return run
+
+
+@pytest.mark.parametrize("variant", variant_names("maxpool2d") + [PEER])
+@pytest.mark.parametrize("name,shape,k,stride,pad", POOL_SHAPES, ids=POOL_IDS)
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
+def test_maxpool2d(benchmark, request, mode, name, shape, k, stride, pad, variant):
+    benchmark.group = _pool_group("maxpool2d", name, mode, shape)
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    benchmark(_pool_run(request, "maxpool2d", variant, x, k, stride, pad, mode != "forward"))
+
+
+def test_maxpool2d_copy_reference(benchmark):
+    """``x.copy()`` of the 2x2 row's input, the memory-speed yardstick of its forward pass."""
+    benchmark.group = _pool_group("maxpool2d", POOL_SHAPES[0][0], "forward", POOL_SHAPES[0][1])
+    x = np.random.default_rng(0).standard_normal(POOL_SHAPES[0][1], dtype=np.float32)
+    benchmark(x.copy)
+
+
+@pytest.mark.parametrize("variant", variant_names("avgpool2d") + [PEER])
+@pytest.mark.parametrize("name,shape,k,stride,pad", POOL_SHAPES, ids=POOL_IDS)
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
+def test_avgpool2d(benchmark, request, mode, name, shape, k, stride, pad, variant):
+    benchmark.group = _pool_group("avgpool2d", name, mode, shape)
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    benchmark(_pool_run(request, "avgpool2d", variant, x, k, stride, pad, mode != "forward"))

@@ -136,7 +136,9 @@ def conv2d_backward(x, w, dy, stride, padding, dilation, groups):
 
 def maxpool2d_backward(x, dy, kernel_size, stride, padding, ceil_mode):
     """Input gradient of max pooling: each window's gradient goes to its FIRST maximum in
-    row-major window order (PyTorch's and cnnkit's documented tie rule)."""
+    row-major window order (PyTorch's and cnnkit's documented tie rule); a NaN beats every
+    number (the first NaN of the window wins), and a window of -inf sends it to its first
+    in-input position."""
     n, c, h, w = x.shape
     kh, kw = kernel_size
     sh, sw = stride
@@ -150,8 +152,12 @@ def maxpool2d_backward(x, dy, kernel_size, stride, padding, ceil_mode):
                     for p in range(kh):
                         for q in range(kw):
                             r, s = i * sh - ph + p, j * sw - pw + q
-                            if 0 <= r < h and 0 <= s < w and float(x[a, ch, r, s]) > best:
-                                best, where = float(x[a, ch, r, s]), (r, s)
+                            if not (0 <= r < h and 0 <= s < w):
+                                continue
+                            v = float(x[a, ch, r, s])
+                            if (where is None or v > best
+                                    or (math.isnan(v) and not math.isnan(best))):
+                                best, where = v, (r, s)
                     if where is not None:
                         dx[(a, ch) + where] += float(dy[a, ch, i, j])
     return dx

@@ -352,6 +352,45 @@ def test_fuzz_pooling_values_against_oracle(data, cls, n, c, h, w, k, s, p, ceil
                          .astype(dtype), tol=_oracle_tol(x))
 
 
+@VALUES
+@given(data=st.data(), cls=st.sampled_from([L.MaxPool2D, L.AvgPool2D]), n=st.integers(1, 2),
+       c=st.integers(1, 3), h=st.integers(1, 12), w=st.integers(1, 45), k=st.sampled_from([2, 3]),
+       p=st.integers(0, 1), ceil=st.booleans(), include=st.booleans(),
+       values=st.sampled_from(["normal", "ties", "nan", "-inf"]), dtype=st.sampled_from(FLOATS))
+def test_fuzz_pooling_fast_paths_against_oracle(data, cls, n, c, h, w, k, p, ceil, include,
+                                                values, dtype):
+    """2x2 and 3x3 windows at stride 2 take dedicated loops in the compiled kernel (vectorised
+    over the windows inside the input, the edges walked one window at a time): odd sizes up to
+    rows of 22 windows, padding, ceil mode, ties, NaN and -inf, against the loop oracles."""
+    kwargs = {"count_include_pad": include} if cls is L.AvgPool2D else {}
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x = (rng.integers(-2, 3, (n, c, h, w)) if values == "ties"
+         else rng.standard_normal((n, c, h, w))).astype(dtype)
+    if values in ("nan", "-inf"):
+        x[rng.random(x.shape) < (0.05 if values == "nan" else 0.4)] = (
+            np.nan if values == "nan" else -np.inf)
+    kind = "max" if cls is L.MaxPool2D else "avg"
+    expected = None
+    for impl in builtin_impls(cls.layer_type):  # every variant, so none can hide behind another
+        layer = cls(k, stride=2, padding=p, ceil_mode=ceil, impl=impl, **kwargs)
+        try:
+            y = layer.forward(x, training=True)
+        except ValueError as exc:  # window larger than the padded input
+            _refused(exc, cls.__name__, layer.name)
+            return
+        if expected is None:
+            with np.errstate(invalid="ignore"):  # -inf + inf in the average's oracle
+                expected = ref.pool2d_forward_taps(np.asarray(x, np.float64), kind, (k, k),
+                                                   (2, 2), (p, p), ceil, include)
+            dy = rng.standard_normal(y.shape).astype(dtype)
+        assert_close(y, expected.astype(dtype), tol=_oracle_tol(x))
+        if kind == "max":
+            assert_close(layer.backward(dy), ref.maxpool2d_backward(x, dy, (k, k), (2, 2),
+                                                                    (p, p), ceil)
+                         .astype(dtype), tol=_oracle_tol(x))
+        np.testing.assert_array_equal(layer.forward(x, training=False), y)  # no argmax kept
+
+
 ACTIVATIONS = {
     L.ReLU: {}, L.Sigmoid: {}, L.Tanh: {},
     L.LeakyReLU: {"negative_slope": real(0.01, 0.2, -0.5, 0.0, 3.0)},

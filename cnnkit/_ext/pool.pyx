@@ -3,14 +3,25 @@
 
 Window (r, s) of a plane covers input rows ``[r*sh - ph, r*sh - ph + kh)`` clipped to the input
 (max pooling treats the padding as -inf, average pooling as zeros).  The output size, including
-ceil_mode, is decided by the Python wrapper; the loops only clip.  Max pooling records the
-argmax as a flat index ``row * W + col`` inside the plane (int32; the wrapper refuses planes
-too large for it), the first maximum on ties and any NaN winning, like PyTorch.
+ceil_mode, is decided by the Python wrapper; the loops only clip.
+
+2x2 and 3x3 windows at stride 2, the shapes CNNs pool with, have row loops of their own for the
+windows wholly inside the input: one pass over two (three) input rows per output row, written
+for the compiler to vectorise, no per-tap window bookkeeping.  The windows that touch the
+padding or the ceil-mode overhang, and every other geometry, take the generic window walk.
+
+Max pooling records where each window's maximum sits inside the window, ``i * kw + j`` from its
+unclipped corner: one byte (uint8) for windows of up to 256 elements, so backward reads a byte
+per output, int32 beyond.  The first maximum in row-major order wins ties and the first NaN
+beats every number, like PyTorch.  "First maximum, NaN above all" is associative, so the
+dedicated loops may reduce each row of a window before combining the rows in order.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.math cimport INFINITY
 from libc.string cimport memset
+
+import numpy as np
 
 from cnnkit._ext._omp cimport note_team, omp_last_team
 
@@ -25,75 +36,40 @@ def last_team_size():
     return omp_last_team()
 
 
-def maxpool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, int[:, :, :, ::1] argmax,
-                      int kh, int kw, int sh, int sw, int ph, int pw):
-    """y = max over windows; ``argmax`` (same shape as y, int32) is filled unless it is None."""
-    cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
-    cdef Py_ssize_t c = x.shape[1], h = x.shape[2], w = x.shape[3]
-    cdef Py_ssize_t oh = y.shape[2], ow = y.shape[3]
-    cdef bint keep = argmax is not None
-    cdef Py_ssize_t pidx, r, s, i, j, r0, r1, s0, s1, best_i, idx
-    cdef const floating* src
-    cdef floating best, v
-    cdef bint take
-    if planes == 0 or oh == 0 or ow == 0:
-        return
-    with nogil, parallel(use_threads_if=planes * h * w >= _PARALLEL_MIN):
-        note_team()
-        for pidx in prange(planes, schedule="static"):
-            src = &x[pidx // c, pidx % c, 0, 0]
-            for r in range(oh):
-                r0 = r * sh - ph
-                r1 = r0 + kh
-                if r0 < 0:
-                    r0 = 0
-                if r1 > h:
-                    r1 = h
-                for s in range(ow):
-                    s0 = s * sw - pw
-                    s1 = s0 + kw
-                    if s0 < 0:
-                        s0 = 0
-                    if s1 > w:
-                        s1 = w
-                    best_i = r0 * w + s0
-                    best = -INFINITY
-                    for i in range(r0, r1):
-                        for j in range(s0, s1):
-                            idx = i * w + j
-                            v = src[idx]
-                            # larger, or the first NaN; written as selects, not branches
-                            take = (v > best) | ((v != v) & (best == best))
-                            best = v if take else best
-                            best_i = idx if take else best_i
-                    y[pidx // c, pidx % c, r, s] = best
-                    if keep:
-                        argmax[pidx // c, pidx % c, r, s] = <int> best_i
+# the argmax is stored as one byte per output for windows of at most this many elements
+MAX_UINT8_WINDOW = 256
+
+ctypedef fused index_t:
+    unsigned char
+    int
 
 
-def maxpool2d_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
-                       floating[:, :, :, ::1] dx):
-    """dx = 0, then dy of every window added at its recorded argmax."""
-    cdef Py_ssize_t planes = dx.shape[0] * dx.shape[1]
-    cdef Py_ssize_t c = dx.shape[1], hw = dx.shape[2] * dx.shape[3]
-    cdef Py_ssize_t oplane = dy.shape[2] * dy.shape[3]
-    cdef Py_ssize_t pidx, p
-    cdef floating* dst
-    cdef const floating* g
-    cdef const int* a
-    if planes == 0:
-        return
-    with nogil, parallel(use_threads_if=planes * hw >= _PARALLEL_MIN):
-        note_team()
-        for pidx in prange(planes, schedule="static"):
-            dst = &dx[pidx // c, pidx % c, 0, 0]
-            memset(dst, 0, hw * sizeof(floating))
-            if oplane == 0:
-                continue
-            g = &dy[pidx // c, pidx % c, 0, 0]
-            a = &argmax[pidx // c, pidx % c, 0, 0]
-            for p in range(oplane):
-                dst[a[p]] += g[p]
+cdef inline bint _takes(floating best, floating v) noexcept nogil:
+    """Does ``v`` replace the running maximum?  Larger, or the first NaN; the window is scanned
+    in row-major order, so ties keep the first maximum (selects, not branches)."""
+    return (v > best) | ((v != v) & (best == best))
+
+
+cdef inline index_t* _shift(index_t* p, Py_ssize_t offset) noexcept nogil:
+    """``p + offset``, or NULL for an argmax that is not kept."""
+    return p + offset if p != NULL else NULL
+
+
+cdef inline (Py_ssize_t, Py_ssize_t) _interior(Py_ssize_t size, Py_ssize_t out, Py_ssize_t k,
+                                               Py_ssize_t stride, Py_ssize_t pad) noexcept nogil:
+    """[lo, hi): the output positions along one axis whose window lies wholly inside the
+    input (no padding, no ceil-mode overhang); empty when there is none."""
+    cdef Py_ssize_t lo = (pad + stride - 1) // stride, hi = 0
+    if size + pad >= k:
+        hi = (size + pad - k) // stride + 1
+    lo = lo if lo < out else out
+    hi = hi if hi < out else out
+    return lo, (hi if hi > lo else lo)
+
+
+cdef inline bint _dedicated(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw) noexcept nogil:
+    """2x2 or 3x3 windows at stride 2: the geometries with their own row loops."""
+    return sh == 2 and sw == 2 and kh == kw and (kh == 2 or kh == 3)
 
 
 cdef inline Py_ssize_t _divisor(Py_ssize_t r0, Py_ssize_t k, Py_ssize_t size, Py_ssize_t pad,
@@ -111,73 +87,417 @@ cdef inline Py_ssize_t _divisor(Py_ssize_t r0, Py_ssize_t k, Py_ssize_t size, Py
     return r1 - r0
 
 
-def avgpool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
-                      int kh, int kw, int sh, int sw, int ph, int pw, bint count_include_pad):
-    """y = sum over each window / its divisor (PyTorch's count_include_pad rule)."""
-    # the same window walk as maxpool2d_forward; not shared, since a max-or-sum choice (and
-    # the argmax bookkeeping) would sit in the innermost loop
+# ---------------------------------------------------------------------------------------------
+# forward: one output row at a time
+# ---------------------------------------------------------------------------------------------
+cdef void _max_windows(const floating* src, floating* y, unsigned char* a8, int* a32,
+                       Py_ssize_t h, Py_ssize_t w, Py_ssize_t r, Py_ssize_t s_from, Py_ssize_t s_to,
+                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                       Py_ssize_t pw) noexcept nogil:
+    """Windows (r, s_from) .. (r, s_to - 1) walked one tap at a time, clipped to the input;
+    ``y``, ``a8``, ``a32`` point at output row r (the argmax pointers may be NULL)."""
+    cdef Py_ssize_t s, i, j, wc, j0, j1, best_i
+    cdef Py_ssize_t wr = r * sh - ph
+    cdef Py_ssize_t i0 = wr if wr > 0 else 0, i1 = wr + kh if wr + kh < h else h
+    cdef floating best, v
+    cdef bint take
+    for s in range(s_from, s_to):
+        wc = s * sw - pw
+        j0 = wc if wc > 0 else 0
+        j1 = wc + kw if wc + kw < w else w
+        best = -INFINITY
+        best_i = (i0 - wr) * kw + (j0 - wc)
+        for i in range(i0, i1):
+            for j in range(j0, j1):
+                v = src[i * w + j]
+                take = _takes(best, v)
+                best = v if take else best
+                best_i = (i - wr) * kw + (j - wc) if take else best_i
+        y[s] = best
+        if a8 != NULL:
+            a8[s] = <unsigned char> best_i
+        elif a32 != NULL:
+            a32[s] = <int> best_i
+
+
+# The dedicated max loops compare with a plain ``>`` (the earlier of equal values stays) and
+# track positions as floating values: written so, GCC vectorises them, while the NaN-aware
+# comparison and integer positions mixed with the float compares defeat it.  They report
+# whether a window held a NaN, and such a row is redone by the generic walk.
+cdef inline floating _max_2x2(const floating* p, Py_ssize_t w, floating* where) noexcept nogil:
+    """The first maximum of the NaN-free 2x2 window at ``p``, its position into ``where``."""
+    cdef floating top = p[1] if p[1] > p[0] else p[0]
+    cdef floating bottom = p[w + 1] if p[w + 1] > p[w] else p[w]
+    cdef floating top_at = 1 if p[1] > p[0] else 0
+    cdef floating bottom_at = 3 if p[w + 1] > p[w] else 2
+    where[0] = bottom_at if bottom > top else top_at
+    return bottom if bottom > top else top
+
+
+cdef inline floating _max_of_3(const floating* p, floating first, floating* where) noexcept nogil:
+    """The first maximum of the NaN-free p[0], p[1], p[2]; ``where`` = first + its position."""
+    cdef floating best = p[0], at = first
+    at = first + 1 if p[1] > best else at
+    best = p[1] if p[1] > best else best
+    where[0] = first + 2 if p[2] > best else at
+    return p[2] if p[2] > best else best
+
+
+cdef inline floating _max_3x3(const floating* p, Py_ssize_t w, floating* where) noexcept nogil:
+    """The first maximum of the NaN-free 3x3 window at ``p``, its position into ``where``:
+    each row reduced first, then the rows combined in order."""
+    cdef floating at, at1, at2
+    cdef floating best = _max_of_3(p, 0, &at)
+    cdef floating mid = _max_of_3(p + w, 3, &at1)
+    cdef floating bottom = _max_of_3(p + 2 * w, 6, &at2)
+    at = at1 if mid > best else at
+    best = mid if mid > best else best
+    where[0] = at2 if bottom > best else at
+    return bottom if bottom > best else best
+
+
+cdef inline bint _has_nan(const floating* p, Py_ssize_t w, Py_ssize_t k) noexcept nogil:
+    """Does the k x k window at ``p`` (k = 2 or 3) hold a NaN?"""
+    cdef bint nan = (p[0] != p[0]) | (p[1] != p[1]) | (p[w] != p[w]) | (p[w + 1] != p[w + 1])
+    if k == 3:
+        nan = nan | (p[2] != p[2]) | (p[w + 2] != p[w + 2]) | (p[2 * w] != p[2 * w])
+        nan = nan | (p[2 * w + 1] != p[2 * w + 1]) | (p[2 * w + 2] != p[2 * w + 2])
+    return nan
+
+
+cdef bint _max_row(const floating* x0, Py_ssize_t w, floating* y, unsigned char* a, Py_ssize_t n,
+                   Py_ssize_t k) noexcept nogil:
+    """n k x k windows (k = 2 or 3), stride 2, wholly inside the input: ``x0`` is the first
+    window's corner, ``w`` the row length; ``a`` (or NULL) receives the argmax.  Returns
+    whether a window held a NaN (then y and a are not to be trusted)."""
+    # positions of a chunk of windows, turned into bytes by a loop of their own: a byte store
+    # in the main loop would make it step 16 windows at a time, leaving most rows to the tail
+    cdef floating where[64]
+    cdef Py_ssize_t s, start, m
+    cdef bint nan = False
+    for start in range(0, n, 64):
+        m = n - start if n - start < 64 else 64
+        if k == 2:
+            for s in range(start, start + m):
+                y[s] = _max_2x2(x0 + 2 * s, w, &where[s - start])
+                nan = nan | _has_nan(x0 + 2 * s, w, 2)
+        else:
+            for s in range(start, start + m):
+                y[s] = _max_3x3(x0 + 2 * s, w, &where[s - start])
+                nan = nan | _has_nan(x0 + 2 * s, w, 3)
+        if a != NULL:
+            for s in range(m):
+                a[start + s] = <unsigned char> <int> where[s]
+    return nan
+
+
+cdef void _avg_windows(const floating* src, floating* y, Py_ssize_t h, Py_ssize_t w,
+                       Py_ssize_t r, Py_ssize_t s_from, Py_ssize_t s_to, Py_ssize_t kh,
+                       Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                       bint count_pad) noexcept nogil:
+    """Windows (r, s_from) .. (r, s_to - 1): sum of the in-input taps / PyTorch's divisor;
+    ``y`` points at output row r."""
+    cdef Py_ssize_t s, i, j, wc, j0, j1
+    cdef Py_ssize_t wr = r * sh - ph
+    cdef Py_ssize_t i0 = wr if wr > 0 else 0, i1 = wr + kh if wr + kh < h else h
+    cdef Py_ssize_t dh = _divisor(wr, kh, h, ph, count_pad)
+    cdef floating acc
+    for s in range(s_from, s_to):
+        wc = s * sw - pw
+        j0 = wc if wc > 0 else 0
+        j1 = wc + kw if wc + kw < w else w
+        acc = 0
+        for i in range(i0, i1):
+            for j in range(j0, j1):
+                acc = acc + src[i * w + j]
+        y[s] = acc / (dh * _divisor(wc, kw, w, pw, count_pad))
+
+
+cdef void _avg_row(const floating* x0, Py_ssize_t w, floating* y, Py_ssize_t n,
+                   Py_ssize_t k) noexcept nogil:
+    """n k x k windows (k = 2 or 3), stride 2, wholly inside the input (divisor k * k whatever
+    count_include_pad says); taps summed in row-major order like the generic walk."""
+    cdef const floating* x1 = x0 + w
+    cdef const floating* x2 = x1 + w
+    cdef Py_ssize_t s
+    cdef floating div = k * k
+    if k == 2:
+        for s in range(n):
+            y[s] = (x0[2 * s] + x0[2 * s + 1] + x1[2 * s] + x1[2 * s + 1]) / div
+        return
+    for s in range(n):
+        y[s] = (x0[2 * s] + x0[2 * s + 1] + x0[2 * s + 2] + x1[2 * s] + x1[2 * s + 1]
+                + x1[2 * s + 2] + x2[2 * s] + x2[2 * s + 1] + x2[2 * s + 2]) / div
+
+
+cdef void _pool_plane(const floating* src, floating* y, unsigned char* a8, int* a32,
+                      Py_ssize_t h, Py_ssize_t w, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh,
+                      Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                      bint average, bint count_pad) noexcept nogil:
+    """One plane, max or average: the dedicated row loops over the interior windows of a 2x2
+    or 3x3 stride-2 geometry, the generic walk for the rest."""
+    cdef Py_ssize_t r, o, s_lo, s_hi, r_lo = 0, r_hi = 0, c_lo = 0, c_hi = 0
+    if _dedicated(kh, kw, sh, sw) and a32 == NULL:
+        r_lo, r_hi = _interior(h, oh, kh, 2, ph)
+        c_lo, c_hi = _interior(w, ow, kw, 2, pw)
+    for r in range(oh):
+        o = r * ow
+        s_lo = s_hi = ow  # a whole row of generic windows, unless it is an interior row
+        if r_lo <= r < r_hi:
+            s_lo, s_hi = c_lo, c_hi
+        if average:
+            _avg_windows(src, y + o, h, w, r, 0, s_lo, kh, kw, sh, sw, ph, pw, count_pad)
+            if s_hi > s_lo:
+                _avg_row(src + (2 * r - ph) * w + (2 * s_lo - pw), w, y + o + s_lo,
+                         s_hi - s_lo, kh)
+            _avg_windows(src, y + o, h, w, r, s_hi, ow, kh, kw, sh, sw, ph, pw, count_pad)
+        else:
+            _max_windows(src, y + o, _shift(a8, o), _shift(a32, o), h, w, r, 0, s_lo,
+                         kh, kw, sh, sw, ph, pw)
+            if s_hi > s_lo and _max_row(src + (2 * r - ph) * w + (2 * s_lo - pw), w,
+                                        y + o + s_lo, _shift(a8, o + s_lo), s_hi - s_lo, kh):
+                s_hi = s_lo  # a NaN: the row's interior again, by the NaN-aware walk
+            _max_windows(src, y + o, _shift(a8, o), _shift(a32, o), h, w, r, s_hi, ow,
+                         kh, kw, sh, sw, ph, pw)
+
+
+# ---------------------------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------------------------
+cdef inline floating _grad2(const floating* g, const unsigned char* a, Py_ssize_t ow,
+                            Py_ssize_t u, int di, Py_ssize_t dh, Py_ssize_t w, Py_ssize_t pw,
+                            bint count_pad) noexcept nogil:
+    """dx at padded column ``u`` of an input row whose one 2x2 window row is ``g`` (its argmax
+    ``a``, NULL for the average); ``di`` = 2 * the row's place in its windows."""
+    cdef Py_ssize_t s = u >> 1
+    if s >= ow:  # right of the last window (floor mode)
+        return 0
+    if a != NULL:
+        return g[s] if a[s] == di + (u & 1) else 0
+    return g[s] / (dh * _divisor(2 * s - pw, 2, w, pw, count_pad))
+
+
+cdef void _backward2_row(const floating* g, const unsigned char* a, floating* d, Py_ssize_t n,
+                         int di, floating div) noexcept nogil:
+    """dx over n whole 2x2 windows of one input row: dy to the argmax (``a``) or dy / div."""
+    cdef Py_ssize_t s
+    cdef floating v, at, left = di, right = di + 1  # compared as floating: see _max_2x2
+    if a == NULL:
+        for s in range(n):
+            v = g[s] / div
+            d[2 * s] = v
+            d[2 * s + 1] = v
+        return
+    for s in range(n):
+        at = a[s]
+        v = g[s]  # loaded unconditionally, so the selects below need no branch
+        d[2 * s] = v if at == left else 0
+        d[2 * s + 1] = v if at == right else 0
+
+
+cdef void _backward2_plane(const floating* g, const unsigned char* a, floating* dst,
+                           Py_ssize_t h, Py_ssize_t w, Py_ssize_t oh, Py_ssize_t ow,
+                           Py_ssize_t ph, Py_ssize_t pw, bint count_pad) noexcept nogil:
+    """2x2 windows at stride 2 cover each input at most once, so each dx row is written whole
+    from the one output row over it, with no zero fill first: max pooling routes dy to the
+    argmax ``a``, average pooling (``a`` NULL) divides it by the window's divisor."""
+    cdef Py_ssize_t i, j, t, r, dh, c_lo, c_hi
+    cdef int di
+    cdef floating* row
+    cdef const floating* gr
+    cdef const unsigned char* ar = NULL
+    c_lo, c_hi = _interior(w, ow, 2, 2, pw)
+    for i in range(h):
+        t = i + ph
+        r = t >> 1
+        row = dst + i * w
+        if r >= oh:  # below the last window (floor mode)
+            memset(row, 0, w * sizeof(floating))
+            continue
+        gr = g + r * ow
+        if a != NULL:
+            ar = a + r * ow
+        di = 2 * (t & 1)
+        dh = _divisor(2 * r - ph, 2, h, ph, count_pad)
+        for j in range(2 * c_lo - pw):
+            row[j] = _grad2(gr, ar, ow, j + pw, di, dh, w, pw, count_pad)
+        if c_hi > c_lo:
+            _backward2_row(gr + c_lo, ar + c_lo if ar != NULL else NULL, row + 2 * c_lo - pw,
+                           c_hi - c_lo, di, <floating> (2 * dh))
+        for j in range(2 * c_hi - pw, w):
+            row[j] = _grad2(gr, ar, ow, j + pw, di, dh, w, pw, count_pad)
+
+
+cdef void _max_scatter_plane(const floating* g, const unsigned char* a8, const int* a32,
+                             floating* dst, Py_ssize_t h, Py_ssize_t w, Py_ssize_t oh,
+                             Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                             Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """dx = 0, then dy of every window added at its argmax (overlapping windows)."""
+    cdef Py_ssize_t offset[256]  # window position -> offset from the window's corner
+    cdef Py_ssize_t r, s, k, p, corner
+    memset(dst, 0, h * w * sizeof(floating))
+    if a8 != NULL:
+        for k in range(kh * kw):
+            offset[k] = (k // kw) * w + k % kw
+    for r in range(oh):
+        corner = (r * sh - ph) * w - pw
+        for s in range(ow):
+            p = r * ow + s
+            if a8 != NULL:
+                k = offset[a8[p]]
+            else:
+                k = (a32[p] // kw) * w + a32[p] % kw
+            dst[corner + s * sw + k] += g[p]
+
+
+cdef void _avg_scatter_plane(const floating* g, floating* dst, Py_ssize_t h, Py_ssize_t w,
+                             Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw,
+                             Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                             bint count_pad) noexcept nogil:
+    """dx = 0, then dy / divisor spread evenly over each window's in-input taps."""
+    cdef Py_ssize_t r, s, i, j, r0, r1, s0, s1, dh
+    cdef floating v
+    memset(dst, 0, h * w * sizeof(floating))
+    for r in range(oh):
+        r0 = r * sh - ph
+        r1 = r0 + kh if r0 + kh < h else h
+        dh = _divisor(r0, kh, h, ph, count_pad)
+        for s in range(ow):
+            s0 = s * sw - pw
+            s1 = s0 + kw if s0 + kw < w else w
+            v = g[r * ow + s] / (dh * _divisor(s0, kw, w, pw, count_pad))
+            for i in range(r0 if r0 > 0 else 0, r1):
+                for j in range(s0 if s0 > 0 else 0, s1):
+                    dst[i * w + j] += v
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points: shapes checked here, then OpenMP over (image, channel) planes
+# ---------------------------------------------------------------------------------------------
+cdef int _argmax_pointer(object argmax, tuple shape, Py_ssize_t window, unsigned char** a8,
+                         int** a32) except -1:
+    """Point ``a8`` (uint8) or ``a32`` (int32) at ``argmax``'s data; both stay NULL for None."""
+    cdef unsigned char[:, :, :, ::1] bytes_view
+    cdef int[:, :, :, ::1] ints_view
+    if argmax is None:
+        return 0
+    if not isinstance(argmax, np.ndarray) or argmax.shape != shape:
+        raise ValueError(f"maxpool2d: argmax must be an array of shape {shape}")
+    if argmax.dtype == np.uint8 and window <= MAX_UINT8_WINDOW:
+        bytes_view = argmax
+        a8[0] = &bytes_view[0, 0, 0, 0]
+    elif argmax.dtype == np.intc:
+        ints_view = argmax
+        a32[0] = &ints_view[0, 0, 0, 0]
+    else:
+        raise ValueError(f"maxpool2d: argmax of a {window}-element window must be "
+                         f"{'uint8 or ' if window <= MAX_UINT8_WINDOW else ''}int32, "
+                         f"got {argmax.dtype}")
+    return 0
+
+
+cdef tuple _shape4(Py_ssize_t* shape):
+    return (shape[0], shape[1], shape[2], shape[3])
+
+
+cdef int _check_planes(tuple a, tuple b, str what) except -1:
+    if a[:2] != b[:2]:
+        raise ValueError(f"{what}: arrays of shapes {a} and {b} hold different planes")
+    return 0
+
+
+def maxpool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, argmax,
+                      int kh, int kw, int sh, int sw, int ph, int pw):
+    """y = max over windows; ``argmax`` (None, or y's shape in uint8 for windows of up to 256
+    elements, int32 for any) receives the first maximum's position inside each window."""
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t oh = y.shape[2], ow = y.shape[3]
-    cdef Py_ssize_t pidx, r, s, i, j, r0, r1, s0, s1, div
-    cdef const floating* src
-    cdef floating acc
+    cdef Py_ssize_t pidx
+    cdef unsigned char* a8 = NULL
+    cdef int* a32 = NULL
+    _check_planes(_shape4(x.shape), _shape4(y.shape), "maxpool2d")
+    if planes == 0 or oh == 0 or ow == 0:
+        return
+    _argmax_pointer(argmax, _shape4(y.shape), kh * kw, &a8, &a32)
+    with nogil, parallel(use_threads_if=planes * h * w >= _PARALLEL_MIN):
+        note_team()
+        for pidx in prange(planes, schedule="static"):
+            _pool_plane(&x[pidx // c, pidx % c, 0, 0], &y[pidx // c, pidx % c, 0, 0],
+                        _shift(a8, pidx * oh * ow), _shift(a32, pidx * oh * ow),
+                        h, w, oh, ow, kh, kw, sh, sw, ph, pw, False, False)
+
+
+def maxpool2d_backward(const floating[:, :, :, ::1] dy, argmax, floating[:, :, :, ::1] dx,
+                       int kh, int kw, int sh, int sw, int ph, int pw):
+    """dx = dy of every window routed to its recorded argmax (``maxpool2d_forward``'s)."""
+    cdef Py_ssize_t planes = dx.shape[0] * dx.shape[1]
+    cdef Py_ssize_t c = dx.shape[1], h = dx.shape[2], w = dx.shape[3]
+    cdef Py_ssize_t oh = dy.shape[2], ow = dy.shape[3]
+    cdef Py_ssize_t pidx, o
+    cdef unsigned char* a8 = NULL
+    cdef int* a32 = NULL
+    cdef floating* dst
+    _check_planes(_shape4(dy.shape), _shape4(dx.shape), "maxpool2d backward")
+    if planes == 0:
+        return
+    if oh == 0 or ow == 0:
+        dx[...] = 0
+        return
+    _argmax_pointer(argmax, _shape4(dy.shape), kh * kw, &a8, &a32)
+    if a8 == NULL and a32 == NULL:
+        raise ValueError("maxpool2d backward: the forward pass kept no argmax")
+    with nogil, parallel(use_threads_if=planes * h * w >= _PARALLEL_MIN):
+        note_team()
+        for pidx in prange(planes, schedule="static"):
+            o = pidx * oh * ow
+            dst = &dx[pidx // c, pidx % c, 0, 0]
+            if a8 != NULL and kh == 2 and kw == 2 and sh == 2 and sw == 2:
+                _backward2_plane(&dy[pidx // c, pidx % c, 0, 0], a8 + o, dst, h, w, oh, ow,
+                                 ph, pw, False)
+            else:
+                _max_scatter_plane(&dy[pidx // c, pidx % c, 0, 0], _shift(a8, o),
+                                   _shift(a32, o), dst, h, w, oh, ow, kh, kw, sh, sw, ph, pw)
+
+
+def avgpool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
+                      int kh, int kw, int sh, int sw, int ph, int pw, bint count_include_pad):
+    """y = sum over each window / its divisor (PyTorch's count_include_pad rule)."""
+    cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t c = x.shape[1], h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t oh = y.shape[2], ow = y.shape[3]
+    cdef Py_ssize_t pidx
+    _check_planes(_shape4(x.shape), _shape4(y.shape), "avgpool2d")
     if planes == 0 or oh == 0 or ow == 0:
         return
     with nogil, parallel(use_threads_if=planes * h * w >= _PARALLEL_MIN):
         note_team()
         for pidx in prange(planes, schedule="static"):
-            src = &x[pidx // c, pidx % c, 0, 0]
-            for r in range(oh):
-                r0 = r * sh - ph
-                r1 = r0 + kh
-                if r1 > h:
-                    r1 = h
-                for s in range(ow):
-                    s0 = s * sw - pw
-                    s1 = s0 + kw
-                    if s1 > w:
-                        s1 = w
-                    div = _divisor(r0, kh, h, ph, count_include_pad) * _divisor(s0, kw, w, pw, count_include_pad)
-                    acc = 0
-                    for i in range(r0 if r0 > 0 else 0, r1):
-                        for j in range(s0 if s0 > 0 else 0, s1):
-                            acc = acc + src[i * w + j]
-                    y[pidx // c, pidx % c, r, s] = acc / div
+            _pool_plane(&x[pidx // c, pidx % c, 0, 0], &y[pidx // c, pidx % c, 0, 0], NULL, NULL,
+                        h, w, oh, ow, kh, kw, sh, sw, ph, pw, True, count_include_pad)
 
 
 def avgpool2d_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
                        int kh, int kw, int sh, int sw, int ph, int pw, bint count_include_pad):
-    """dx = 0, then dy / divisor spread evenly over each window's in-input positions."""
-    # mirror image of avgpool2d_forward; one shared loop would branch on gather/scatter innermost
+    """dx = dy / divisor spread evenly over each window's in-input positions."""
     cdef Py_ssize_t planes = dx.shape[0] * dx.shape[1]
     cdef Py_ssize_t c = dx.shape[1], h = dx.shape[2], w = dx.shape[3]
     cdef Py_ssize_t oh = dy.shape[2], ow = dy.shape[3]
-    cdef Py_ssize_t pidx, r, s, i, j, r0, r1, s0, s1, div
+    cdef Py_ssize_t pidx
     cdef floating* dst
-    cdef floating g
+    _check_planes(_shape4(dy.shape), _shape4(dx.shape), "avgpool2d backward")
     if planes == 0:
         return
     with nogil, parallel(use_threads_if=planes * h * w >= _PARALLEL_MIN):
         note_team()
         for pidx in prange(planes, schedule="static"):
             dst = &dx[pidx // c, pidx % c, 0, 0]
-            memset(dst, 0, h * w * sizeof(floating))
-            for r in range(oh):
-                r0 = r * sh - ph
-                r1 = r0 + kh
-                if r1 > h:
-                    r1 = h
-                for s in range(ow):
-                    s0 = s * sw - pw
-                    s1 = s0 + kw
-                    if s1 > w:
-                        s1 = w
-                    div = _divisor(r0, kh, h, ph, count_include_pad) * _divisor(s0, kw, w, pw, count_include_pad)
-                    g = dy[pidx // c, pidx % c, r, s] / div
-                    for i in range(r0 if r0 > 0 else 0, r1):
-                        for j in range(s0 if s0 > 0 else 0, s1):
-                            dst[i * w + j] += g
+            if kh == 2 and kw == 2 and sh == 2 and sw == 2 and oh > 0 and ow > 0:
+                _backward2_plane(&dy[pidx // c, pidx % c, 0, 0], NULL, dst, h, w, oh, ow,
+                                 ph, pw, count_include_pad)
+            else:
+                _avg_scatter_plane(&dy[pidx // c, pidx % c, 0, 0], dst, h, w, oh, ow, kh, kw,
+                                   sh, sw, ph, pw, count_include_pad)
 
 
 def global_avgpool2d_forward(const floating[:, :, :, ::1] x, floating[:, ::1] y):

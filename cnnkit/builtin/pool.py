@@ -3,7 +3,8 @@ ceil_mode, count_include_pad, max-pool ties to the first maximum), ``globalavgpo
 LeNet-5's trainable ``subsampling``, each with
 
 - ``"numpy"``: the reference, on ``sliding_window_view`` windows of the padded input;
-- ``"cython"``: ``cnnkit._ext.pool`` (priority 100), direct loops, OpenMP over (image, channel).
+- ``"cython"``: ``cnnkit._ext.pool`` (priority 100), direct loops, OpenMP over (image, channel);
+  dedicated row loops for 2x2 and 3x3 windows at stride 2.
 """
 from __future__ import annotations
 
@@ -64,6 +65,11 @@ class MaxPool2dNumpy:
         win = _pool_windows(xp, kh, kw, sh, sw, oh, ow)
         arg = np.argmax(win, axis=-1)  # first occurrence: PyTorch's tie rule (and NaN wins)
         y = np.ascontiguousarray(np.take_along_axis(win, arg[..., None], axis=-1)[..., 0])
+        # a window of -inf only: PyTorch routes its gradient to the first in-input position,
+        # where argmax would pick the first position, maybe padding
+        inside = _pool_windows(np.pad(np.ones((1, 1, *x.shape[2:])), pads), kh, kw, sh, sw,
+                               oh, ow)
+        arg = np.where(y == -np.inf, np.argmax(inside, axis=-1), arg)
         ctx = (x.shape, xp.shape, arg, (kh, kw, sh, sw, ph, pw, oh, ow)) if need_backward else None
         return y, ctx
 
@@ -206,25 +212,30 @@ def _checked_geometry(x, config):
 
 
 class MaxPool2dCython:
-    """Max pooling; the argmax (int32 per output) is kept only when a backward pass will follow."""
+    """Max pooling; the argmax (the maximum's place inside its window, one byte per output) is
+    kept only when a backward pass will follow."""
 
     @staticmethod
     def forward(x, params, config, need_backward):
         x = contiguous(x)
         geom, oh, ow = _checked_geometry(x, config)
-        if x.shape[2] * x.shape[3] > INT32_MAX:
-            raise ValueError("maxpool2d: plane too large for int32 argmax indices")
+        window = geom[0] * geom[1]
+        if window > INT32_MAX:
+            raise ValueError(f"maxpool2d: window {geom[:2]} too large for int32 argmax indices")
         y = np.empty((*x.shape[:2], oh, ow), dtype=x.dtype)
-        argmax = np.empty(y.shape, dtype=np.intc) if need_backward else None
+        argmax = None
+        if need_backward:
+            compact = window <= _pool.MAX_UINT8_WINDOW
+            argmax = np.empty(y.shape, dtype=np.uint8 if compact else np.intc)
         _pool.maxpool2d_forward(x, y, argmax, *geom)
-        return y, ((x.shape, x.dtype, argmax) if need_backward else None)
+        return y, ((x.shape, x.dtype, argmax, geom) if need_backward else None)
 
     @staticmethod
     def backward(dy, ctx):
-        x_shape, dtype, argmax = ctx
+        x_shape, dtype, argmax, geom = ctx
         dy = grad_like(dy, dtype, argmax.shape, "maxpool2d")
         dx = np.empty(x_shape, dtype=dtype)
-        _pool.maxpool2d_backward(dy, argmax, dx)
+        _pool.maxpool2d_backward(dy, argmax, dx, *geom)
         return dx, {}
 
 
@@ -326,7 +337,7 @@ def cnnkit_register_variants(register):
              capabilities=MaxPool2D.FEATURES, description="NumPy window views + argmax; the reference")
     register("maxpool2d", "cython", MaxPool2dCython, priority=100, dtypes=dtypes,
              capabilities=MaxPool2D.FEATURES,
-             description="Cython direct loops, OpenMP over (image, channel), int32 argmax")
+             description="Cython direct loops, OpenMP over (image, channel), uint8 argmax")
     register("avgpool2d", "numpy", AvgPool2dNumpy, priority=0, dtypes=dtypes,
              capabilities=AvgPool2D.FEATURES, description="NumPy window views + sum; the reference")
     register("avgpool2d", "cython", AvgPool2dCython, priority=100, dtypes=dtypes,

@@ -5,13 +5,17 @@ Windows are walked one output position at a time with PyTorch's rules written ou
 (stride defaults to the kernel, ceil_mode windows must start inside the input or the left
 padding, count_include_pad), read from the case's constructor arguments.  Max pooling also has
 a loop backward: the gradient goes to the FIRST maximum of each window in row-major order
-(PyTorch's rule), checked on a case full of ties.
+(PyTorch's rule; a NaN beats every number), checked on cases full of ties, NaN and -inf.
+
+2x2 and 3x3 windows at stride 2 have dedicated loops in the compiled kernels, so they get cases
+of their own: odd sizes, padding, ceil mode, batch 1, and rows wide enough for the vectorised
+loop bodies, not only their remainders.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from cnnkit.testing._cases import Case
+from cnnkit.testing._cases import Case, distinct_inputs
 
 
 def tied_inputs(rng, shape):
@@ -20,6 +24,43 @@ def tied_inputs(rng, shape):
     values = np.array([-2.0, -1.5, -1.0, -0.5, 0.5, 1.0])
     return rng.choice(values, size=shape)
 
+
+def nan_inputs(rng, shape):
+    """Distinct values with about one NaN in 12 (some windows hold two)."""
+    x = distinct_inputs(rng, shape)
+    x[rng.random(shape) < 1 / 12] = np.nan
+    return x
+
+
+def neg_inf_inputs(rng, shape):
+    """Distinct values, a third of them -inf; every 2x2 block keeps one finite value, so the
+    outputs stay finite while many windows compare -inf with -inf."""
+    x = distinct_inputs(rng, shape)
+    drop = rng.random(shape) < 1 / 3
+    drop[..., ::2, ::2] = False
+    x[drop] = -np.inf
+    return x
+
+
+# 2x2 and 3x3 windows at stride 2 (dedicated loops): odd sizes, padding, ceil mode, batch 1
+_FAST = [
+    Case(dict(kernel_size=2), (1, 2, 7, 9)),
+    Case(dict(kernel_size=2), (2, 1, 4, 70)),  # a row of 35 windows: the vectorised body
+    Case(dict(kernel_size=2, padding=1), (2, 2, 7, 8)),
+    Case(dict(kernel_size=2, ceil_mode=True), (1, 3, 9, 7)),
+    Case(dict(kernel_size=2, stride=2, padding=1, ceil_mode=True), (1, 2, 8, 37)),
+    Case(dict(kernel_size=3, stride=2), (1, 2, 9, 11)),
+    Case(dict(kernel_size=3, stride=2, padding=1), (1, 1, 7, 69)),
+    Case(dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (2, 2, 10, 9)),
+    Case(dict(kernel_size=3, stride=2, ceil_mode=True), (1, 1, 8, 40)),
+]
+_FAST_SPECIAL = [
+    Case(dict(kernel_size=2), (2, 3, 7, 41), tied_inputs, gradcheck=False),
+    Case(dict(kernel_size=3, stride=2, padding=1), (1, 3, 9, 41), tied_inputs, gradcheck=False),
+    Case(dict(kernel_size=2, padding=1, ceil_mode=True), (1, 2, 9, 41), nan_inputs,
+         gradcheck=False),
+    Case(dict(kernel_size=3, stride=2, padding=1), (2, 2, 9, 40), nan_inputs, gradcheck=False),
+]
 
 _POOL = [
     Case(dict(kernel_size=2), (2, 3, 6, 6)),
@@ -31,12 +72,18 @@ _POOL = [
 ]
 
 CASES = {
-    "maxpool2d": _POOL + [
+    "maxpool2d": _POOL + _FAST + _FAST_SPECIAL + [
         # ties: the gradient must reach the first maximum (no finite differences at a tie)
         Case(dict(kernel_size=3, stride=2, padding=1), (2, 3, 7, 6), tied_inputs,
              gradcheck=False),
+        Case(dict(kernel_size=2), (1, 2, 8, 42), neg_inf_inputs, gradcheck=False),
+        Case(dict(kernel_size=3, stride=2, padding=1), (1, 2, 9, 41), neg_inf_inputs,
+             gradcheck=False),
     ],
-    "avgpool2d": _POOL + [
+    "avgpool2d": _POOL + _FAST + _FAST_SPECIAL + [
+        Case(dict(kernel_size=2, padding=1, count_include_pad=False), (1, 2, 7, 38)),
+        Case(dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+             (2, 1, 8, 41)),
         Case(dict(kernel_size=3, stride=2, padding=1, count_include_pad=False), (2, 2, 5, 6)),
         Case(dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
              (1, 2, 6, 6)),
@@ -93,7 +140,8 @@ def _loop_pool(x, kwargs, kind):
 
 
 def loop_maxpool2d_backward(x, params, kwargs, config, dy):
-    """Each output's gradient added to the first maximum of its window (row-major scan)."""
+    """Each output's gradient added to the first maximum of its window (row-major scan); a
+    NaN beats every number, the first NaN of the window winning."""
     n, c, h, w = x.shape
     rows, cols = _geometry(kwargs, h, w)
     dx = np.zeros_like(x, dtype=np.float64)
@@ -104,7 +152,10 @@ def loop_maxpool2d_backward(x, params, kwargs, config, dy):
                     best = None
                     for r in range(max(r0, 0), min(r1, h)):
                         for q in range(max(c0, 0), min(c1, w)):
-                            if best is None or x[b, ch, r, q] > x[b, ch, best[0], best[1]]:
+                            v, top = x[b, ch, r, q], (None if best is None
+                                                      else x[b, ch, best[0], best[1]])
+                            if (best is None or v > top
+                                    or (np.isnan(v) and not np.isnan(top))):
                                 best = (r, q)
                     dx[b, ch, best[0], best[1]] += dy[b, ch, i, j]
     return dx
