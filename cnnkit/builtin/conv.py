@@ -8,7 +8,9 @@
 - ``"cython"``: ``cnnkit._ext.conv`` (priority 100): im2col/col2im in Cython, one BLAS GEMM per
   group and image, an OpenMP team over the images of the batch (forward: over bands of output
   rows when the batch is smaller than the team) with BLAS single-threaded inside it
-  (:func:`cnnkit._threads.single_threaded_blas`).
+  (:func:`cnnkit._threads.single_threaded_blas`).  When the columns of the whole batch fit
+  ``COL_WORKSPACE_BYTES`` (small-channel layers such as LeNet's) the forward pass keeps them for
+  the weight gradient instead of rebuilding them in backward.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ __all__ = ["COL_WORKSPACE_BYTES", "SERIAL_MACS", "Conv2dNumpy", "Conv2dCython",
 
 #: Upper bound of the im2col workspace of one convolution call, all threads together.  Each
 #: thread holds the columns of one band of output rows of one image; bands are as tall as fit
-#: (a whole image for ordinary sizes), but never less than one output row.
+#: (a whole image for ordinary sizes), but never less than one output row.  Columns kept from
+#: forward to backward (the whole batch's) are held to the same bound.
 COL_WORKSPACE_BYTES = 32 * 2**20
 
 #: Convolutions with fewer multiply-adds than this run on one thread.
