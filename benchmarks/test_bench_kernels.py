@@ -65,6 +65,42 @@ def test_conv2d(benchmark, request, mode, name, shape, cout, k, stride, pad, var
     benchmark(run)
 
 
+# (input shape, out channels, kernel, stride, padding): a DCGAN-like k4 s2 p1 up-sampling block
+CONVT_SHAPE = ((32, 64, 16, 16), 32, 4, 2, 1)
+
+
+@pytest.mark.parametrize("variant", variant_names("convtranspose2d") + [PEER])
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
+def test_convtranspose2d(benchmark, request, mode, variant):
+    shape, cout, k, stride, pad = CONVT_SHAPE
+    benchmark.group = f"convtranspose2d {mode} k{k} s{stride} p{pad} ({','.join(map(str, shape))})->{cout}"
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    conv = ck.layers.ConvTranspose2D(shape[1], cout, k, stride=stride, padding=pad, rng=0)
+    backward = mode != "forward"
+    if variant == PEER:
+        torch = request.getfixturevalue("torch_peer")
+        tx = torch.from_numpy(x).requires_grad_(backward)
+        w = torch.from_numpy(conv.params["weight"]).requires_grad_(backward)
+        b = torch.from_numpy(conv.params["bias"]).requires_grad_(backward)
+
+        def run():
+            if backward:
+                y = torch.nn.functional.conv_transpose2d(tx, w, b, stride=stride, padding=pad)
+                y.backward(torch.ones_like(y))
+                tx.grad = w.grad = b.grad = None
+            else:
+                with torch.no_grad():
+                    torch.nn.functional.conv_transpose2d(tx, w, b, stride=stride, padding=pad)
+    else:
+        conv.impl = variant
+
+        def run():
+            y = conv.forward(x, training=backward)
+            if backward:
+                conv.backward(np.ones_like(y))
+    benchmark(run)
+
+
 # (window, input shape, kernel, stride, padding)
 POOL_SHAPES = [("2x2", (64, 32, 32, 32), 2, 2, 0), ("3x3 s2 p1", (32, 64, 56, 56), 3, 2, 1)]
 POOL_IDS = [f"{s[0]} {s[1]}".replace(" ", "") for s in POOL_SHAPES]

@@ -206,7 +206,8 @@ def test_bench_conv2d_custom_shape(capsys, tmp_path):
 
 def test_bench_default_conv2d_shapes_are_the_benchmark_suites():
     assert [s.name for s in DEFAULT_SHAPES["conv2d"]] == [
-        "lenet-conv1", "lenet-conv2", "cifar-3x3", "64ch-32px", "128ch-28px", "64to128-s2"]
+        "lenet-conv1", "lenet-conv2", "cifar-3x3", "64ch-32px", "128ch-28px", "64to128-s2",
+        "lenet-conv1-p2", "lenet-conv2-14px"]
     assert CONV2D_SHAPES[0].input_shape == (64, 1, 28, 28)
 
 

@@ -23,7 +23,7 @@ convolution weight gradient with x and dy swapped, so the wrapper calls the kern
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from cnnkit._ext._blas cimport gemm_rm
 from cnnkit._ext._omp cimport note_team, omp_last_team, omp_max_threads
@@ -56,6 +56,24 @@ cdef inline Py_ssize_t _end_valid(Py_ssize_t offset, Py_ssize_t stride, Py_ssize
     return e if e < out else out
 
 
+cdef inline floating _sum(const floating* a, Py_ssize_t n) noexcept nogil:
+    """Sum of a[0:n] in eight interleaved partial sums: without -ffast-math a single accumulator
+    is a serial dependency chain the compiler may not reorder, eight independent lanes it can
+    keep in one vector register."""
+    cdef floating lane[8]
+    cdef Py_ssize_t p, q, n8 = n - n % 8
+    cdef floating acc
+    for q in range(8):
+        lane[q] = 0
+    for p in range(0, n8, 8):
+        for q in range(8):
+            lane[q] = lane[q] + a[p + q]
+    acc = ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]))
+    for p in range(n8, n):
+        acc = acc + a[p]
+    return acc
+
+
 cdef void im2col_band(const floating* x, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
@@ -81,16 +99,16 @@ cdef void im2col_band(const floating* x, Py_ssize_t c, Py_ssize_t h, Py_ssize_t 
                         memset(dst, 0, ow * sizeof(floating))
                         continue
                     src = x + (ch * h + src_r) * w + off
-                    for s in range(s0):
-                        dst[s] = 0
+                    if s0 > 0:
+                        memset(dst, 0, s0 * sizeof(floating))
                     if sw == 1:
-                        for s in range(s0, s1):
-                            dst[s] = src[s]
+                        # stride 1: the valid part of the column row is one run of the input row
+                        memcpy(dst + s0, src + s0, (s1 - s0) * sizeof(floating))
                     else:
                         for s in range(s0, s1):
                             dst[s] = src[s * sw]
-                    for s in range(s1, ow):
-                        dst[s] = 0
+                    if s1 < ow:
+                        memset(dst + s1, 0, (ow - s1) * sizeof(floating))
 
 
 cdef void col2im_band(const floating* col, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
@@ -125,11 +143,23 @@ cdef void col2im_band(const floating* col, Py_ssize_t c, Py_ssize_t h, Py_ssize_
                             dst[s * sw] += src[s]
 
 
+cdef _check_cols(const floating[:, :, ::1] cols, Py_ssize_t n, Py_ssize_t k, Py_ssize_t plane):
+    if cols is not None and (cols.shape[0] != n or cols.shape[1] != k or cols.shape[2] != plane):
+        raise ValueError(f"cols must be shaped (N, C*kh*kw, oh*ow) = ({n}, {k}, {plane}), "
+                         f"got {tuple(cols.shape)[:3]}")
+
+
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                    const floating[::1] bias, floating[:, :, :, ::1] y, floating[:, ::1] workspace,
                    int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                   Py_ssize_t rows_per_band, int num_threads):
-    """y = conv2d(x, weight) + bias; ``bias`` may be None; ``workspace`` unused for direct 1x1."""
+                   Py_ssize_t rows_per_band, int num_threads, floating[:, :, ::1] cols=None):
+    """y = conv2d(x, weight) + bias; ``bias`` may be None; ``workspace`` unused for direct 1x1.
+
+    With ``cols`` (N, C*kh*kw, oh*ow) the columns are built there instead of in the workspace
+    and stay for :func:`conv2d_backward` to reuse: the columns of image n, band [r0, r1) are
+    the (C*kh*kw, (r1-r0)*ow) block at offset C*kh*kw*r0*ow of ``cols[n]``, so the backward call
+    must use the same ``rows_per_band``.
+    """
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t o = weight.shape[0], cg = weight.shape[1], kh = weight.shape[2], kw = weight.shape[3]
     cdef Py_ssize_t oh = y.shape[2], ow = y.shape[3]
@@ -139,13 +169,16 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                         and oh == h and ow == w)
     cdef Py_ssize_t n_bands = (oh + rows_per_band - 1) // rows_per_band
     cdef Py_ssize_t task, n, r0, r1, g, oc, p, band
+    cdef bint keep = cols is not None and not direct
     cdef floating* col = NULL
+    cdef floating* colb = NULL
     cdef const floating* bsrc
     cdef floating* yo
     cdef floating bv
     cdef int tid = 0
     if rows_per_band < 1:
         raise ValueError("rows_per_band must be positive")
+    _check_cols(cols, n_img, c * kh * kw, plane)
     if n_img == 0 or o == 0 or plane == 0:
         return
     with nogil, parallel(num_threads=num_threads):
@@ -160,8 +193,9 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
             if r1 > oh:
                 r1 = oh
             band = (r1 - r0) * ow
+            colb = (&cols[n, 0, 0] + c * kh * kw * r0 * ow) if keep else col
             if not direct:
-                im2col_band(&x[n, 0, 0, 0], c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, ow, r0, r1, col)
+                im2col_band(&x[n, 0, 0, 0], c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, ow, r0, r1, colb)
             for g in range(groups):
                 if direct:
                     bsrc = &x[n, g * cg, 0, 0] + r0 * ow
@@ -170,7 +204,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                             <floating> 0.0, &y[n, g * og, 0, 0] + r0 * ow, <int> plane)
                 else:
                     gemm_rm(False, False, <int> og, <int> band, <int> kg, <floating> 1.0,
-                            &weight[g * og, 0, 0, 0], <int> kg, col + g * kg * band, <int> band,
+                            &weight[g * og, 0, 0, 0], <int> kg, colb + g * kg * band, <int> band,
                             <floating> 0.0, &y[n, g * og, 0, 0] + r0 * ow, <int> plane)
             if has_bias:
                 for oc in range(o):
@@ -185,7 +219,8 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
                     floating[:, :, ::1] dw_partial, floating[:, ::1] db_partial,
                     floating[:, ::1] workspace,
                     int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                    Py_ssize_t rows_per_band, int num_threads, bint compute_dx=True):
+                    Py_ssize_t rows_per_band, int num_threads, bint compute_dx=True,
+                    const floating[:, :, ::1] cols=None):
     """dx (overwritten), and per-thread partial sums dw_partial[t] (O, Kg), db_partial[t] (O,).
 
     The partial sums must be zeroed by the caller, who adds them up over threads.  With
@@ -193,6 +228,9 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     be None and the input-gradient GEMM and col2im are skipped.
     ``db_partial`` may be None (no bias).  Each image belongs to one thread, so its dx slice is
     written without races even though bands of output rows overlap in the input.
+    ``cols`` are the columns kept by :func:`conv2d_forward` (same ``rows_per_band``): the
+    weight gradient reads them instead of rebuilding them, and ``workspace`` only holds the
+    column gradients (it may be (threads, 1) when ``compute_dx`` is false).
     """
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t o = weight.shape[0], cg = weight.shape[1], kh = weight.shape[2], kw = weight.shape[3]
@@ -201,15 +239,17 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     cdef bint has_bias = db_partial is not None
     cdef bint direct = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0
                         and oh == h and ow == w)
-    cdef Py_ssize_t n, r0, r1, g, oc, p, band
+    cdef bint keep = cols is not None and not direct
+    cdef Py_ssize_t n, r0, r1, g, oc, band
     cdef floating* col = NULL
     cdef floating* dwt = NULL
+    cdef const floating* colb = NULL
     cdef const floating* dyg
     cdef const floating* bsrc
-    cdef floating acc
     cdef int tid = 0
     if rows_per_band < 1:
         raise ValueError("rows_per_band must be positive")
+    _check_cols(cols, n_img, c * kh * kw, plane)
     if compute_dx and (dx is None or dx.shape[0] != n_img or dx.shape[1] != c
                        or dx.shape[2] != h or dx.shape[3] != w):
         raise ValueError("dx must be an array shaped like x when compute_dx is set")
@@ -233,11 +273,14 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
                 if r1 > oh:
                     r1 = oh
                 band = (r1 - r0) * ow
-                if not direct:
+                if keep:
+                    colb = &cols[n, 0, 0] + c * kh * kw * r0 * ow
+                elif not direct:
                     im2col_band(&x[n, 0, 0, 0], c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, ow, r0, r1, col)
+                    colb = col
                 for g in range(groups):
                     dyg = &dy[n, g * og, 0, 0] + r0 * ow
-                    bsrc = (&x[n, g * cg, 0, 0] + r0 * ow) if direct else (col + g * kg * band)
+                    bsrc = (&x[n, g * cg, 0, 0] + r0 * ow) if direct else (colb + g * kg * band)
                     # dW_g += dy_g (og x band) @ col_g^T (band x kg)
                     gemm_rm(False, True, <int> og, <int> kg, <int> band, <floating> 1.0,
                             dyg, <int> plane, bsrc, <int> (plane if direct else band),
@@ -261,11 +304,7 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
                 r0 = r1
             if has_bias:
                 for oc in range(o):
-                    acc = 0
-                    dyg = &dy[n, oc, 0, 0]
-                    for p in range(plane):
-                        acc = acc + dyg[p]
-                    db_partial[tid, oc] += acc
+                    db_partial[tid, oc] += _sum(&dy[n, oc, 0, 0], plane)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,3 +392,24 @@ def conv_transpose2d_forward(const floating[:, :, :, ::1] x, const floating[:, :
                     yo = &y[n, co, 0, 0]
                     for p in range(oh * ow):
                         yo[p] = yo[p] + bv
+
+
+def channel_sums(const floating[:, :, :, ::1] a, floating[::1] out, int num_threads):
+    """out[c] = sum of a[:, c] (overwritten): the bias gradient of a transposed convolution."""
+    cdef Py_ssize_t n_img = a.shape[0], c = a.shape[1], plane = a.shape[2] * a.shape[3]
+    cdef Py_ssize_t ch, n
+    cdef floating acc
+    if out.shape[0] != c:
+        raise ValueError(f"out has {out.shape[0]} entries, expected one per channel ({c})")
+    if c == 0:
+        return
+    if n_img == 0 or plane == 0:
+        memset(&out[0], 0, c * sizeof(floating))
+        return
+    with nogil, parallel(num_threads=num_threads):
+        note_team()
+        for ch in prange(c, schedule="static"):
+            acc = 0
+            for n in range(n_img):
+                acc = acc + _sum(&a[n, ch, 0, 0], plane)
+            out[ch] = acc

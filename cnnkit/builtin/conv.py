@@ -8,7 +8,9 @@
 - ``"cython"``: ``cnnkit._ext.conv`` (priority 100): im2col/col2im in Cython, one BLAS GEMM per
   group and image, an OpenMP team over the images of the batch (forward: over bands of output
   rows when the batch is smaller than the team) with BLAS single-threaded inside it
-  (:func:`cnnkit._threads.single_threaded_blas`).
+  (:func:`cnnkit._threads.single_threaded_blas`).  When the columns of the whole batch fit
+  ``COL_WORKSPACE_BYTES`` (small-channel layers such as LeNet's) the forward pass keeps them for
+  the weight gradient instead of rebuilding them in backward.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ __all__ = ["COL_WORKSPACE_BYTES", "SERIAL_MACS", "Conv2dNumpy", "Conv2dCython",
 
 #: Upper bound of the im2col workspace of one convolution call, all threads together.  Each
 #: thread holds the columns of one band of output rows of one image; bands are as tall as fit
-#: (a whole image for ordinary sizes), but never less than one output row.
+#: (a whole image for ordinary sizes), but never less than one output row.  Columns kept from
+#: forward to backward (the whole batch's) are held to the same bound.
 COL_WORKSPACE_BYTES = 32 * 2**20
 
 #: Convolutions with fewer multiply-adds than this run on one thread.
@@ -203,6 +206,19 @@ def _conv_plan(x_shape, w_shape, oh, ow, itemsize, direct, split_images):
     return threads, rows, (threads, 1 if direct else k * rows * ow)
 
 
+def _kept_columns(x_shape, w_shape, oh, ow, itemsize, direct):
+    """A buffer for the columns of the whole batch when they fit ``COL_WORKSPACE_BYTES``, else
+    None.  Kept from one kernel to the next, the columns are built once instead of twice (the
+    weight gradient reads what the forward product read)."""
+    if direct:
+        return None
+    n, c = x_shape[:2]
+    k = c * w_shape[2] * w_shape[3]
+    if n * k * oh * ow * itemsize > COL_WORKSPACE_BYTES:
+        return None
+    return (n, k, oh * ow)
+
+
 class Conv2dCython:
     """2-D cross-correlation: im2col/col2im in Cython, one BLAS GEMM per group and image."""
 
@@ -241,25 +257,31 @@ class Conv2dCython:
         geom, oh, ow, direct = Conv2dCython._check(x, w, b, config)
         y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
         threads, rows, ws_shape = _conv_plan(x.shape, w.shape, oh, ow, x.itemsize, direct, True)
-        ws = workspace(ws_shape, x.dtype)
+        kept = _kept_columns(x.shape, w.shape, oh, ow, x.itemsize, direct) if need_backward else None
+        cols = None if kept is None else np.empty(kept, dtype=x.dtype)
+        ws = workspace((threads, 1) if cols is not None else ws_shape, x.dtype)
         with single_threaded_blas():
-            _conv.conv2d_forward(x, w, b, y, ws, *geom, rows, threads)
-        ctx = (x, w, b is not None, geom, oh, ow, direct) if need_backward else None
+            _conv.conv2d_forward(x, w, b, y, ws, *geom, rows, threads, cols)
+        ctx = (x, w, b is not None, geom, oh, ow, direct, cols, rows) if need_backward else None
         return y, ctx
 
     @staticmethod
     def backward(dy, ctx, need_input_grad=True):
-        x, w, has_bias, geom, oh, ow, direct = ctx
+        x, w, has_bias, geom, oh, ow, direct, cols, fwd_rows = ctx
         n, o = x.shape[0], w.shape[0]
         dy = grad_like(dy, x.dtype, (n, o, oh, ow), "conv2d")
         threads, rows, ws_shape = _conv_plan(x.shape, w.shape, oh, ow, x.itemsize, direct, False)
+        if cols is not None:
+            # the kept columns are laid out by the forward pass's bands
+            rows = fwd_rows
+            ws_shape = (threads, cols.shape[1] * rows * ow if need_input_grad else 1)
         ws = workspace(ws_shape, x.dtype)
         dx = np.empty_like(x) if need_input_grad else None
         dw_part = np.zeros((threads, o, w[0].size), dtype=x.dtype)
         db_part = np.zeros((threads, o), dtype=x.dtype) if has_bias else None
         with single_threaded_blas():
             _conv.conv2d_backward(x, w, dy, dx, dw_part, db_part, ws, *geom, rows, threads,
-                                  bool(need_input_grad))
+                                  bool(need_input_grad), cols)
         grads = {"weight": (dw_part[0] if threads == 1 else dw_part.sum(axis=0)).reshape(w.shape)}
         if has_bias:
             grads["bias"] = db_part[0] if threads == 1 else db_part.sum(axis=0)
@@ -331,22 +353,32 @@ class ConvTranspose2dCython:
         dy = grad_like(dy, x.dtype, (n, w.shape[1] * geom[-1], oh, ow), "convtranspose2d")
         sh, sw, ph, pw, dh, dw, groups = geom
         conv_geom = (sh, sw, ph, pw, dh, dw, groups)  # the convolution dy -> x
-        dx = None
+        dx = cols = None
         with single_threaded_blas():
             if need_input_grad:
                 threads, rows, ws_shape = _conv_plan(dy.shape, w.shape, h, wd, x.itemsize,
                                                      direct, True)
+                # the columns of dy serve both products: dx here, the weight gradient below
+                kept = _kept_columns(dy.shape, w.shape, h, wd, x.itemsize, direct)
+                cols = None if kept is None else np.empty(kept, dtype=x.dtype)
+                fwd_rows = rows
                 dx = np.empty_like(x)
-                _conv.conv2d_forward(dy, w, None, dx, workspace(ws_shape, x.dtype), *conv_geom,
-                                     rows, threads)
+                _conv.conv2d_forward(dy, w, None, dx,
+                                     workspace((threads, 1) if cols is not None else ws_shape,
+                                               x.dtype),
+                                     *conv_geom, rows, threads, cols)
             threads, rows, ws_shape = _conv_plan(dy.shape, w.shape, h, wd, x.itemsize, direct,
                                                  False)
+            if cols is not None:
+                rows, ws_shape = fwd_rows, (threads, 1)
             dw_part = np.zeros((threads, cin, w[0].size), dtype=x.dtype)
             _conv.conv2d_backward(dy, w, x, None, dw_part, None, workspace(ws_shape, x.dtype),
-                                  *conv_geom, rows, threads, False)
+                                  *conv_geom, rows, threads, False, cols)
         grads = {"weight": (dw_part[0] if threads == 1 else dw_part.sum(axis=0)).reshape(w.shape)}
         if has_bias:
-            grads["bias"] = dy.sum(axis=(0, 2, 3))
+            db = np.empty(dy.shape[1], dtype=x.dtype)
+            _conv.channel_sums(dy, db, 1 if dy.size < SERIAL_MACS else max(1, get_num_threads()))
+            grads["bias"] = db
         return dx, grads
 
 

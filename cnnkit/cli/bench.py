@@ -52,7 +52,8 @@ def _conv(name, shape, cout, k, stride, pad):
 
 
 #: The conv2d shapes of the benchmark suite: LeNet-5's two convolutions, a CIFAR-like first
-#: layer, and three wide ResNet-like 3x3 layers.
+#: layer, three wide ResNet-like 3x3 layers, and LeNet's convolutions as most implementations
+#: write them (conv1 padded to keep 28x28, conv2 on the 14x14 maps a 2x2 pooling leaves).
 CONV2D_SHAPES = (
     _conv("lenet-conv1", (64, 1, 28, 28), 6, 5, 1, 0),
     _conv("lenet-conv2", (64, 6, 12, 12), 16, 5, 1, 0),
@@ -60,6 +61,8 @@ CONV2D_SHAPES = (
     _conv("64ch-32px", (32, 64, 32, 32), 64, 3, 1, 1),
     _conv("128ch-28px", (16, 128, 28, 28), 128, 3, 1, 1),
     _conv("64to128-s2", (32, 64, 56, 56), 128, 3, 2, 1),
+    _conv("lenet-conv1-p2", (64, 1, 28, 28), 6, 5, 1, 2),
+    _conv("lenet-conv2-14px", (64, 6, 14, 14), 16, 5, 1, 0),
 )
 
 _POOL_SHAPES = (

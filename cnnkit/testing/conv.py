@@ -29,6 +29,10 @@ CASES = {
         Case(_conv(3, 5, 1, bias=False), (2, 3, 4, 3)),                               # 1x1
         Case(_conv(1, 2, (1, 3)), (3, 1, 1, 5)),                                      # odd sizes
         Case(_conv(4, 2, 3, stride=2, padding="same", dilation=2, groups=2), (1, 4, 8, 9)),  # all
+        Case(_conv(6, 16, 5), (2, 6, 14, 14)),                                        # LeNet conv2
+        Case(_conv(1, 6, 5, padding=2), (2, 1, 28, 28)),                              # LeNet conv1
+        Case(_conv(2, 3, 3, padding=(2, 3), bias=False), (1, 2, 4, 7)),               # pad > k/2
+        Case(_conv(4, 4, (3, 2), padding=(1, 0), dilation=(1, 2), groups=2), (3, 4, 5, 6)),
     ],
     "convtranspose2d": [
         Case(_conv(2, 3, 3, bias=False), (2, 2, 4, 5)),                               # nothing
@@ -40,6 +44,10 @@ CASES = {
         Case(_conv(3, 3, 2, groups=3, bias=False), (2, 3, 2, 3)),                     # depthwise
         Case(_conv(2, 4, (3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2),
                    groups=2, dilation=(1, 2)), (2, 2, 3, 3)),                         # all
+        Case(_conv(4, 3, 4, stride=2, padding=1), (2, 4, 5, 6)),                      # k4 s2 p1
+        Case(_conv(2, 3, 3, stride=3, padding=1, output_padding=2), (1, 2, 3, 4)),    # stride 3
+        Case(_conv(4, 4, (3, 5), stride=2, padding=(2, 1), output_padding=(1, 0), dilation=(2, 1),
+                   groups=2, bias=False), (2, 4, 5, 3)),                              # odd sizes
     ],
 }
 
