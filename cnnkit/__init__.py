@@ -34,6 +34,7 @@ _tune_malloc()
 
 from . import config, datasets, init, io, layers, losses, models, optim, schedules, train  # noqa: E402
 from ._random import seed  # noqa: E402
+from .fusion import fusion_enabled, set_fusion  # noqa: E402
 from .graph import Graph, Input, Model, Parameter, Sequential  # noqa: E402
 from .hookspecs import hookspec  # noqa: E402
 from .modelfile import load_model  # noqa: E402
@@ -43,5 +44,5 @@ __all__ = [
     "__version__", "config", "datasets", "init", "io", "layers", "losses", "models", "optim",
     "schedules", "train", "seed", "get_num_threads", "num_threads", "set_num_threads", "Graph",
     "Input", "Model", "Parameter", "Sequential", "hookimpl", "hookspec", "use", "get_registry",
-    "SelectionError", "PluginError", "load_model",
+    "SelectionError", "PluginError", "load_model", "set_fusion", "fusion_enabled",
 ]

@@ -128,8 +128,11 @@ cdef void col2im_band(const floating* col, Py_ssize_t c, Py_ssize_t h, Py_ssize_
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                    const floating[::1] bias, floating[:, :, :, ::1] y, floating[:, ::1] workspace,
                    int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                   Py_ssize_t rows_per_band, int num_threads):
-    """y = conv2d(x, weight) + bias; ``bias`` may be None; ``workspace`` unused for direct 1x1."""
+                   Py_ssize_t rows_per_band, int num_threads, bint fuse_relu=False):
+    """y = conv2d(x, weight) + bias; ``bias`` may be None; ``workspace`` unused for direct 1x1.
+
+    ``fuse_relu``: y = max(y, 0) as ``activation.relu_forward`` computes it (NaN kept), applied
+    to each band right after its GEMM and bias, while it is in cache."""
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t o = weight.shape[0], cg = weight.shape[1], kh = weight.shape[2], kw = weight.shape[3]
     cdef Py_ssize_t oh = y.shape[2], ow = y.shape[3]
@@ -178,6 +181,12 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                     yo = &y[n, oc, 0, 0] + r0 * ow
                     for p in range(band):
                         yo[p] = yo[p] + bv
+            if fuse_relu:
+                for oc in range(o):
+                    yo = &y[n, oc, 0, 0] + r0 * ow
+                    for p in range(band):
+                        bv = yo[p]
+                        yo[p] = 0 if bv <= 0 else bv
 
 
 def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,

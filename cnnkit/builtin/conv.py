@@ -235,7 +235,8 @@ class Conv2dCython:
         return (sh, sw, top, left, dh, dw, groups), oh, ow, direct
 
     @staticmethod
-    def forward(x, params, config, need_backward):
+    def forward(x, params, config, need_backward, *, fuse_relu=False):
+        """``fuse_relu`` (for the executor's conv2d+relu fusion): return relu(conv2d(x))."""
         x = contiguous(x)
         w, b = weight_and_bias(params, x.dtype)
         geom, oh, ow, direct = Conv2dCython._check(x, w, b, config)
@@ -243,7 +244,7 @@ class Conv2dCython:
         threads, rows, ws_shape = _conv_plan(x.shape, w.shape, oh, ow, x.itemsize, direct, True)
         ws = workspace(ws_shape, x.dtype)
         with single_threaded_blas():
-            _conv.conv2d_forward(x, w, b, y, ws, *geom, rows, threads)
+            _conv.conv2d_forward(x, w, b, y, ws, *geom, rows, threads, bool(fuse_relu))
         ctx = (x, w, b is not None, geom, oh, ow, direct) if need_backward else None
         return y, ctx
 
