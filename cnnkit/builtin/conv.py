@@ -18,8 +18,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from cnnkit._ext import conv as _conv
 from cnnkit._shapes import conv_output_size, conv_transpose_output_size
 from cnnkit._threads import get_num_threads, single_threaded_blas
-from cnnkit.builtin._kernel_args import (INT32_MAX, config_int, config_ints, contiguous,
-                                         grad_like, weight_and_bias, workspace)
+from cnnkit.builtin._kernel_args import (INT32_MAX, checked_once, config_int, config_ints,
+                                         contiguous, grad_like, weight_and_bias, workspace)
 from cnnkit.layers import Conv2D, ConvTranspose2D
 from cnnkit.plugins import hookimpl
 
@@ -207,6 +207,7 @@ class Conv2dCython:
     """2-D cross-correlation: im2col/col2im in Cython, one BLAS GEMM per group and image."""
 
     @staticmethod
+    @checked_once
     def _check(x, w, b, config):
         if x.ndim != 4 or w.ndim != 4:
             raise ValueError(f"conv2d expects x (N, C, H, W) and weight (O, C/g, kh, kw), got {x.shape}, {w.shape}")
