@@ -24,8 +24,11 @@ def _check_compiled():
             "`python setup.py build_ext --inplace`.")
 
 
-_check_compiled()
-del _check_compiled
+from ._runtime import openmp_wait_policy as _openmp_wait_policy  # noqa: E402
+
+with _openmp_wait_policy():  # libgomp reads its wait policy when the kernels load it
+    _check_compiled()
+del _check_compiled, _openmp_wait_policy
 
 from ._threads import get_num_threads, num_threads, set_num_threads  # noqa: E402
 from ._runtime import tune_malloc as _tune_malloc  # noqa: E402
