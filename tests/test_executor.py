@@ -429,3 +429,50 @@ def test_bad_fusion_registrations_are_refused(fresh_registry):
             assert not fresh_registry.register_plugin(plugin(args, kwargs), f"bad{i}",
                                                       strict=False)
     assert fresh_registry.fusions["conv2d+relu"].plugin == "cnnkit.builtin.fusions"
+
+
+# ------------------------------------------------------------------ the OpenMP wait policy
+def test_openmp_spin_is_set_only_while_the_kernels_load(monkeypatch):
+    from cnnkit import _runtime
+
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "CNNKIT_OMP_TUNING"):
+        monkeypatch.delenv(var, raising=False)
+    with _runtime.openmp_wait_policy():
+        import os
+
+        assert os.environ["GOMP_SPINCOUNT"] == _runtime.SPIN_COUNT
+    assert "GOMP_SPINCOUNT" not in os.environ  # not inherited by children or other runtimes
+
+
+@pytest.mark.parametrize("var, value", [("OMP_WAIT_POLICY", "active"),
+                                        ("GOMP_SPINCOUNT", "infinite"),
+                                        ("CNNKIT_OMP_TUNING", "0")])
+def test_the_users_openmp_choice_is_kept(monkeypatch, var, value):
+    import os
+
+    from cnnkit import _runtime
+
+    for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "CNNKIT_OMP_TUNING"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv(var, value)
+    before = dict(os.environ)
+    with _runtime.openmp_wait_policy():
+        assert dict(os.environ) == before
+    assert dict(os.environ) == before
+
+
+def test_importing_cnnkit_leaves_no_openmp_setting_behind(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "CNNKIT_OMP_TUNING")}
+    root = str(Path(__file__).parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", "import os, cnnkit; "
+                          "print(cnnkit.__file__); print(os.environ.get('GOMP_SPINCOUNT'))"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+    path, value = out.stdout.split()
+    assert Path(path).resolve().is_relative_to(Path(root).resolve()) and value == "None"
