@@ -70,17 +70,15 @@ def num_threads(n: int):
 
 
 class _OneBlasThread:
-    """The one-thread BLAS limit, shared by every holder in the process.
+    """The one-thread BLAS limit, held per Python thread.
 
-    threadpoolctl limits are process-wide, so concurrent holders (passes or kernel calls in
-    several Python threads) share one limit: the first sets it, the last restores what it found.
-    Each thread also notes that it holds it, so what it runs inside needs no call of its own.
+    A thread sets it (through threadpoolctl) when it enters its outermost section and restores
+    it when it leaves; sections inside cost nothing.  Each thread sets its own, as a kernel call
+    did before passes existed: a limit set by one thread is not relied on in another (the BLAS
+    library may keep the setting per thread).
     """
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self._holders = 0
-        self._limiter = None
         self._local = threading.local()
 
     def held(self) -> bool:
@@ -88,8 +86,9 @@ class _OneBlasThread:
         return getattr(self._local, "depth", 0) > 0
 
     def original_threads(self):
-        """BLAS's thread count before the limit was set (None when no limit is held)."""
-        limiter = self._limiter
+        """BLAS's thread count before the calling thread set the limit (None when it holds
+        none)."""
+        limiter = getattr(self._local, "limiter", None)
         return None if limiter is None else limiter.get_original_num_threads().get("blas")
 
     @contextlib.contextmanager
@@ -97,21 +96,15 @@ class _OneBlasThread:
         local = self._local
         depth = getattr(local, "depth", 0)
         if depth == 0:
-            with self._lock:
-                if self._holders == 0:
-                    self._limiter = controller().limit(limits=1, user_api="blas")
-                self._holders += 1
+            local.limiter = controller().limit(limits=1, user_api="blas")
         local.depth = depth + 1
         try:
             yield
         finally:
             local.depth = depth
             if depth == 0:
-                with self._lock:
-                    self._holders -= 1
-                    if self._holders == 0:
-                        limiter, self._limiter = self._limiter, None
-                        limiter.restore_original_limits()
+                limiter, local.limiter = local.limiter, None
+                limiter.restore_original_limits()
 
 
 _one_blas_thread = _OneBlasThread()
