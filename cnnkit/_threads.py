@@ -70,15 +70,19 @@ def num_threads(n: int):
 
 
 class _OneBlasThread:
-    """The one-thread BLAS limit, held per Python thread.
+    """The one-thread BLAS limit, shared by every holder in the process.
 
-    A thread sets it (through threadpoolctl) when it enters its outermost section and restores
-    it when it leaves; sections inside cost nothing.  Each thread sets its own, as a kernel call
-    did before passes existed: a limit set by one thread is not relied on in another (the BLAS
-    library may keep the setting per thread).
+    BLAS limits are process-wide (threadpoolctl lets one Python thread at a time change
+    OpenBLAS's), so concurrent holders (passes or kernel calls in several Python threads) share
+    one limit: the first sets it, the last to leave restores what it found, and no thread's
+    exit lifts the limit under another thread's kernels.  Each thread notes that it holds it,
+    so what it runs inside needs no call of its own.
     """
 
     def __init__(self):
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._limiter = None
         self._local = threading.local()
 
     def held(self) -> bool:
@@ -86,9 +90,8 @@ class _OneBlasThread:
         return getattr(self._local, "depth", 0) > 0
 
     def original_threads(self):
-        """BLAS's thread count before the calling thread set the limit (None when it holds
-        none)."""
-        limiter = getattr(self._local, "limiter", None)
+        """BLAS's thread count before the limit was set (None when no limit is held)."""
+        limiter = self._limiter
         return None if limiter is None else limiter.get_original_num_threads().get("blas")
 
     @contextlib.contextmanager
@@ -96,15 +99,23 @@ class _OneBlasThread:
         local = self._local
         depth = getattr(local, "depth", 0)
         if depth == 0:
-            local.limiter = controller().limit(limits=1, user_api="blas")
+            with self._lock:
+                if self._holders == 0:
+                    # entered and exited as a context manager: threadpoolctl tracks the thread
+                    # controlling OpenBLAS's limit through them
+                    self._limiter = controller().limit(limits=1, user_api="blas").__enter__()
+                self._holders += 1
         local.depth = depth + 1
         try:
             yield
         finally:
             local.depth = depth
             if depth == 0:
-                limiter, local.limiter = local.limiter, None
-                limiter.restore_original_limits()
+                with self._lock:
+                    self._holders -= 1
+                    if self._holders == 0:
+                        limiter, self._limiter = self._limiter, None
+                        limiter.__exit__(None, None, None)
 
 
 _one_blas_thread = _OneBlasThread()
