@@ -24,8 +24,11 @@ def _check_compiled():
             "`python setup.py build_ext --inplace`.")
 
 
-_check_compiled()
-del _check_compiled
+from ._runtime import openmp_wait_policy as _openmp_wait_policy  # noqa: E402
+
+with _openmp_wait_policy():  # libgomp reads its wait policy when the kernels load it
+    _check_compiled()
+del _check_compiled, _openmp_wait_policy
 
 from ._threads import get_num_threads, num_threads, set_num_threads  # noqa: E402
 from ._runtime import tune_malloc as _tune_malloc  # noqa: E402
@@ -35,6 +38,7 @@ _tune_malloc()
 from . import (config, datasets, init, io, layers, losses, metrics, models, optim,  # noqa: E402
                schedules, train, transforms)
 from ._random import seed  # noqa: E402
+from .fusion import fusion_enabled, set_fusion  # noqa: E402
 from .graph import Graph, Input, Model, Parameter, Sequential  # noqa: E402
 from .hookspecs import hookspec  # noqa: E402
 from .modelfile import load_model  # noqa: E402
@@ -43,7 +47,8 @@ from .autotuning import AutotuneWarning, autotune  # noqa: E402
 
 __all__ = [
     "__version__", "config", "datasets", "init", "io", "layers", "losses", "models", "optim",
-    "metrics", "schedules", "train", "transforms", "seed", "get_num_threads", "num_threads", "set_num_threads", "Graph",
-    "Input", "Model", "Parameter", "Sequential", "hookimpl", "hookspec", "use", "get_registry",
+    "metrics", "schedules", "train", "transforms", "seed", "get_num_threads", "num_threads",
+    "set_num_threads", "Graph", "Input", "Model", "Parameter", "Sequential", "hookimpl", "hookspec", "use", "get_registry",
     "SelectionError", "PluginError", "load_model", "autotune", "AutotuneWarning",
+    "set_fusion", "fusion_enabled",
 ]

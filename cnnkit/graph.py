@@ -20,6 +20,8 @@ from typing import Sequence
 import numpy as np
 
 from ._shapes import fmt_shape as _fmt_shape
+from . import fusion as _fusion
+from ._threads import blas_pass
 from .layers import FLOAT_DTYPES, Layer
 
 _input_counter = itertools.count(1)
@@ -95,6 +97,7 @@ class Model:
     #: when True, every layer output and gradient is checked for NaN/Inf and the first layer
     #: that produces one raises ``FloatingPointError`` naming it (costs one pass per array)
     check_finite = False
+    _trace = None
 
     def __init__(self, inputs, outputs, name: str | None = None):
         self.name = name or type(self).__name__.lower()
@@ -143,11 +146,17 @@ class Model:
         self.inputs, self.outputs = in_nodes, out_nodes
         self.nodes = [n for n in order if not isinstance(n, Input)]
         self._consumers = {id(n): 0 for n in order}
+        # who reads each node's output (None: a model output), for the fusion planner
+        self._readers: dict[int, list] = {id(n): [] for n in order}
         for n in self.nodes:
             for p in n.inputs:
                 self._consumers[id(p)] += 1
+                self._readers[id(p)].append(n)
         for n in out_nodes:
             self._consumers[id(n)] += 1
+            self._readers[id(n)].append(None)
+        self._plan_cache: dict = {}
+        self._trace = None  # the steps of the last training forward, with their fused states
 
     @property
     def layers(self) -> list[Layer]:
@@ -270,19 +279,44 @@ class Model:
         training = self.training if training is None else bool(training)
         values = {id(n): a for n, a in zip(self.inputs, xs)}
         remaining = dict(self._consumers)
-        for node in self.nodes:
-            args = [values[id(p)] for p in node.inputs]
-            out = (node.layer.forward(args, training) if node.layer.is_merge
-                   else node.layer.forward(args[0], training))
-            if self.check_finite:
-                self._check_finite(node, out, "output")
-            values[id(node)] = out
-            for p in node.inputs:
-                remaining[id(p)] -= 1
-                if remaining[id(p)] == 0:
-                    del values[id(p)]
+        steps = self._steps(xs[0].dtype, training)
+        states = {}
+        self._trace = None
+        with blas_pass():  # the BLAS thread limit is set once for the pass, not per kernel
+            for step in steps:
+                first, last = step.nodes[0], step.nodes[-1]
+                args = [values[id(p)] for p in first.inputs]
+                if step.fusion is not None:
+                    out, states[id(last)] = _fusion.forward(step, args[0], training)
+                elif last.layer.is_merge:
+                    out = last.layer.forward(args, training)
+                else:
+                    out = last.layer.forward(args[0], training)
+                if self.check_finite:
+                    self._check_finite(last, out, "output")
+                values[id(last)] = out
+                for p in first.inputs:
+                    remaining[id(p)] -= 1
+                    if remaining[id(p)] == 0:
+                        del values[id(p)]
+        if training and states:
+            self._trace = (steps, states)
         outs = [values[id(n)] for n in self.outputs]
         return outs if self._multi_out else outs[0]
+
+    def _steps(self, dtype, training):
+        if self.check_finite:  # every layer's own output is checked: run them one by one
+            return [_fusion.PlanStep((n,)) for n in self.nodes]
+        return _fusion.plan(self.nodes, self._readers, dtype, training, self._plan_cache)
+
+    def execution_plan(self, dtype=None, training: bool | None = None) -> list:
+        """The steps :meth:`forward` would run now for inputs of ``dtype`` (default: the
+        model's) in ``training`` mode (default: the model's): single layers and fused chains
+        (``step.fusion`` names the registered fusion, ``step.nodes`` the graph nodes)."""
+        if isinstance(self, Sequential) and not self._built:
+            raise RuntimeError(f"{self.name}: not built yet; pass input_shape= or call build()")
+        dtype = np.dtype(dtype or self.dtype)
+        return self._steps(dtype, self.training if training is None else bool(training))
 
     __call__ = forward
 
@@ -330,26 +364,33 @@ class Model:
                 raise TypeError(f"{self.name}: gradient for output {node.name!r} must be a "
                                 f"numpy.ndarray, got {type(g).__name__}")
             accumulate(node, g)
-        for node in reversed(self.nodes):
-            g = grads.pop(id(node), None)
-            if g is None:
-                raise RuntimeError(f"{self.name}: node {node.name!r} received no gradient (every "
-                                   "output needs a gradient)")
-            need = input_grads or not all(isinstance(p, Input) for p in node.inputs)
-            dx = node.layer.backward(g, need_input_grad=need)
-            if self.check_finite:
-                for key, grad in node.layer.grads.items():
-                    self._check_finite(node, grad, f"gradient of {key!r}")
-                for d in (dx if node.layer.is_merge else [dx]):
-                    if d is not None:
-                        self._check_finite(node, d, "input gradient")
-            if dx is None:
-                continue
-            if node.layer.is_merge:
-                for p, gp in zip(node.inputs, dx):
-                    accumulate(p, gp)
-            else:
-                accumulate(node.inputs[0], dx)
+        trace, self._trace = self._trace, None
+        steps, states = trace if trace else ([_fusion.PlanStep((n,)) for n in self.nodes], {})
+        with blas_pass():
+            for step in reversed(steps):
+                first, last = step.nodes[0], step.nodes[-1]
+                g = grads.pop(id(last), None)
+                if g is None:
+                    raise RuntimeError(f"{self.name}: node {last.name!r} received no gradient "
+                                       "(every output needs a gradient)")
+                need = input_grads or not all(isinstance(p, Input) for p in first.inputs)
+                if step.fusion is not None:
+                    dx = _fusion.backward(step, states.pop(id(last), None), g, need)
+                else:
+                    dx = last.layer.backward(g, need_input_grad=need)
+                if self.check_finite:
+                    for key, grad in last.layer.grads.items():
+                        self._check_finite(last, grad, f"gradient of {key!r}")
+                    for d in (dx if last.layer.is_merge else [dx]):
+                        if d is not None:
+                            self._check_finite(last, d, "input gradient")
+                if dx is None:
+                    continue
+                if first.layer.is_merge:
+                    for p, gp in zip(first.inputs, dx):
+                        accumulate(p, gp)
+                else:
+                    accumulate(first.inputs[0], dx)
         dxs = [grads.get(id(n)) if input_grads else None for n in self.inputs]
         return dxs if self._multi_in else dxs[0]
 

@@ -1,6 +1,6 @@
 """The cnnkit plugin contract: everything a plugin implements, in one file.
 
-1. **Hooks** (bottom of this file).  A plugin module implements any subset of the four
+1. **Hooks** (bottom of this file).  A plugin module implements any subset of the five
    ``cnnkit_register_*`` hooks with functions decorated by ``cnnkit.hookimpl``.  Every hook
    receives a ``register`` callback and calls it once per thing it registers; the host stamps
    each registration with the name of the plugin that made it.  Hooks return nothing, and every
@@ -15,7 +15,10 @@
    and :class:`StatisticsVariant`): the objects ``cnnkit_register_variants`` registers, one
    implementation of a layer type each.
 
-3. **Optimizers** (:class:`OptimizerProtocol`): what an instance of a class registered with
+3. **Fusions** (:class:`FusionProtocol`): what ``cnnkit_register_fusions`` registers, a chain
+   of layers the model executor may run as one call.
+
+4. **Optimizers** (:class:`OptimizerProtocol`): what an instance of a class registered with
    ``cnnkit_register_optimizers`` provides, including the trait ``needs_closure``.
 
 Layer types are subclasses of ``cnnkit.layers.Layer`` (see its docstring); initializers are
@@ -98,6 +101,36 @@ class StatisticsVariant(Protocol):
         """``(mean, biased_var)`` per channel (shape (C,), any float dtype; the layer
         converts to float64) of the batch whose training ``forward`` returned ``ctx``.
         ``biased_var`` divides by the number of values per channel, not that number - 1."""
+
+
+# ----------------------------------------------------------------------------------- fusions
+@runtime_checkable
+class FusionProtocol(Protocol):
+    """A chain of layers (``pattern``, e.g. conv2d then relu) computed by one call.
+
+    The model executor uses it in place of the layers one by one where the chain's inner
+    outputs feed nothing else (not another layer, not a model output), the fusion is enabled
+    (``cnnkit.set_fusion``, ``CNNKIT_FUSION``) and its registration's ``variants``, ``modes``
+    and ``supports`` accept the layers.  Fusion is an execution plan: the layers, their names,
+    parameters and state dicts are unchanged.  Results must equal the unfused chain's (bitwise
+    where the registration says it stands in for given variants, documented otherwise).
+    """
+
+    def forward(self, x: np.ndarray, layers: list, configs: list,
+                need_backward: bool) -> tuple[np.ndarray, Any]:
+        """Compute the last layer's output from the first layer's input; return ``(y, ctx)``.
+
+        ``x`` is the first layer's checked, C-contiguous input; ``layers`` the layer objects of
+        the chain (read ``layer.params``, and buffers such as a batch norm's running
+        statistics); ``configs`` each layer's configuration resolved for its input shape.
+        ``need_backward`` as in :meth:`VariantProtocol.forward`.
+        """
+
+    def backward(self, dy: np.ndarray, ctx: Any, *, need_input_grad: bool = True
+                 ) -> tuple[np.ndarray | None, list]:
+        """Back-propagate through the chain; return ``(dx, grads)`` with ``grads`` a list of
+        one dict per layer (as a variant's ``grads``).  ``dx`` may be ``None`` when
+        ``need_input_grad`` is False."""
 
 
 # -------------------------------------------------------------------------------- optimizers
@@ -192,15 +225,38 @@ def cnnkit_register_initializers(register: Callable[..., None]) -> None:
     ``in/groups*kh*kw`` and ``out*kh*kw``).  Names are unique across plugins.  Returns nothing.
     """
 
+@hookspec
+def cnnkit_register_fusions(register: Callable[..., None]) -> None:
+    """Register fused chains of layers (:class:`FusionProtocol`).
+
+    Call ``register(name, pattern, impl, *, variants=None, modes=("training", "inference"),
+    priority=0, supports=None, description="")`` once per fusion:
+
+    - ``name``: unique across plugins (``"conv2d+relu"``).
+    - ``pattern``: the layer types of the chain, in order (``("conv2d", "relu")``).
+    - ``impl``: a :class:`FusionProtocol`.
+    - ``variants``: per layer of the pattern, the variant the layer must have selected for the
+      fused call to stand in for it, or ``None`` for any; ``None`` alone: any variants.
+    - ``modes``: ``"training"``, ``"inference"`` or both.
+    - ``priority``: where several fusions start at the same layer the longest pattern is tried
+      first, then the highest priority.
+    - ``supports``: optional ``callable(layers, dtype) -> str | None``, the reason it cannot
+      run these layers (dtype name such as ``"float32"``), or ``None``.
+
+    Returns nothing.
+    """
+
 
 __all__ = [
     "hookspec",
     "VariantProtocol",
     "InputGradSkippingVariant",
     "StatisticsVariant",
+    "FusionProtocol",
     "OptimizerProtocol",
     "cnnkit_register_layers",
     "cnnkit_register_variants",
     "cnnkit_register_optimizers",
     "cnnkit_register_initializers",
+    "cnnkit_register_fusions",
 ]

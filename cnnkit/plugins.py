@@ -93,6 +93,56 @@ class Variant:
         }
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """A chain of layer types the executor may run as one call (``cnnkit_register_fusions``).
+
+    ``variants`` holds, per entry of ``pattern``, the variant the layer must have selected for
+    the fused call to stand in for it (``None``: any); ``modes`` says whether it applies in
+    training, in inference or both.
+    """
+
+    name: str
+    pattern: tuple
+    impl: Any
+    plugin: str
+    variants: tuple
+    modes: frozenset = frozenset({"training", "inference"})
+    priority: int = 0
+    supports: Callable | None = None
+    description: str = ""
+
+    def refusal(self, layers, input_shapes, dtype, training: bool) -> str | None:
+        """Why this fusion cannot run ``layers`` (a chain matching ``pattern``, fed inputs of
+        ``input_shapes``, batch entries may be None) now, or ``None`` if it can."""
+        mode = "training" if training else "inference"
+        if mode not in self.modes:
+            return f"not registered for {mode}"
+        dname = _dtype_name(dtype)
+        for layer, shape, wanted in zip(layers, input_shapes, self.variants):
+            if wanted is None:
+                continue
+            try:
+                got = layer.variant(dtype, shape).name
+            except (SelectionError, ValueError, TypeError) as exc:
+                return str(exc)
+            if got != wanted:
+                return f"{layer.name} runs variant {got!r}, the fusion stands in for {wanted!r}"
+        if self.supports is not None:
+            try:
+                reason = self.supports(layers, dname)
+            except Exception as exc:  # a broken plugin must not take execution down
+                return f"its supports() check raised {type(exc).__name__}: {exc}"
+            if reason:
+                return str(reason)
+        return None
+
+    def describe(self) -> dict:
+        return {"name": self.name, "pattern": list(self.pattern), "plugin": self.plugin,
+                "variants": list(self.variants), "modes": sorted(self.modes),
+                "priority": self.priority, "description": self.description}
+
+
 @dataclass
 class PluginInfo:
     """What the registry knows about one plugin."""
@@ -161,6 +211,8 @@ class Registry:
         self.variants: dict[str, dict[str, Variant]] = {}
         self.optimizers: dict[str, tuple[Any, str]] = {}
         self.initializers: dict[str, tuple[Any, str]] = {}
+        #: {fusion name: Fusion}, see :meth:`fusions_from`
+        self.fusions: dict[str, Fusion] = {}
         self._impl_env_checked: str | None = None
 
     # ------------------------------------------------------------------ loading
@@ -203,7 +255,8 @@ class Registry:
                             del self.variants[layer_type]
                     else:
                         {"layer": self.layer_types, "optimizer": self.optimizers,
-                         "initializer": self.initializers}[kind].pop(key, None)
+                         "initializer": self.initializers,
+                         "fusion": self.fusions}[kind].pop(key, None)
                 keys.clear()
             hints = "".join(_did_you_mean(t, self.layer_types) for t in unknown)
             self._fail(info, "registers variants for layer type(s) no plugin registered: "
@@ -261,7 +314,8 @@ class Registry:
             for hook_name, kind in (("cnnkit_register_layers", "layer"),
                                     ("cnnkit_register_variants", "variant"),
                                     ("cnnkit_register_optimizers", "optimizer"),
-                                    ("cnnkit_register_initializers", "initializer")):
+                                    ("cnnkit_register_initializers", "initializer"),
+                                    ("cnnkit_register_fusions", "fusion")):
                 caller = getattr(self.pm.hook, hook_name)
                 for impl in caller.get_hookimpls():
                     if impl.plugin_name != info.name:
@@ -278,7 +332,7 @@ class Registry:
             return False
         for kind, args, kwargs in staged:
             key = self._commit(kind, info.name, *args, **kwargs)
-            info.registered[kind].append(key)
+            info.registered.setdefault(kind, []).append(key)
         if not deferred:
             self._check_variant_layer_types(strict, only=info)
             return info.error is None
@@ -295,6 +349,15 @@ class Registry:
     # ------------------------------------------------------------------ registration
     def _check(self, kind, plugin, staged, *args, **kwargs) -> None:
         """Validate one registration before it is staged; raise naming the plugin."""
+        if kind == "fusion":
+            f = _make_fusion(plugin, *args, **kwargs)
+            owner = self.fusions.get(f.name)
+            if owner is not None or any(k == "fusion" and _make_fusion(plugin, *a, **kw).name
+                                        == f.name for k, a, kw in staged):
+                by = owner.plugin if owner is not None else plugin
+                raise PluginError(f"fusion {f.name!r} is registered twice: by plugin {by!r} "
+                                  f"and by plugin {plugin!r}")
+            return
         if kind == "variant":
             v = _make_variant(plugin, *args, **kwargs)
             key = (v.layer_type, v.name)
@@ -324,6 +387,10 @@ class Registry:
             raise PluginError(f"{kind} {name!r} from plugin {plugin!r} is not callable: {obj!r}")
 
     def _commit(self, kind, plugin, *args, **kwargs):
+        if kind == "fusion":
+            f = _make_fusion(plugin, *args, **kwargs)
+            self.fusions[f.name] = f
+            return f.name
         if kind == "variant":
             v = _make_variant(plugin, *args, **kwargs)
             self.variants.setdefault(v.layer_type, {})[v.name] = v
@@ -355,6 +422,12 @@ class Registry:
         """Variants of a layer type, highest priority first."""
         return sorted(self.variants.get(layer_type, {}).values(),
                       key=lambda v: (-v.priority, v.name))
+
+    def fusions_from(self, layer_type: str) -> list[Fusion]:
+        """Fusions whose pattern starts with ``layer_type``: longest pattern first, then
+        highest priority (the order the executor tries them in)."""
+        return sorted((f for f in self.fusions.values() if f.pattern[0] == layer_type),
+                      key=lambda f: (-len(f.pattern), -f.priority, f.name))
 
     def known_layer_types(self) -> list[str]:
         """Every layer type a choice may name: those with a class and those with variants."""
@@ -513,6 +586,42 @@ def _caller_level() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
         frame, level = frame.f_back, level + 1
     return level
+
+
+_FUSION_MODES = ("training", "inference")
+
+
+def _make_fusion(plugin, name, pattern, impl, *, variants=None, modes=_FUSION_MODES, priority=0,
+                 supports=None, description="") -> Fusion:
+    what = f"plugin {plugin!r}: fusion {name!r}"
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"plugin {plugin!r}: fusion name must be a non-empty string, got "
+                          f"{name!r}")
+    if (not isinstance(pattern, (tuple, list)) or len(pattern) < 2
+            or not all(isinstance(t, str) and t for t in pattern)):
+        raise PluginError(f"{what}: pattern must be a tuple of at least two layer types, got "
+                          f"{pattern!r}")
+    pattern = tuple(t.lower() for t in pattern)
+    variants = (None,) * len(pattern) if variants is None else tuple(variants)
+    if len(variants) != len(pattern) or not all(v is None or isinstance(v, str)
+                                                for v in variants):
+        raise PluginError(f"{what}: variants must give a variant name (or None) per layer of "
+                          f"{pattern!r}, got {variants!r}")
+    if isinstance(modes, str):
+        modes = (modes,)
+    if not modes or not set(modes) <= set(_FUSION_MODES):
+        raise PluginError(f"{what}: modes must be a non-empty subset of {_FUSION_MODES}, got "
+                          f"{modes!r}")
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise PluginError(f"{what}: priority must be an int, got {priority!r}")
+    for attr in ("forward", "backward"):
+        if not callable(getattr(impl, attr, None)):
+            raise PluginError(f"{what} has no callable {attr}()")
+    if supports is not None and not callable(supports):
+        raise PluginError(f"{what}: supports must be callable or None")
+    return Fusion(name=name, pattern=pattern, impl=impl, plugin=plugin, variants=variants,
+                  modes=frozenset(modes), priority=priority, supports=supports,
+                  description=description)
 
 
 def _did_you_mean(word: str, candidates) -> str:

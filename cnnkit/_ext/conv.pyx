@@ -152,13 +152,17 @@ cdef _check_cols(const floating[:, :, ::1] cols, Py_ssize_t n, Py_ssize_t k, Py_
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                    const floating[::1] bias, floating[:, :, :, ::1] y, floating[:, ::1] workspace,
                    int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                   Py_ssize_t rows_per_band, int num_threads, floating[:, :, ::1] cols=None):
+                   Py_ssize_t rows_per_band, int num_threads, floating[:, :, ::1] cols=None,
+                   bint fuse_relu=False):
     """y = conv2d(x, weight) + bias; ``bias`` may be None; ``workspace`` unused for direct 1x1.
 
     With ``cols`` (N, C*kh*kw, oh*ow) the columns are built there instead of in the workspace
     and stay for :func:`conv2d_backward` to reuse: the columns of image n, band [r0, r1) are
     the (C*kh*kw, (r1-r0)*ow) block at offset C*kh*kw*r0*ow of ``cols[n]``, so the backward call
     must use the same ``rows_per_band``.
+
+    ``fuse_relu``: y = max(y, 0) as ``activation.relu_forward`` computes it (NaN kept), applied
+    to each band right after its GEMM and bias, while it is in cache.
     """
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t o = weight.shape[0], cg = weight.shape[1], kh = weight.shape[2], kw = weight.shape[3]
@@ -212,6 +216,12 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                     yo = &y[n, oc, 0, 0] + r0 * ow
                     for p in range(band):
                         yo[p] = yo[p] + bv
+            if fuse_relu:
+                for oc in range(o):
+                    yo = &y[n, oc, 0, 0] + r0 * ow
+                    for p in range(band):
+                        bv = yo[p]
+                        yo[p] = 0 if bv <= 0 else bv
 
 
 def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,

@@ -20,8 +20,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from cnnkit._ext import conv as _conv
 from cnnkit._shapes import conv_output_size, conv_transpose_output_size
 from cnnkit._threads import get_num_threads, single_threaded_blas
-from cnnkit.builtin._kernel_args import (INT32_MAX, config_int, config_ints, contiguous,
-                                         grad_like, weight_and_bias, workspace)
+from cnnkit.builtin._kernel_args import (INT32_MAX, checked_once, config_int, config_ints,
+                                         contiguous, grad_like, weight_and_bias, workspace)
 from cnnkit.layers import Conv2D, ConvTranspose2D
 from cnnkit.plugins import hookimpl
 
@@ -223,6 +223,7 @@ class Conv2dCython:
     """2-D cross-correlation: im2col/col2im in Cython, one BLAS GEMM per group and image."""
 
     @staticmethod
+    @checked_once
     def _check(x, w, b, config):
         if x.ndim != 4 or w.ndim != 4:
             raise ValueError(f"conv2d expects x (N, C, H, W) and weight (O, C/g, kh, kw), got {x.shape}, {w.shape}")
@@ -251,7 +252,8 @@ class Conv2dCython:
         return (sh, sw, top, left, dh, dw, groups), oh, ow, direct
 
     @staticmethod
-    def forward(x, params, config, need_backward):
+    def forward(x, params, config, need_backward, *, fuse_relu=False):
+        """``fuse_relu`` (for the executor's conv2d+relu fusion): return relu(conv2d(x))."""
         x = contiguous(x)
         w, b = weight_and_bias(params, x.dtype)
         geom, oh, ow, direct = Conv2dCython._check(x, w, b, config)
@@ -261,7 +263,7 @@ class Conv2dCython:
         cols = None if kept is None else np.empty(kept, dtype=x.dtype)
         ws = workspace((threads, 1) if cols is not None else ws_shape, x.dtype)
         with single_threaded_blas():
-            _conv.conv2d_forward(x, w, b, y, ws, *geom, rows, threads, cols)
+            _conv.conv2d_forward(x, w, b, y, ws, *geom, rows, threads, cols, bool(fuse_relu))
         ctx = (x, w, b is not None, geom, oh, ow, direct, cols, rows) if need_backward else None
         return y, ctx
 

@@ -133,6 +133,9 @@ class Layer:
 
     def _forget_resolutions(self):
         self._resolutions: dict[tuple | None, Resolution] = {}
+        # {(input shape, dtype): (resolution, parameter signature)} of inputs that passed
+        # _prepare's checks, so a repeated call skips them (see _prepare)
+        self._checked: dict[tuple, tuple] = {}
         self._last_resolution = None
         self._variant = None
         self._variant_key = None
@@ -240,12 +243,35 @@ class Layer:
         return self
 
     # ----------------------------------------------------------------- compute
+    def _param_signature(self):
+        return tuple(None if p is None else (p.shape, p.dtype) for p in self.params.values())
+
     def _prepare(self, x):
         """Validate an input array; return it C-contiguous with the layer's resolution for
-        its shape."""
+        its shape.
+
+        The checks run once per (input shape, dtype, parameter shapes and dtypes): a repeated
+        call finds them passed.  A different input, or a parameter replaced by an array of
+        another shape or dtype, is a new key and checked again (what the variants check of
+        the parameters themselves, and the output's shape, are checked on every call)."""
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{self.name} ({type(self).__name__}): expected a numpy.ndarray "
                             f"input, got {type(x).__name__}")
+        key = (x.shape, x.dtype)
+        signature = self._param_signature()
+        hit = self._checked.get(key)
+        if hit is not None and hit[1] == signature:
+            res = hit[0]
+        else:
+            res = self._check_input(x)
+            if len(self._checked) >= _MAX_RESOLUTIONS:
+                self._checked.clear()
+            self._checked[key] = (res, signature)
+        self._last_resolution = res
+        return np.ascontiguousarray(x), res
+
+    def _check_input(self, x):
+        """Every check of an input array; returns the resolution for its shape."""
         if x.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{self.name} ({type(self).__name__}): expected a float32 or float64 "
                             f"input, got dtype {x.dtype}")
@@ -255,19 +281,10 @@ class Layer:
                             f"match the parameters' dtype {pdtype}; cast the input or call "
                             f".astype({x.dtype.name}) on the layer/model")
         shape = x.shape
-        # a cached resolution implies the rank check passed (the key has rank - 1 entries),
-        # except for a 0-d input, whose key () is also that of a 1-D input
-        res = self._resolutions.get(shape[1:]) if shape else None
-        if res is None:
-            self.check_input_shape(shape)
-            if shape and shape[0] == 0:
-                raise ValueError(f"{self.name} ({type(self).__name__}): empty batch (shape "
-                                 f"{shape})")
-            res = self.resolution(shape)
-        elif shape[0] == 0:
+        self.check_input_shape(shape)
+        if shape and shape[0] == 0:
             raise ValueError(f"{self.name} ({type(self).__name__}): empty batch (shape {shape})")
-        self._last_resolution = res
-        return np.ascontiguousarray(x), res
+        return self.resolution(shape)
 
     def _validate(self, x):
         """Validate an input array and return it C-contiguous."""

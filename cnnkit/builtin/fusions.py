@@ -1,0 +1,98 @@
+"""The built-in fused chains, registered through ``cnnkit_register_fusions`` as a plugin would
+(the executor that uses them: :mod:`cnnkit.fusion`).
+
+- ``conv2d+relu`` (training and inference): the Cython convolution applies max(0, .) to each
+  band of its output right after the GEMM and bias, while it is in cache, instead of a second
+  pass over the whole output.  Backward masks dy by y > 0 with the ReLU's own kernel, then runs
+  the convolution's backward.  It stands in for the ``cython`` variants of both layers only,
+  and gives bitwise their results.
+- ``conv2d+batchnorm2d`` and ``conv2d+batchnorm2d+relu`` (inference, running statistics): the
+  batch norm's per-channel affine map is folded into the convolution's weight and bias
+  (``w * gamma / sqrt(var + eps)``, ``(b - mean) * gamma / sqrt(var + eps) + beta``, computed
+  in float64), so the normalisation costs nothing.  Equal to the unfused layers within
+  float32 rounding (the products are rounded once instead of twice), not bitwise.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cnnkit._ext import activation as _act
+from cnnkit.builtin.conv import Conv2dCython
+from cnnkit.plugins import hookimpl
+
+__all__ = ["ConvRelu", "ConvBatchNormFold"]
+
+
+def _relu_mask(dy, y):
+    """dy where y > 0, else 0: the ReLU variant's backward kernel, so the rule at exactly 0
+    (gradient 0) and for NaN is the same bit for bit."""
+    dx = np.empty_like(y)
+    _act.relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+class ConvRelu:
+    """relu(conv2d(x)) in one call of the Cython convolution."""
+
+    @staticmethod
+    def forward(x, layers, configs, need_backward):
+        y, ctx = Conv2dCython.forward(x, layers[0].params, configs[0], need_backward,
+                                      fuse_relu=True)
+        return y, ((ctx, y) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx, need_input_grad=True):
+        conv_ctx, y = ctx
+        dx, grads = Conv2dCython.backward(_relu_mask(dy, y), conv_ctx,
+                                          need_input_grad=need_input_grad)
+        return dx, [grads, {}]
+
+
+def _folded(conv, bn, dtype):
+    """The convolution's weight and bias with the batch norm's inference map folded in."""
+    buf = bn.buffers
+    scale = 1.0 / np.sqrt(buf["running_var"].astype(np.float64) + bn.eps)
+    shift = -buf["running_mean"].astype(np.float64) * scale
+    if bn.affine:
+        gamma = bn.params["weight"].astype(np.float64)
+        scale, shift = scale * gamma, shift * gamma + bn.params["bias"].astype(np.float64)
+    w = conv.params["weight"].astype(np.float64) * scale.reshape(-1, 1, 1, 1)
+    b = shift if conv.params["bias"] is None else (
+        conv.params["bias"].astype(np.float64) * scale + shift)
+    return {"weight": w.astype(dtype), "bias": b.astype(dtype)}
+
+
+def _fold_supported(layers, dtype):
+    bn = layers[1]
+    if not bn.track_running_stats:
+        return "the batch norm normalises with batch statistics (track_running_stats=False)"
+    return None
+
+
+class ConvBatchNormFold:
+    """Inference only: conv2d followed by batchnorm2d (and optionally relu), as one convolution
+    with folded parameters."""
+
+    @staticmethod
+    def forward(x, layers, configs, need_backward):
+        params = _folded(layers[0], layers[1], x.dtype)
+        y, _ = Conv2dCython.forward(x, params, configs[0], False, fuse_relu=len(layers) == 3)
+        return y, None
+
+    @staticmethod
+    def backward(dy, ctx, need_input_grad=True):
+        raise RuntimeError("conv2d+batchnorm2d folding runs in inference only")
+
+
+@hookimpl
+def cnnkit_register_fusions(register):
+    register("conv2d+relu", ("conv2d", "relu"), ConvRelu, variants=("cython", "cython"),
+             priority=100,
+             description="ReLU applied in the Cython convolution's output loop; bitwise equal")
+    fold = {"modes": ("inference",), "supports": _fold_supported, "priority": 100}
+    register("conv2d+batchnorm2d", ("conv2d", "batchnorm2d"), ConvBatchNormFold,
+             variants=("cython", None), **fold,
+             description="batch norm (running statistics) folded into the convolution")
+    register("conv2d+batchnorm2d+relu", ("conv2d", "batchnorm2d", "relu"), ConvBatchNormFold,
+             variants=("cython", None, "cython"), **fold,
+             description="batch norm folded into the convolution, ReLU in its output loop")
