@@ -147,7 +147,8 @@ def cnnkit_register_variants(register: Callable[..., None]) -> None:
     """Register implementation variants of layer types.
 
     Call ``register(layer_type, name, impl, *, priority=0, dtypes=("float32", "float64"),
-    capabilities=(), supports=None, description="")`` once per variant:
+    capabilities=(), supports=None, description="", auto_dtypes=None, tolerance=None)`` once
+    per variant:
 
     - ``layer_type``: the layer type it implements (``"conv2d"``); the type may come from
       another plugin.
@@ -165,6 +166,12 @@ def cnnkit_register_variants(register: Callable[..., None]) -> None:
       with the resolved ``config`` and the dtype's name (``"float32"``); it returns ``None``
       when it can serve the request, otherwise the reason it cannot.
     - ``description``: one line shown by ``cnnkit kernels``.
+    - ``auto_dtypes``: the dtypes automatic selection may pick it for (default: all of
+      ``dtypes``); an explicit choice (``impl=``, ``cnnkit.use``, ``CNNKIT_IMPL``) may use it
+      for any of ``dtypes``.  For a variant less accurate than the reference in some dtype.
+    - ``tolerance``: the largest error relative to the output scale the conformance kit allows
+      it against the float64 reference, one number or ``{dtype: number}`` (default: the kit's,
+      ``cnnkit.testing.DEFAULT_RTOL``).
 
     Two plugins registering the same ``(layer_type, name)`` is an error naming both.  Returns
     nothing.

@@ -29,6 +29,7 @@ CASES = {
         Case(_conv(3, 5, 1, bias=False), (2, 3, 4, 3)),                               # 1x1
         Case(_conv(1, 2, (1, 3)), (3, 1, 1, 5)),                                      # odd sizes
         Case(_conv(4, 2, 3, stride=2, padding="same", dilation=2, groups=2), (1, 4, 8, 9)),  # all
+        Case(_conv(3, 4, 3, padding="same"), (1, 3, 9, 10)),                          # 3x3 s1 pad
     ],
     "convtranspose2d": [
         Case(_conv(2, 3, 3, bias=False), (2, 2, 4, 5)),                               # nothing
