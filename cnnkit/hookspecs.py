@@ -147,8 +147,8 @@ def cnnkit_register_variants(register: Callable[..., None]) -> None:
     """Register implementation variants of layer types.
 
     Call ``register(layer_type, name, impl, *, priority=0, dtypes=("float32", "float64"),
-    capabilities=(), supports=None, description="", auto_dtypes=None, tolerance=None)`` once
-    per variant:
+    capabilities=(), supports=None, description="", auto_dtypes=None, auto_supports=None,
+    tolerance=None)`` once per variant:
 
     - ``layer_type``: the layer type it implements (``"conv2d"``); the type may come from
       another plugin.
@@ -169,6 +169,8 @@ def cnnkit_register_variants(register: Callable[..., None]) -> None:
     - ``auto_dtypes``: the dtypes automatic selection may pick it for (default: all of
       ``dtypes``); an explicit choice (``impl=``, ``cnnkit.use``, ``CNNKIT_IMPL``) may use it
       for any of ``dtypes``.  For a variant less accurate than the reference in some dtype.
+    - ``auto_supports``: optional ``callable(config, dtype) -> str | None`` like ``supports``,
+      asked by automatic selection only (for requests it serves, but slowly).
     - ``tolerance``: the largest error relative to the output scale the conformance kit allows
       it against the float64 reference, one number or ``{dtype: number}`` (default: the kit's,
       ``cnnkit.testing.DEFAULT_RTOL``).

@@ -64,6 +64,8 @@ class Variant:
     skips_input_grad: bool = False
     #: dtypes automatic selection may pick it for (an explicit choice may use any of ``dtypes``)
     auto_dtypes: tuple | None = None
+    #: like ``supports``, consulted by automatic selection only (say, where it is slower)
+    auto_supports: Callable | None = None
     #: {dtype: max error relative to the output scale} the conformance kit allows it, where it
     #: differs from the kit's default
     tolerance: dict = field(default_factory=dict, compare=False)
@@ -85,18 +87,27 @@ class Variant:
                 return str(reason)
         return None
 
-    def auto_refusal(self, dtype) -> str | None:
-        """Why automatic selection must not pick this variant for ``dtype`` even though it
-        could serve the request when chosen explicitly, or ``None``."""
+    def auto_refusal(self, dtype, config=None) -> str | None:
+        """Why automatic selection must not pick this variant for ``dtype`` and ``config`` even
+        though it could serve the request when chosen explicitly, or ``None``."""
         dname = _dtype_name(dtype)
         if self.auto_dtypes is None or dname in self.auto_dtypes:
-            return None
+            if self.auto_supports is None:
+                return None
+            try:
+                reason = self.auto_supports(config, dname)
+            except Exception as exc:  # a broken plugin must not take selection down
+                return f"its auto_supports() check raised {type(exc).__name__}: {exc}"
+            return (f"not picked automatically: {reason}; choose it explicitly (impl=, "
+                    "cnnkit.use, CNNKIT_IMPL)") if reason else None
         why = ""
-        if dname in self.tolerance:
-            why = f" (its {dname} error bound is {self.tolerance[dname]:g} of the output scale)"
-        return (f"not picked automatically for {dname}{why}: automatic selection uses it only "
-                f"for {', '.join(self.auto_dtypes) or 'no dtype'}; choose it explicitly "
-                "(impl=, cnnkit.use, CNNKIT_IMPL)")
+        if self.tolerance:
+            why = ("; it rounds more than the reference (declared error bound, relative to the "
+                   "output scale: " + ", ".join(f"{k} {v:g}" for k, v in self.tolerance.items())
+                   + ")")
+        return (f"not picked automatically for {dname}: its registration limits automatic "
+                f"selection to {', '.join(self.auto_dtypes) or 'no dtype'} (auto_dtypes){why}; "
+                "choose it explicitly (impl=, cnnkit.use, CNNKIT_IMPL)")
 
     def describe(self) -> dict:
         return {
@@ -422,7 +433,7 @@ class Registry:
             return v, source, reasons
         winner = None
         for v in variants:
-            reason = v.refusal(dtype, features, config) or v.auto_refusal(dtype)
+            reason = v.refusal(dtype, features, config) or v.auto_refusal(dtype, config)
             if reason is not None:
                 reasons[v.name] = reason
             elif winner is None:
@@ -438,7 +449,7 @@ class Registry:
 
 def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float32", "float64"),
                   capabilities=(), supports=None, description="", auto_dtypes=None,
-                  tolerance=None) -> Variant:
+                  auto_supports=None, tolerance=None) -> Variant:
     if not isinstance(layer_type, str) or not layer_type:
         raise PluginError(f"plugin {plugin!r}: variant layer_type must be a non-empty string, "
                           f"got {layer_type!r}")
@@ -460,9 +471,10 @@ def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float3
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: priority must be an "
                           f"int, got {priority!r}")
-    if supports is not None and not callable(supports):
-        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: supports must be "
-                          "callable or None")
+    for what, fn in (("supports", supports), ("auto_supports", auto_supports)):
+        if fn is not None and not callable(fn):
+            raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: {what} must be "
+                              "callable or None")
     auto_dtypes = _auto_dtypes(plugin, layer_type, name, auto_dtypes, dtypes)
     tolerance = _tolerance(plugin, layer_type, name, tolerance, dtypes)
     try:
@@ -472,7 +484,7 @@ def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float3
     return Variant(layer_type=layer_type.lower(), name=name, impl=impl, plugin=plugin,
                    priority=priority, dtypes=dtypes, capabilities=frozenset(capabilities),
                    supports=supports, description=description, skips_input_grad=skips,
-                   auto_dtypes=auto_dtypes, tolerance=tolerance)
+                   auto_dtypes=auto_dtypes, auto_supports=auto_supports, tolerance=tolerance)
 
 
 def _auto_dtypes(plugin, layer_type, name, auto_dtypes, dtypes):

@@ -18,7 +18,7 @@ Backward, with dM = A dY A^T (dY the tile's 4x4 output gradient, zeros past the 
 
 Tiles are processed in blocks (flattened over images, tile rows, tile columns) so the workspace
 of one call stays bounded: each thread owns one slice of ``workspace`` holding V and M of its
-current block, ``36 * (C + O) * block`` values.  Forward splits the blocks over an OpenMP team;
+current block, :func:`workspace_size` values (``36 * (C + O) * block`` and a little padding).  Forward splits the blocks over an OpenMP team;
 backward splits whole images (neighbouring tiles of an image overlap in the input gradient, so
 one image belongs to one thread).  The caller limits BLAS to one thread meanwhile.
 
@@ -27,7 +27,7 @@ shape checks here only keep a wrong call from reading out of bounds.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from cnnkit._ext._blas cimport gemm_rm
 from cnnkit._ext._omp cimport note_team, omp_last_team, omp_max_threads
@@ -49,52 +49,89 @@ def last_team_size():
 
 
 # ------------------------------------------------------------------------------------------------
-# 1-D transforms along a strided vector (each 2-D transform applies one along columns, then
-# along rows).  ``s`` is the input stride, ``t`` the output stride.
+# 1-D transforms of CHUNK tiles at once (each 2-D transform applies one along columns, then
+# along rows): input q of tile jj is at ``d[q * s + jj]``, output q at ``o[q * t + jj]``.  The
+# callers pass distinct stack arrays and the loop over tiles has a fixed length, so the
+# compiler vectorises it; the block buffers are copied in and out by rows.
 # ------------------------------------------------------------------------------------------------
+cdef enum:
+    CHUNK = 32  # tiles transformed together
 cdef inline void _bt(const floating* d, Py_ssize_t s, floating* o, Py_ssize_t t) noexcept nogil:
     """o (6) = B^T d (6)."""
-    cdef floating d0 = d[0], d1 = d[s], d2 = d[2 * s], d3 = d[3 * s], d4 = d[4 * s]
-    cdef floating d5 = d[5 * s]
-    o[0] = 4 * d0 - 5 * d2 + d4
-    o[t] = d3 + d4 - 4 * (d1 + d2)
-    o[2 * t] = 4 * (d1 - d2) - d3 + d4
-    o[3 * t] = 2 * (d3 - d1) - d2 + d4
-    o[4 * t] = 2 * (d1 - d3) - d2 + d4
-    o[5 * t] = 4 * d1 - 5 * d3 + d5
+    cdef Py_ssize_t q
+    # typed constants: a literal 4 would be the double 4.0 and promote float math to double
+    cdef floating k2 = 2, k4 = 4, k5 = 5, k8 = 8
+    cdef floating d0, d1, d2, d3, d4, d5
+    for q in range(CHUNK):
+        d0 = d[q]
+        d1 = d[s + q]
+        d2 = d[2 * s + q]
+        d3 = d[3 * s + q]
+        d4 = d[4 * s + q]
+        d5 = d[5 * s + q]
+        o[q] = k4 * d0 - k5 * d2 + d4
+        o[t + q] = d3 + d4 - k4 * (d1 + d2)
+        o[2 * t + q] = k4 * (d1 - d2) - d3 + d4
+        o[3 * t + q] = k2 * (d3 - d1) - d2 + d4
+        o[4 * t + q] = k2 * (d1 - d3) - d2 + d4
+        o[5 * t + q] = k4 * d1 - k5 * d3 + d5
 
 
 cdef inline void _b(const floating* v, Py_ssize_t s, floating* o, Py_ssize_t t) noexcept nogil:
     """o (6) = B v (6), the adjoint of _bt."""
-    cdef floating v0 = v[0], v1 = v[s], v2 = v[2 * s], v3 = v[3 * s], v4 = v[4 * s]
-    cdef floating v5 = v[5 * s]
-    o[0] = 4 * v0
-    o[t] = 4 * (v2 - v1 + v5) + 2 * (v4 - v3)
-    o[2 * t] = -5 * v0 - 4 * (v1 + v2) - v3 - v4
-    o[3 * t] = v1 - v2 + 2 * (v3 - v4) - 5 * v5
-    o[4 * t] = v0 + v1 + v2 + v3 + v4
-    o[5 * t] = v5
+    cdef Py_ssize_t q
+    # typed constants: a literal 4 would be the double 4.0 and promote float math to double
+    cdef floating k2 = 2, k4 = 4, k5 = 5, k8 = 8
+    cdef floating v0, v1, v2, v3, v4, v5
+    for q in range(CHUNK):
+        v0 = v[q]
+        v1 = v[s + q]
+        v2 = v[2 * s + q]
+        v3 = v[3 * s + q]
+        v4 = v[4 * s + q]
+        v5 = v[5 * s + q]
+        o[q] = k4 * v0
+        o[t + q] = k4 * (v2 - v1 + v5) + k2 * (v4 - v3)
+        o[2 * t + q] = -k5 * v0 - k4 * (v1 + v2) - v3 - v4
+        o[3 * t + q] = v1 - v2 + k2 * (v3 - v4) - k5 * v5
+        o[4 * t + q] = v0 + v1 + v2 + v3 + v4
+        o[5 * t + q] = v5
 
 
 cdef inline void _at(const floating* m, Py_ssize_t s, floating* o, Py_ssize_t t) noexcept nogil:
     """o (4) = A^T m (6)."""
-    cdef floating m1 = m[s], m2 = m[2 * s], m3 = m[3 * s], m4 = m[4 * s]
-    cdef floating p12 = m1 + m2, n12 = m1 - m2, p34 = m3 + m4, n34 = m3 - m4
-    o[0] = m[0] + p12 + p34
-    o[t] = n12 + 2 * n34
-    o[2 * t] = p12 + 4 * p34
-    o[3 * t] = n12 + 8 * n34 + m[5 * s]
+    cdef Py_ssize_t q
+    # typed constants: a literal 4 would be the double 4.0 and promote float math to double
+    cdef floating k2 = 2, k4 = 4, k5 = 5, k8 = 8
+    cdef floating p12, n12, p34, n34
+    for q in range(CHUNK):
+        p12 = m[s + q] + m[2 * s + q]
+        n12 = m[s + q] - m[2 * s + q]
+        p34 = m[3 * s + q] + m[4 * s + q]
+        n34 = m[3 * s + q] - m[4 * s + q]
+        o[q] = m[q] + p12 + p34
+        o[t + q] = n12 + k2 * n34
+        o[2 * t + q] = p12 + k4 * p34
+        o[3 * t + q] = n12 + k8 * n34 + m[5 * s + q]
 
 
 cdef inline void _a(const floating* v, Py_ssize_t s, floating* o, Py_ssize_t t) noexcept nogil:
     """o (6) = A v (4), the adjoint of _at."""
-    cdef floating v0 = v[0], v1 = v[s], v2 = v[2 * s], v3 = v[3 * s]
-    o[0] = v0
-    o[t] = v0 + v1 + v2 + v3
-    o[2 * t] = v0 - v1 + v2 - v3
-    o[3 * t] = v0 + 2 * v1 + 4 * v2 + 8 * v3
-    o[4 * t] = v0 - 2 * v1 + 4 * v2 - 8 * v3
-    o[5 * t] = v3
+    cdef Py_ssize_t q
+    # typed constants: a literal 4 would be the double 4.0 and promote float math to double
+    cdef floating k2 = 2, k4 = 4, k5 = 5, k8 = 8
+    cdef floating v0, v1, v2, v3
+    for q in range(CHUNK):
+        v0 = v[q]
+        v1 = v[s + q]
+        v2 = v[2 * s + q]
+        v3 = v[3 * s + q]
+        o[q] = v0
+        o[t + q] = v0 + v1 + v2 + v3
+        o[2 * t + q] = v0 - v1 + v2 - v3
+        o[3 * t + q] = v0 + k2 * v1 + k4 * v2 + k8 * v3
+        o[4 * t + q] = v0 - k2 * v1 + k4 * v2 - k8 * v3
+        o[5 * t + q] = v3
 
 
 cdef inline void _g(const double* g, Py_ssize_t s, double* o, Py_ssize_t t) noexcept nogil:
@@ -167,9 +204,16 @@ def filter_gradient(const floating[:, :, ::1] du, floating[:, :, :, ::1] dweight
 
 # ------------------------------------------------------------------------------------------------
 # tile transforms of one block of tiles.  Tile t of the batch is image t // tiles_img, tile row
-# (t % tiles_img) // tiles_w, tile column t % tiles_w.  Block buffers are (36, channels, nb):
-# position xi of channel ch of block tile j is at xi * channels * nb + ch * nb + j.
+# (t % tiles_img) // tiles_w, tile column t % tiles_w.  Block buffers hold 36 matrices
+# (channels x nb), matrix xi at xi * ld (``_ld``): entry (ch, j) of position xi is at
+# xi * ld + ch * nb + j.  The loops run over channels outside and tiles inside, so each of the
+# 36 matrices is written (read) along its rows; ld is padded so the 36 rows in flight do not
+# all fall into one cache set (channels * nb is often a multiple of 4 KiB).
 # ------------------------------------------------------------------------------------------------
+cdef inline Py_ssize_t _ld(Py_ssize_t channels, Py_ssize_t nb) noexcept nogil:
+    return channels * nb + 16
+
+
 cdef inline void _tile_origin(Py_ssize_t t, Py_ssize_t tiles_img, Py_ssize_t tiles_w,
                               Py_ssize_t* n, Py_ssize_t* ty, Py_ssize_t* tx) noexcept nogil:
     cdef Py_ssize_t r = t % tiles_img
@@ -178,93 +222,124 @@ cdef inline void _tile_origin(Py_ssize_t t, Py_ssize_t tiles_img, Py_ssize_t til
     tx[0] = r % tiles_w
 
 
+cdef inline void _next_tile(Py_ssize_t tiles_img, Py_ssize_t tiles_w, Py_ssize_t* n,
+                            Py_ssize_t* ty, Py_ssize_t* tx) noexcept nogil:
+    tx[0] += 1
+    if tx[0] == tiles_w:
+        tx[0] = 0
+        ty[0] += 1
+        if ty[0] * tiles_w == tiles_img:
+            ty[0] = 0
+            n[0] += 1
+
+
 cdef void _input_block(const floating* x, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t tiles_img, Py_ssize_t tiles_w,
                        Py_ssize_t t0, Py_ssize_t nb, floating* v) noexcept nogil:
-    """v (36, c, nb) = B^T d B of the input patches of tiles [t0, t0 + nb)."""
-    cdef Py_ssize_t j, ch, k, r, s, n, ty, tx, y0, x0, stride = c * nb
-    cdef floating patch[36]
-    cdef floating tmp[36]
+    """v = B^T d B of the input patches of tiles [t0, t0 + nb)."""
+    cdef Py_ssize_t j0, jj, nj, ch, k, r, s, n, ty, tx, y0, x0, ld = _ld(c, nb)
+    cdef floating patch[36 * CHUNK]
+    cdef floating tmp[36 * CHUNK]
     cdef const floating* src
-    cdef const floating* img
-    cdef bint inside
-    for j in range(nb):
-        _tile_origin(t0 + j, tiles_img, tiles_w, &n, &ty, &tx)
-        y0 = ty * 4 - pt
-        x0 = tx * 4 - pl
-        inside = y0 >= 0 and x0 >= 0 and y0 + 6 <= h and x0 + 6 <= w
-        img = x + n * c * h * w
-        for ch in range(c):
-            if inside:
-                src = img + (ch * h + y0) * w + x0
-                for k in range(6):  # columns: tmp = B^T d, read in place
-                    _bt(src + k, w, tmp + k, 6)
-            else:
-                for r in range(6):
-                    for s in range(6):
-                        if 0 <= y0 + r < h and 0 <= x0 + s < w:
-                            patch[6 * r + s] = img[(ch * h + y0 + r) * w + x0 + s]
-                        else:
-                            patch[6 * r + s] = 0
-                for k in range(6):
-                    _bt(patch + k, 6, tmp + k, 6)
-            for k in range(6):  # rows: v = tmp B, written straight into the block
-                _bt(tmp + 6 * k, 1, v + 6 * k * stride + ch * nb + j, stride)
+    cdef const floating* plane
+    memset(patch, 0, sizeof(patch))  # lanes past a short last chunk hold finite values
+    for ch in range(c):
+        _tile_origin(t0, tiles_img, tiles_w, &n, &ty, &tx)
+        for j0 in range(0, nb, 32):  # CHUNK
+            nj = nb - j0 if nb - j0 < CHUNK else CHUNK
+            for jj in range(nj):  # gather the patches, zeros outside the input
+                y0 = ty * 4 - pt
+                x0 = tx * 4 - pl
+                plane = x + (n * c + ch) * h * w
+                if y0 >= 0 and x0 >= 0 and y0 + 6 <= h and x0 + 6 <= w:
+                    src = plane + y0 * w + x0
+                    for r in range(6):
+                        for s in range(6):
+                            patch[(6 * r + s) * CHUNK + jj] = src[r * w + s]
+                else:
+                    for r in range(6):
+                        for s in range(6):
+                            if 0 <= y0 + r < h and 0 <= x0 + s < w:
+                                patch[(6 * r + s) * CHUNK + jj] = plane[(y0 + r) * w + x0 + s]
+                            else:
+                                patch[(6 * r + s) * CHUNK + jj] = 0
+                _next_tile(tiles_img, tiles_w, &n, &ty, &tx)
+            for k in range(6):  # columns: tmp = B^T d
+                _bt(patch + k * CHUNK, 6 * CHUNK, tmp + k * CHUNK, 6 * CHUNK)
+            for k in range(6):  # rows: patch = tmp B
+                _bt(tmp + 6 * k * CHUNK, CHUNK, patch + 6 * k * CHUNK, CHUNK)
+            for k in range(36):
+                memcpy(v + k * ld + ch * nb + j0, patch + k * CHUNK, nj * sizeof(floating))
 
 
 cdef void _output_block(const floating* m, Py_ssize_t o, Py_ssize_t oh, Py_ssize_t ow,
                         Py_ssize_t tiles_img, Py_ssize_t tiles_w, Py_ssize_t t0, Py_ssize_t nb,
                         const floating* bias, floating* y) noexcept nogil:
     """y tiles [t0, t0 + nb) = A^T m A (+ bias), cropped to the (oh, ow) output planes."""
-    cdef Py_ssize_t j, oc, k, r, s, n, ty, tx, r0, c0, rows, cols, stride = o * nb
-    cdef floating tmp[24]
-    cdef floating out[16]
+    cdef Py_ssize_t j0, jj, nj, oc, k, r, s, n, ty, tx, r0, c0, rows, cols, ld = _ld(o, nb)
+    cdef floating mm[36 * CHUNK]
+    cdef floating tmp[24 * CHUNK]
+    cdef floating out[16 * CHUNK]
     cdef floating bv = 0
     cdef floating* dst
-    for j in range(nb):
-        _tile_origin(t0 + j, tiles_img, tiles_w, &n, &ty, &tx)
-        r0 = ty * 4
-        c0 = tx * 4
-        rows = oh - r0 if oh - r0 < 4 else 4
-        cols = ow - c0 if ow - c0 < 4 else 4
-        for oc in range(o):
+    memset(mm, 0, sizeof(mm))
+    for oc in range(o):
+        if bias != NULL:
+            bv = bias[oc]
+        _tile_origin(t0, tiles_img, tiles_w, &n, &ty, &tx)
+        for j0 in range(0, nb, 32):  # CHUNK
+            nj = nb - j0 if nb - j0 < CHUNK else CHUNK
+            for k in range(36):
+                memcpy(mm + k * CHUNK, m + k * ld + oc * nb + j0, nj * sizeof(floating))
             for k in range(6):  # columns: tmp (4 x 6) = A^T m
-                _at(m + k * stride + oc * nb + j, 6 * stride, tmp + k, 6)
+                _at(mm + k * CHUNK, 6 * CHUNK, tmp + k * CHUNK, 6 * CHUNK)
             for k in range(4):  # rows: out (4 x 4) = tmp A
-                _at(tmp + 6 * k, 1, out + 4 * k, 1)
-            if bias != NULL:
-                bv = bias[oc]
-            dst = y + ((n * o + oc) * oh + r0) * ow + c0
-            for r in range(rows):
-                for s in range(cols):
-                    dst[r * ow + s] = out[4 * r + s] + bv
+                _at(tmp + 6 * k * CHUNK, CHUNK, out + 4 * k * CHUNK, CHUNK)
+            for jj in range(nj):
+                r0 = ty * 4
+                c0 = tx * 4
+                rows = oh - r0 if oh - r0 < 4 else 4
+                cols = ow - c0 if ow - c0 < 4 else 4
+                dst = y + ((n * o + oc) * oh + r0) * ow + c0
+                for r in range(rows):
+                    for s in range(cols):
+                        dst[r * ow + s] = out[(4 * r + s) * CHUNK + jj] + bv
+                _next_tile(tiles_img, tiles_w, &n, &ty, &tx)
 
 
 cdef void _grad_output_block(const floating* dy, Py_ssize_t o, Py_ssize_t oh, Py_ssize_t ow,
                              Py_ssize_t tiles_img, Py_ssize_t tiles_w, Py_ssize_t t0,
                              Py_ssize_t nb, floating* dm) noexcept nogil:
-    """dm (36, o, nb) = A dY A^T of the 4x4 output-gradient tiles (zeros past the edge)."""
-    cdef Py_ssize_t j, oc, k, r, s, n, ty, tx, r0, c0, rows, cols, stride = o * nb
-    cdef floating tile[16]
-    cdef floating tmp[24]
+    """dm = A dY A^T of the 4x4 output-gradient tiles [t0, t0 + nb) (zeros past the edge)."""
+    cdef Py_ssize_t j0, jj, nj, oc, k, r, s, n, ty, tx, r0, c0, rows, cols, ld = _ld(o, nb)
+    cdef floating tile[16 * CHUNK]
+    cdef floating tmp[24 * CHUNK]
+    cdef floating out[36 * CHUNK]
     cdef const floating* src
-    for j in range(nb):
-        _tile_origin(t0 + j, tiles_img, tiles_w, &n, &ty, &tx)
-        r0 = ty * 4
-        c0 = tx * 4
-        rows = oh - r0 if oh - r0 < 4 else 4
-        cols = ow - c0 if ow - c0 < 4 else 4
-        for oc in range(o):
-            src = dy + ((n * o + oc) * oh + r0) * ow + c0
-            for k in range(16):
-                tile[k] = 0
-            for r in range(rows):
-                for s in range(cols):
-                    tile[4 * r + s] = src[r * ow + s]
+    memset(tile, 0, sizeof(tile))
+    for oc in range(o):
+        _tile_origin(t0, tiles_img, tiles_w, &n, &ty, &tx)
+        for j0 in range(0, nb, 32):  # CHUNK
+            nj = nb - j0 if nb - j0 < CHUNK else CHUNK
+            for jj in range(nj):
+                r0 = ty * 4
+                c0 = tx * 4
+                rows = oh - r0 if oh - r0 < 4 else 4
+                cols = ow - c0 if ow - c0 < 4 else 4
+                src = dy + ((n * o + oc) * oh + r0) * ow + c0
+                for r in range(4):
+                    for s in range(4):
+                        if r < rows and s < cols:
+                            tile[(4 * r + s) * CHUNK + jj] = src[r * ow + s]
+                        else:
+                            tile[(4 * r + s) * CHUNK + jj] = 0
+                _next_tile(tiles_img, tiles_w, &n, &ty, &tx)
             for k in range(4):  # columns: tmp (6 x 4) = A dY
-                _a(tile + k, 4, tmp + k, 4)
-            for k in range(6):  # rows: dm = tmp A^T, written straight into the block
-                _a(tmp + 4 * k, 1, dm + 6 * k * stride + oc * nb + j, stride)
+                _a(tile + k * CHUNK, 4 * CHUNK, tmp + k * CHUNK, 4 * CHUNK)
+            for k in range(6):  # rows: out = tmp A^T
+                _a(tmp + 4 * k * CHUNK, CHUNK, out + 6 * k * CHUNK, CHUNK)
+            for k in range(36):
+                memcpy(dm + k * ld + oc * nb + j0, out + k * CHUNK, nj * sizeof(floating))
 
 
 cdef void _grad_input_block(const floating* dv, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
@@ -272,25 +347,38 @@ cdef void _grad_input_block(const floating* dv, Py_ssize_t c, Py_ssize_t h, Py_s
                             Py_ssize_t tiles_w, Py_ssize_t t0, Py_ssize_t nb,
                             floating* dx) noexcept nogil:
     """Add B dV B^T of tiles [t0, t0 + nb) into their input patches of dx; padding is dropped."""
-    cdef Py_ssize_t j, ch, k, r, s, n, ty, tx, y0, x0, stride = c * nb
-    cdef floating tmp[36]
-    cdef floating patch[36]
-    cdef floating* img
-    for j in range(nb):
-        _tile_origin(t0 + j, tiles_img, tiles_w, &n, &ty, &tx)
-        y0 = ty * 4 - pt
-        x0 = tx * 4 - pl
-        img = dx + n * c * h * w
-        for ch in range(c):
+    cdef Py_ssize_t j0, jj, nj, ch, k, r, s, n, ty, tx, y0, x0, ld = _ld(c, nb)
+    cdef floating tmp[36 * CHUNK]
+    cdef floating patch[36 * CHUNK]
+    cdef floating* plane
+    cdef floating* dst
+    memset(patch, 0, sizeof(patch))
+    for ch in range(c):
+        _tile_origin(t0, tiles_img, tiles_w, &n, &ty, &tx)
+        for j0 in range(0, nb, 32):  # CHUNK
+            nj = nb - j0 if nb - j0 < CHUNK else CHUNK
+            for k in range(36):
+                memcpy(patch + k * CHUNK, dv + k * ld + ch * nb + j0, nj * sizeof(floating))
             for k in range(6):  # columns: tmp = B dV
-                _b(dv + k * stride + ch * nb + j, 6 * stride, tmp + k, 6)
+                _b(patch + k * CHUNK, 6 * CHUNK, tmp + k * CHUNK, 6 * CHUNK)
             for k in range(6):  # rows: patch = tmp B^T
-                _b(tmp + 6 * k, 1, patch + 6 * k, 1)
-            for r in range(6):
-                if 0 <= y0 + r < h:
-                    for s in range(6):
-                        if 0 <= x0 + s < w:
-                            img[(ch * h + y0 + r) * w + x0 + s] += patch[6 * r + s]
+                _b(tmp + 6 * k * CHUNK, CHUNK, patch + 6 * k * CHUNK, CHUNK)
+            for jj in range(nj):
+                y0 = ty * 4 - pt
+                x0 = tx * 4 - pl
+                plane = dx + (n * c + ch) * h * w
+                if y0 >= 0 and x0 >= 0 and y0 + 6 <= h and x0 + 6 <= w:
+                    dst = plane + y0 * w + x0
+                    for r in range(6):
+                        for s in range(6):
+                            dst[r * w + s] += patch[(6 * r + s) * CHUNK + jj]
+                else:
+                    for r in range(6):
+                        if 0 <= y0 + r < h:
+                            for s in range(6):
+                                if 0 <= x0 + s < w:
+                                    plane[(y0 + r) * w + x0 + s] += patch[(6 * r + s) * CHUNK + jj]
+                _next_tile(tiles_img, tiles_w, &n, &ty, &tx)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,12 +388,17 @@ cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
 
 
+def workspace_size(Py_ssize_t c, Py_ssize_t o, Py_ssize_t block):
+    """Values of one thread's workspace for ``block`` tiles, C input and O output channels."""
+    return 36 * (_ld(c, block) + _ld(o, block))
+
+
 def _check_block(Py_ssize_t block, int num_threads, Py_ssize_t c, Py_ssize_t o, workspace):
     if block < 1 or num_threads < 1:
         raise ValueError("block and num_threads must be positive")
-    if workspace.shape[0] < num_threads or workspace.shape[1] < 36 * (c + o) * block:
+    if workspace.shape[0] < num_threads or workspace.shape[1] < workspace_size(c, o, block):
         raise ValueError(f"workspace {tuple(workspace.shape)[:2]} is smaller than "
-                         f"({num_threads}, {36 * (c + o) * block})")
+                         f"({num_threads}, {workspace_size(c, o, block)})")
 
 
 def winograd_forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
@@ -313,7 +406,7 @@ def winograd_forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u
                      floating[:, ::1] workspace, Py_ssize_t pt, Py_ssize_t pl,
                      Py_ssize_t block, int num_threads):
     """y = conv2d(x, g) + bias for the transformed filter u = G g G^T (36, O, C); ``bias`` may
-    be None.  ``workspace`` is (threads, >= 36 * (C + O) * block)."""
+    be None.  ``workspace`` is (threads, >= workspace_size(C, O, block))."""
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t o = y.shape[1], oh = y.shape[2], ow = y.shape[3]
     cdef Py_ssize_t tiles_w = _cdiv(ow, 4), tiles_img = _cdiv(oh, 4) * _cdiv(ow, 4)
@@ -336,15 +429,15 @@ def winograd_forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u
         note_team()
         tid = threadid()
         v = &workspace[tid, 0]
-        m = v + 36 * c * block
+        m = v + 36 * _ld(c, block)
         for task in prange(n_blocks, schedule="static"):
             t0 = task * block
             nb = total - t0 if total - t0 < block else block
             _input_block(&x[0, 0, 0, 0], c, h, w, pt, pl, tiles_img, tiles_w, t0, nb, v)
             for xi in range(36):
                 gemm_rm(False, False, <int> o, <int> nb, <int> c, <floating> 1.0,
-                        &u[xi, 0, 0], <int> c, v + xi * c * nb, <int> nb,
-                        <floating> 0.0, m + xi * o * nb, <int> nb)
+                        &u[xi, 0, 0], <int> c, v + xi * _ld(c, nb), <int> nb,
+                        <floating> 0.0, m + xi * _ld(o, nb), <int> nb)
             _output_block(m, o, oh, ow, tiles_img, tiles_w, t0, nb, bp, &y[0, 0, 0, 0])
 
 
@@ -382,7 +475,7 @@ def winograd_backward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] 
         note_team()
         tid = threadid()
         v = &workspace[tid, 0]
-        dm = v + 36 * c * block
+        dm = v + 36 * _ld(c, block)
         dut = &du_partial[tid, 0, 0, 0]
         for part in prange(num_threads, schedule="static"):
             t0 = part * per
@@ -400,13 +493,13 @@ def winograd_backward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] 
                 for xi in range(36):
                     # dU[xi] += dM[xi] (O x nb) @ V[xi]^T (nb x C)
                     gemm_rm(False, True, <int> o, <int> c, <int> nb, <floating> 1.0,
-                            dm + xi * o * nb, <int> nb, v + xi * c * nb, <int> nb,
+                            dm + xi * _ld(o, nb), <int> nb, v + xi * _ld(c, nb), <int> nb,
                             <floating> 1.0, dut + xi * o * c, <int> c)
                     if compute_dx:
                         # dV[xi] (C x nb) = U[xi]^T (C x O) @ dM[xi] (O x nb), over V[xi]
                         gemm_rm(True, False, <int> c, <int> nb, <int> o, <floating> 1.0,
-                                &u[xi, 0, 0], <int> c, dm + xi * o * nb, <int> nb,
-                                <floating> 0.0, v + xi * c * nb, <int> nb)
+                                &u[xi, 0, 0], <int> c, dm + xi * _ld(o, nb), <int> nb,
+                                <floating> 0.0, v + xi * _ld(c, nb), <int> nb)
                 if compute_dx:
                     _grad_input_block(v, c, h, w, pt, pl, tiles_img, tiles_w, t0, nb,
                                       &dx[0, 0, 0, 0])
