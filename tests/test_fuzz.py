@@ -324,6 +324,35 @@ def test_fuzz_conv2d_values_against_oracle(data, n, c, h, w, cout, k, s, d, g, p
 
 
 @VALUES
+@given(data=st.data(), n=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(1, 10),
+       w=st.integers(1, 10), cout=st.integers(1, 3),
+       pads=st.tuples(*[st.integers(0, 3)] * 4), bias=st.booleans(), dtype=st.sampled_from(FLOATS))
+def test_fuzz_winograd_values_against_oracle(data, n, c, h, w, cout, pads, bias, dtype):
+    """The geometries the Winograd variant serves (3x3, stride 1, any, also asymmetric, padding;
+    partial tiles), which the draws above rarely reach: forward and gradients against the loop
+    oracles, within its float32 bound."""
+    from cnnkit.builtin.conv import WINOGRAD_FLOAT32_BOUND, Conv2dWinograd
+
+    if h + pads[0] + pads[1] < 3 or w + pads[2] + pads[3] < 3:
+        return
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((cout, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(cout).astype(dtype) if bias else None
+    config = {"stride": (1, 1), "padding": pads, "dilation": (1, 1), "groups": 1}
+    y, ctx = Conv2dWinograd.forward(x, {"weight": wt, "bias": b}, config, True)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, grads = Conv2dWinograd.backward(dy, ctx)
+    tol = WINOGRAD_FLOAT32_BOUND if dtype == "float32" else 1e-10
+    assert_close(y, ref.conv2d_forward_taps(x, wt, b, (1, 1), pads, (1, 1), 1), tol=tol)
+    want_dx, want_dw, want_db = ref.conv2d_backward(x, wt, dy, (1, 1), pads, (1, 1), 1)
+    assert_close(dx, want_dx, tol=tol)
+    assert_close(grads["weight"], want_dw, tol=tol)
+    if bias:
+        assert_close(grads["bias"], want_db, tol=tol)
+
+
+@VALUES
 @given(data=st.data(), cls=st.sampled_from([L.MaxPool2D, L.AvgPool2D]), n=st.integers(1, 3),
        c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
        k=st.tuples(*[st.integers(1, 4)] * 2), s=st.tuples(*[st.integers(1, 3)] * 2),
