@@ -157,7 +157,8 @@ def cnnkit_register_variants(register: Callable[..., None]) -> None:
       :class:`InputGradSkippingVariant` and, for batch normalisation, a
       :class:`StatisticsVariant`).
     - ``priority``: among the variants that support a request, the highest wins automatic
-      selection.  Built-ins use 100 (Cython) and 0 (NumPy reference).
+      selection.  Built-ins use 100 (Cython) and 0 (NumPy reference); conv2d's
+      Winograd variant 110 (with ``auto_dtypes`` and ``auto_supports`` limits).
     - ``dtypes``: the input dtypes the variant accepts.
     - ``capabilities``: the non-default features it supports, from the layer type's
       ``FEATURES`` (for conv2d: ``stride``, ``padding``, ``asymmetric_padding``, ``dilation``,
