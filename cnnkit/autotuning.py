@@ -356,16 +356,7 @@ def _find(table, request: dict, exact: bool):
 # ------------------------------------------------------------------------------ selection
 def auto_refusal(variant, dtype, features, config) -> str | None:
     """Why automatic selection may not pick ``variant`` for this request, or ``None``."""
-    reason = variant.refusal(dtype, features, config)
-    if reason is not None:
-        return reason
-    allowed = getattr(variant, "auto_dtypes", None)
-    if allowed is None:
-        allowed = variant.dtypes
-    name = np.dtype(dtype).name
-    if name not in allowed:
-        return f"not chosen automatically for {name} (only for {', '.join(allowed) or 'none'})"
-    return None
+    return variant.refusal(dtype, features, config) or variant.auto_refusal(dtype, config)
 
 
 def lookup(registry, layer_type, variants, *, dtype, features, config, shape):

@@ -180,7 +180,8 @@ def cnnkit_register_variants(register: Callable[..., None]) -> None:
     """Register implementation variants of layer types.
 
     Call ``register(layer_type, name, impl, *, priority=0, dtypes=("float32", "float64"),
-    capabilities=(), supports=None, description="")`` once per variant:
+    capabilities=(), supports=None, description="", auto_dtypes=None, auto_supports=None,
+    tolerance=None)`` once per variant:
 
     - ``layer_type``: the layer type it implements (``"conv2d"``); the type may come from
       another plugin.
@@ -189,7 +190,8 @@ def cnnkit_register_variants(register: Callable[..., None]) -> None:
       :class:`InputGradSkippingVariant` and, for batch normalisation, a
       :class:`StatisticsVariant`).
     - ``priority``: among the variants that support a request, the highest wins automatic
-      selection.  Built-ins use 100 (Cython) and 0 (NumPy reference).
+      selection.  Built-ins use 100 (Cython) and 0 (NumPy reference); conv2d's
+      Winograd variant 110 (with ``auto_dtypes`` and ``auto_supports`` limits).
     - ``dtypes``: the input dtypes the variant accepts.
     - ``capabilities``: the non-default features it supports, from the layer type's
       ``FEATURES`` (for conv2d: ``stride``, ``padding``, ``asymmetric_padding``, ``dilation``,
@@ -198,6 +200,14 @@ def cnnkit_register_variants(register: Callable[..., None]) -> None:
       with the resolved ``config`` and the dtype's name (``"float32"``); it returns ``None``
       when it can serve the request, otherwise the reason it cannot.
     - ``description``: one line shown by ``cnnkit kernels``.
+    - ``auto_dtypes``: the dtypes automatic selection may pick it for (default: all of
+      ``dtypes``); an explicit choice (``impl=``, ``cnnkit.use``, ``CNNKIT_IMPL``) may use it
+      for any of ``dtypes``.  For a variant less accurate than the reference in some dtype.
+    - ``auto_supports``: optional ``callable(config, dtype) -> str | None`` like ``supports``,
+      asked by automatic selection only (for requests it serves, but slowly).
+    - ``tolerance``: the largest error relative to the output scale the conformance kit allows
+      it against the float64 reference, one number or ``{dtype: number}`` (default: the kit's,
+      ``cnnkit.testing.DEFAULT_RTOL``).
 
     Two plugins registering the same ``(layer_type, name)`` is an error naming both.  Returns
     nothing.

@@ -63,6 +63,13 @@ class Variant:
     description: str = ""
     #: backward() accepts ``need_input_grad`` and may then skip the input gradient
     skips_input_grad: bool = False
+    #: dtypes automatic selection may pick it for (an explicit choice may use any of ``dtypes``)
+    auto_dtypes: tuple | None = None
+    #: like ``supports``, consulted by automatic selection only (say, where it is slower)
+    auto_supports: Callable | None = None
+    #: {dtype: max error relative to the output scale} the conformance kit allows it, where it
+    #: differs from the kit's default
+    tolerance: dict = field(default_factory=dict, compare=False)
 
     def refusal(self, dtype, features, config) -> str | None:
         """Why this variant cannot serve the request, or ``None`` if it can."""
@@ -81,6 +88,28 @@ class Variant:
                 return str(reason)
         return None
 
+    def auto_refusal(self, dtype, config=None) -> str | None:
+        """Why automatic selection must not pick this variant for ``dtype`` and ``config`` even
+        though it could serve the request when chosen explicitly, or ``None``."""
+        dname = _dtype_name(dtype)
+        if self.auto_dtypes is None or dname in self.auto_dtypes:
+            if self.auto_supports is None:
+                return None
+            try:
+                reason = self.auto_supports(config, dname)
+            except Exception as exc:  # a broken plugin must not take selection down
+                return f"its auto_supports() check raised {type(exc).__name__}: {exc}"
+            return (f"not picked automatically: {reason}; choose it explicitly (impl=, "
+                    "cnnkit.use, CNNKIT_IMPL)") if reason else None
+        why = ""
+        if self.tolerance:
+            why = ("; it rounds more than the reference (declared error bound, relative to the "
+                   "output scale: " + ", ".join(f"{k} {v:g}" for k, v in self.tolerance.items())
+                   + ")")
+        return (f"not picked automatically for {dname}: its registration limits automatic "
+                f"selection to {', '.join(self.auto_dtypes) or 'no dtype'} (auto_dtypes){why}; "
+                "choose it explicitly (impl=, cnnkit.use, CNNKIT_IMPL)")
+
     def describe(self) -> dict:
         return {
             "layer_type": self.layer_type,
@@ -90,6 +119,8 @@ class Variant:
             "dtypes": list(self.dtypes),
             "capabilities": sorted(self.capabilities),
             "description": self.description,
+            "auto_dtypes": list(self.dtypes if self.auto_dtypes is None else self.auto_dtypes),
+            "tolerance": dict(self.tolerance),
         }
 
 
@@ -520,7 +551,7 @@ class Registry:
             return tuned, note, tuned_reasons
         winner = None
         for v in variants:
-            reason = v.refusal(dtype, features, config)
+            reason = v.refusal(dtype, features, config) or v.auto_refusal(dtype, config)
             if reason is not None:
                 reasons[v.name] = reason
             elif winner is None:
@@ -536,7 +567,8 @@ class Registry:
 
 
 def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float32", "float64"),
-                  capabilities=(), supports=None, description="") -> Variant:
+                  capabilities=(), supports=None, description="", auto_dtypes=None,
+                  auto_supports=None, tolerance=None) -> Variant:
     if not isinstance(layer_type, str) or not layer_type:
         raise PluginError(f"plugin {plugin!r}: variant layer_type must be a non-empty string, "
                           f"got {layer_type!r}")
@@ -558,16 +590,60 @@ def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float3
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: priority must be an "
                           f"int, got {priority!r}")
-    if supports is not None and not callable(supports):
-        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: supports must be "
-                          "callable or None")
+    for what, fn in (("supports", supports), ("auto_supports", auto_supports)):
+        if fn is not None and not callable(fn):
+            raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: {what} must be "
+                              "callable or None")
+    auto_dtypes = _auto_dtypes(plugin, layer_type, name, auto_dtypes, dtypes)
+    tolerance = _tolerance(plugin, layer_type, name, tolerance, dtypes)
     try:
         skips = "need_input_grad" in inspect.signature(impl.backward).parameters
     except (TypeError, ValueError):
         skips = False
     return Variant(layer_type=layer_type.lower(), name=name, impl=impl, plugin=plugin,
                    priority=priority, dtypes=dtypes, capabilities=frozenset(capabilities),
-                   supports=supports, description=description, skips_input_grad=skips)
+                   supports=supports, description=description, skips_input_grad=skips,
+                   auto_dtypes=auto_dtypes, auto_supports=auto_supports, tolerance=tolerance)
+
+
+def _auto_dtypes(plugin, layer_type, name, auto_dtypes, dtypes):
+    """``auto_dtypes=`` checked: None (all of ``dtypes``) or a subset of ``dtypes``."""
+    if auto_dtypes is None:
+        return None
+    if isinstance(auto_dtypes, str):
+        auto_dtypes = (auto_dtypes,)
+    try:
+        auto_dtypes = tuple(_dtype_name(d) for d in auto_dtypes)
+    except TypeError as exc:
+        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: bad auto_dtypes "
+                          f"{auto_dtypes!r}: {exc}") from None
+    extra = sorted(set(auto_dtypes) - set(dtypes))
+    if extra:
+        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: auto_dtypes "
+                          f"{', '.join(extra)} not among its dtypes ({', '.join(dtypes)})")
+    return auto_dtypes
+
+
+def _tolerance(plugin, layer_type, name, tolerance, dtypes):
+    """``tolerance=`` checked: None, one positive number for every dtype, or {dtype: number}."""
+    if tolerance is None:
+        return {}
+    if not isinstance(tolerance, dict):
+        tolerance = {d: tolerance for d in dtypes}
+    out = {}
+    for dtype, value in tolerance.items():
+        try:
+            key = _dtype_name(dtype)
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and 0 < float(value) < float("inf"))
+        except TypeError:
+            ok = False
+        if not ok:
+            raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: tolerance must "
+                              "be a positive number or {dtype: positive number}, got "
+                              f"{tolerance!r}")
+        out[key] = float(value)
+    return out
 
 
 def _cnnkit_version() -> str:

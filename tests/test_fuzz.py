@@ -330,12 +330,44 @@ def test_fuzz_conv2d_values_against_oracle(data, n, c, h, w, cout, k, s, d, g, p
                          bias=bias, rng=0, dtype=dtype, impl=impl)
         try:
             y = layer.forward(x)
+        except ck.SelectionError as exc:  # a variant for some geometries only (winograd: 3x3)
+            _refused(exc, "Conv2D", layer.name)
+            continue
         except ValueError as exc:  # kernel larger than the padded input
             _refused(exc, "Conv2D", layer.name)
             return
         expected = ref.conv2d_forward_taps(x, layer.params["weight"], layer.params["bias"], s,
                                            pads, d, g)
         assert_close(y, expected.astype(dtype), tol=_oracle_tol(x))
+
+
+@VALUES
+@given(data=st.data(), n=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(1, 10),
+       w=st.integers(1, 10), cout=st.integers(1, 3),
+       pads=st.tuples(*[st.integers(0, 3)] * 4), bias=st.booleans(), dtype=st.sampled_from(FLOATS))
+def test_fuzz_winograd_values_against_oracle(data, n, c, h, w, cout, pads, bias, dtype):
+    """The geometries the Winograd variant serves (3x3, stride 1, any, also asymmetric, padding;
+    partial tiles), which the draws above rarely reach: forward and gradients against the loop
+    oracles, within its float32 bound."""
+    from cnnkit.builtin.conv import WINOGRAD_FLOAT32_BOUND, Conv2dWinograd
+
+    if h + pads[0] + pads[1] < 3 or w + pads[2] + pads[3] < 3:
+        return
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((cout, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(cout).astype(dtype) if bias else None
+    config = {"stride": (1, 1), "padding": pads, "dilation": (1, 1), "groups": 1}
+    y, ctx = Conv2dWinograd.forward(x, {"weight": wt, "bias": b}, config, True)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, grads = Conv2dWinograd.backward(dy, ctx)
+    tol = WINOGRAD_FLOAT32_BOUND if dtype == "float32" else 1e-10
+    assert_close(y, ref.conv2d_forward_taps(x, wt, b, (1, 1), pads, (1, 1), 1), tol=tol)
+    want_dx, want_dw, want_db = ref.conv2d_backward(x, wt, dy, (1, 1), pads, (1, 1), 1)
+    assert_close(dx, want_dx, tol=tol)
+    assert_close(grads["weight"], want_dw, tol=tol)
+    if bias:
+        assert_close(grads["bias"], want_db, tol=tol)
 
 
 @VALUES
@@ -1183,11 +1215,15 @@ def _hostile_dy(draw, y, x):
     return kind, dy
 
 
+#: compiled variants: held to the strict contract (every invalid call refused cleanly)
+COMPILED = ("cython", "winograd")
+
+
 def _call_variant(variant, x, params, config, dy_draw):
     """Forward (and backward) of one variant; returns (y, dx, outcome) and enforces the
     contract for a direct call of that variant."""
     impl = variant.impl
-    cython = variant.name == "cython"
+    cython = variant.name in COMPILED
     expected = _expected_shape(variant.layer_type, x, params, config)
     # the NumPy reference must compute what a layer could send: no empty arrays, no lists
     strict = expected is not None and (cython or (x.size > 0 and all(
@@ -1207,7 +1243,7 @@ def _call_variant(variant, x, params, config, dy_draw):
         event(f"{variant.name}: forward computed a config with strings")
         return None, None
     if expected is None:
-        assert not cython, (f"cython {variant.layer_type} computed an invalid call: x "
+        assert not cython, (f"{variant.name} {variant.layer_type} computed an invalid call: x "
                             f"{x.shape} {x.dtype}, params "
                             f"{ {k: getattr(v, 'shape', v) for k, v in params.items()} }, "
                             f"config {config}, returned {getattr(y, 'shape', y)}")
@@ -1231,7 +1267,7 @@ def _call_variant(variant, x, params, config, dy_draw):
         event(f"{variant.name}: backward refused ({kind})")
         return y, None
     if kind == "shape" or kind == "rank":
-        assert not cython, f"cython {variant.layer_type} backward accepted dy {np.shape(dy)}"
+        assert not cython, f"{variant.name} {variant.layer_type} backward accepted dy {np.shape(dy)}"
         return y, None
     if cython or kind in ("ok", "strided"):
         assert isinstance(dx, np.ndarray) or not cython, type(dx)
@@ -1263,7 +1299,7 @@ def test_fuzz_kernel_entry_points(layer_type, data):
     variants = ck.get_registry().variants[layer_type]
     results = {}
     for name in builtin_impls(layer_type):
-        if huge and name != "cython":
+        if huge and name not in COMPILED:
             event("numpy: skipped (huge geometry)")
             continue  # the NumPy reference would allocate the huge geometry
         before = np.array(x, copy=True)
@@ -1273,7 +1309,9 @@ def test_fuzz_kernel_entry_points(layer_type, data):
                                           lambda y: _hostile_dy(data.draw, y, x))
         np.testing.assert_array_equal(x, before)  # never mutated
     # where both computed a valid call on finite input, they agree
-    yc, yn = results.get("cython", (None,))[0], results.get("numpy", (None,))[0]
-    if yc is not None and yn is not None and np.all(np.isfinite(x)) \
-            and np.all(np.isfinite(yn)):
-        assert_close(yc, yn, tol=1e-3 if x.dtype == np.float32 else 1e-8)
+    yn = results.get("numpy", (None,))[0]
+    for name in COMPILED:
+        yc = results.get(name, (None,))[0]
+        if yc is not None and yn is not None and np.all(np.isfinite(x)) \
+                and np.all(np.isfinite(yn)):
+            assert_close(yc, yn, tol=1e-3 if x.dtype == np.float32 else 1e-8)

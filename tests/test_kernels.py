@@ -16,6 +16,7 @@ from cnnkit._ext import conv as _conv
 from cnnkit._ext import dropout as _dropout
 from cnnkit._ext import norm as _norm
 from cnnkit._ext import pool as _pool
+from cnnkit._ext import winograd as _winograd
 from cnnkit.builtin import activation as Bactivation
 from cnnkit.builtin import conv as Bconv
 from cnnkit.builtin import dense as Bdense
@@ -62,6 +63,15 @@ CONV_CASES = [
     ((2, 2, 6, 6), 3, (4, 4), conv_config(stride=3, padding=(3, 0, 1, 2)), True),
 ]
 CONV_IDS = [f"conv{i}" for i in range(len(CONV_CASES))]
+
+# 3x3 stride-1 cases for the Winograd variant: whole and partial 4x4 tiles, asymmetric padding,
+# batch 1, an input smaller than one tile, more channels than one vector chunk of tiles
+WINOGRAD_CASES = [
+    ((2, 3, 8, 8), 4, (3, 3), conv_config(padding=1), True),
+    ((1, 2, 9, 7), 3, (3, 3), conv_config(padding=(0, 2, 1, 0)), False),
+    ((2, 1, 2, 3), 2, (3, 3), conv_config(padding=(1, 1, 2, 0)), True),
+    ((3, 17, 6, 13), 5, (3, 3), conv_config(), True),
+]
 
 
 def conv_inputs(case, dtype, seed=0):
@@ -123,6 +133,13 @@ def check_pair(impl, oracle, x, params, config, dtype, seed=1):
     for k in g0:
         assert g1[k].dtype == dtype and g1[k].shape == params[k].shape and g1[k].flags.c_contiguous
         assert rel_err(g1[k], g0[k]) <= tol(dtype), k
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=[f"wino{i}" for i in range(len(WINOGRAD_CASES))])
+def test_conv_winograd_matches_numpy(case, dtype):
+    x, params, config = conv_inputs(case, dtype)
+    check_pair(Bconv.Conv2dWinograd, Bconv.Conv2dNumpy, x, params, config, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -210,9 +227,14 @@ def _team_cases():
     conv_big, conv_params, conv_cfg = conv_inputs(
         ((8, 4, 16, 16), 8, (3, 3), conv_config(padding=1, groups=2), True), np.float64)
     assert 8 * 8 * 16 * 16 * 2 * 9 >= Bconv.SERIAL_MACS  # N O H W (C/groups) kh kw
+    wino_big, wino_params, wino_cfg = conv_inputs(
+        ((8, 8, 16, 16), 8, (3, 3), conv_config(padding=1), True), np.float64)
+    assert 8 * 16 * 36 * 8 * 8 >= Bconv.SERIAL_MACS  # tiles * 36 positions * C * O
     cases = [
         ("conv2d", _conv, Bconv.Conv2dCython, Bconv.Conv2dNumpy, conv_big, conv_big[:1, :, :5, :5],
          conv_params, conv_cfg),
+        ("winograd", _winograd, Bconv.Conv2dWinograd, Bconv.Conv2dNumpy, wino_big,
+         wino_big[:1, :, :5, :5], wino_params, wino_cfg),
         ("maxpool", _pool, Bpool.MaxPool2dCython, Bpool.MaxPool2dNumpy, pool_big, pool_big[:1, :1, :8, :8],
          {}, pool_cfg),
         ("avgpool", _pool, Bpool.AvgPool2dCython, Bpool.AvgPool2dNumpy, pool_big, pool_big[:1, :1, :8, :8],

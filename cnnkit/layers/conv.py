@@ -61,8 +61,12 @@ class Conv2D(Layer):
                               weight_init=weight_init, bias_init=bias_init, dtype=dtype, rng=rng,
                               owner=owner)
         ph, pw = (0, 0) if isinstance(self.padding, str) else self.padding
+        # kernel size and channels, for the supports() checks of variants limited to some
+        # kernels or sizes (winograd: 3x3 only, picked automatically from 16 channels)
         self.config = {"stride": self.stride, "padding": (ph, ph, pw, pw),
-                       "dilation": self.dilation, "groups": self.groups}
+                       "dilation": self.dilation, "groups": self.groups,
+                       "kernel_size": self.kernel_size,
+                       "channels": (self.in_channels, self.out_channels)}
 
     def get_config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,

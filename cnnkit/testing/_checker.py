@@ -500,8 +500,9 @@ def check_variant(layer_type: str, variant_name: str, *, registry=None,
     arguments, random rank-2 and rank-4 inputs).  A case is built as real use builds it:
     ``registry.layer_class(layer_type)(**layer_kwargs, dtype=..., impl=variant_name)``.
     ``dtypes``: the dtypes to test (default: the declared ones among float32 and float64).
-    ``rtol``: a float for every dtype or a ``{dtype: rtol}`` dict (default
-    :data:`DEFAULT_RTOL`).  ``seed`` makes the random data reproducible.
+    ``rtol``: a float for every dtype or a ``{dtype: rtol}`` dict (default: the variant's
+    ``tolerance=`` from its registration, else :data:`DEFAULT_RTOL`).  ``seed`` makes the
+    random data reproducible.
     """
     reg = registry if registry is not None else get_registry()
     layer_type = layer_type.lower()
@@ -526,7 +527,7 @@ def check_variant(layer_type: str, variant_name: str, *, registry=None,
             return report
     else:
         cases = [as_case(c, layer_type) for c in cases]
-    tol = dict(DEFAULT_RTOL)
+    tol = dict(DEFAULT_RTOL, **getattr(variant, "tolerance", {}))
     if isinstance(rtol, dict):
         tol.update({np.dtype(k).name: float(v) for k, v in rtol.items()})
     elif rtol is not None:

@@ -33,6 +33,7 @@ CASES = {
         Case(_conv(1, 6, 5, padding=2), (2, 1, 28, 28)),                              # LeNet conv1
         Case(_conv(2, 3, 3, padding=(2, 3), bias=False), (1, 2, 4, 7)),               # pad > k/2
         Case(_conv(4, 4, (3, 2), padding=(1, 0), dilation=(1, 2), groups=2), (3, 4, 5, 6)),
+        Case(_conv(3, 4, 3, padding="same"), (1, 3, 9, 10)),                          # 3x3 s1 pad
     ],
     "convtranspose2d": [
         Case(_conv(2, 3, 3, bias=False), (2, 2, 4, 5)),                               # nothing
