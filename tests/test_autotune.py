@@ -350,7 +350,7 @@ def test_variants_restricted_from_automatic_selection_are_not_timed(monkeypatch)
     layer.registry = reg
     [result] = ck.autotune(layer, (4, 16))
     assert calls == [["cython"]] and result.variant == "cython"
-    assert "not chosen automatically for float32" in result.skipped["numpy"]
+    assert "not picked automatically for float32" in result.skipped["numpy"]
 
 
 # ------------------------------------------------------------------------------ lazy tuning

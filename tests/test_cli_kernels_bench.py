@@ -334,7 +334,9 @@ def test_bench_has_default_shapes_for_every_built_in_layer_type():
         rows = run_bench(t, [small], repeat=1, warmup=0, registry=reg,
                          variants=[v.name for v in reg.variants_for(t)
                                    if v.plugin.startswith("cnnkit.builtin.")])
-        assert rows and all(r.status == "ok" for r in rows), (t, rows)
+        # a variant for some geometries only (winograd: 3x3) is refused, never wrong
+        assert any(r.status == "ok" for r in rows), (t, rows)
+        assert all(r.status in ("ok", "refused") for r in rows), (t, rows)
 
 
 def _bench_json(capsys, path, *extra):
