@@ -147,7 +147,7 @@ def cnnkit_register_variants(register: Callable[..., None]) -> None:
     """Register implementation variants of layer types.
 
     Call ``register(layer_type, name, impl, *, priority=0, dtypes=("float32", "float64"),
-    capabilities=(), supports=None, description="")`` once per variant:
+    capabilities=(), supports=None, description="", cpu_features=())`` once per variant:
 
     - ``layer_type``: the layer type it implements (``"conv2d"``); the type may come from
       another plugin.
@@ -165,6 +165,15 @@ def cnnkit_register_variants(register: Callable[..., None]) -> None:
       with the resolved ``config`` and the dtype's name (``"float32"``); it returns ``None``
       when it can serve the request, otherwise the reason it cannot.
     - ``description``: one line shown by ``cnnkit kernels``.
+    - ``cpu_features``: instruction-set features the variant's compiled code needs, from
+      ``avx2``, ``fma``, ``avx512f``, ``avx512bw``, ``avx512vl``, ``avx512dq`` (a build with
+      ``-mavx2 -mfma`` declares ``("avx2", "fma")``).  On a CPU lacking one the variant is
+      refused with ``needs CPU features ... (this CPU lacks ...)``, so automatic selection
+      moves on and an explicit choice raises ``SelectionError``; never call into such code
+      before selection chose it.  ``CNNKIT_CPU_FEATURES_DISABLE=avx512f,...`` (or ``all``)
+      makes cnnkit treat features as missing.  An ``impl`` may also define
+      ``unavailable() -> str | None``: why it cannot run at all in this installation (a
+      compiled module the build left out), checked when its CPU features are present.
 
     Two plugins registering the same ``(layer_type, name)`` is an error naming both.  Returns
     nothing.

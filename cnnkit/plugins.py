@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import pluggy
 
 from . import hookspecs
+from ._cpu import KNOWN_FEATURES, missing_cpu_features
 from .builtin import PLUGIN_MODULES
 
 hookimpl = pluggy.HookimplMarker("cnnkit")
@@ -62,9 +63,32 @@ class Variant:
     description: str = ""
     #: backward() accepts ``need_input_grad`` and may then skip the input gradient
     skips_input_grad: bool = False
+    #: instruction-set features the variant's code needs (``cnnkit._cpu.KNOWN_FEATURES``)
+    cpu_features: tuple = ()
+
+    def unavailable(self) -> str | None:
+        """Why this variant cannot run at all here, whatever the request, or ``None``: the
+        running CPU lacks one of its ``cpu_features``, or its ``impl.unavailable()`` (optional)
+        gives a reason, such as a compiled module the build left out."""
+        missing = missing_cpu_features(self.cpu_features) if self.cpu_features else None
+        if missing:
+            return (f"needs CPU features {', '.join(self.cpu_features)} (this CPU lacks "
+                    f"{', '.join(missing)})")
+        check = getattr(self.impl, "unavailable", None)
+        if callable(check):
+            try:
+                reason = check()
+            except Exception as exc:  # a broken plugin must not take selection down
+                return f"its unavailable() check raised {type(exc).__name__}: {exc}"
+            if reason:
+                return str(reason)
+        return None
 
     def refusal(self, dtype, features, config) -> str | None:
         """Why this variant cannot serve the request, or ``None`` if it can."""
+        reason = self.unavailable()
+        if reason is not None:
+            return reason
         dname = _dtype_name(dtype)
         if dname not in self.dtypes:
             return f"dtype {dname} not supported (supports {', '.join(self.dtypes)})"
@@ -88,6 +112,7 @@ class Variant:
             "priority": self.priority,
             "dtypes": list(self.dtypes),
             "capabilities": sorted(self.capabilities),
+            "cpu_features": list(self.cpu_features),
             "description": self.description,
         }
 
@@ -417,7 +442,7 @@ class Registry:
 
 
 def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float32", "float64"),
-                  capabilities=(), supports=None, description="") -> Variant:
+                  capabilities=(), supports=None, description="", cpu_features=()) -> Variant:
     if not isinstance(layer_type, str) or not layer_type:
         raise PluginError(f"plugin {plugin!r}: variant layer_type must be a non-empty string, "
                           f"got {layer_type!r}")
@@ -442,13 +467,29 @@ def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float3
     if supports is not None and not callable(supports):
         raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: supports must be "
                           "callable or None")
+    if isinstance(cpu_features, str):
+        cpu_features = (cpu_features,)
+    try:
+        cpu_features = tuple(cpu_features)
+    except TypeError:
+        cpu_features = (cpu_features,)
+    if not all(isinstance(f, str) for f in cpu_features):
+        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: cpu_features must "
+                          f"be feature names, got {cpu_features!r}")
+    unknown = [f for f in cpu_features if f.lower() not in KNOWN_FEATURES]
+    if unknown:
+        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: unknown CPU "
+                          f"feature(s) {', '.join(map(repr, unknown))} (known: "
+                          f"{', '.join(KNOWN_FEATURES)})")
+    cpu_features = tuple(dict.fromkeys(f.lower() for f in cpu_features))
     try:
         skips = "need_input_grad" in inspect.signature(impl.backward).parameters
     except (TypeError, ValueError):
         skips = False
     return Variant(layer_type=layer_type.lower(), name=name, impl=impl, plugin=plugin,
                    priority=priority, dtypes=dtypes, capabilities=frozenset(capabilities),
-                   supports=supports, description=description, skips_input_grad=skips)
+                   supports=supports, description=description, skips_input_grad=skips,
+                   cpu_features=cpu_features)
 
 
 def _did_you_mean(word: str, candidates) -> str:
