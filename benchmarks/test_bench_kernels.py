@@ -91,3 +91,53 @@ def test_maxpool2d(benchmark, request, mode, variant):
             if backward:
                 pool.backward(np.ones_like(y))
     benchmark(run)
+
+
+def _torch_tensor(torch, x, backward):
+    return torch.from_numpy(x).requires_grad_(backward)
+
+
+@pytest.mark.parametrize("variant", variant_names("relu") + [PEER])
+@pytest.mark.parametrize("mode", ["forward+backward"])
+def test_relu(benchmark, request, mode, variant):
+    benchmark.group = f"relu {mode} (64,32,32,32)"
+    x = np.random.default_rng(0).standard_normal((64, 32, 32, 32), dtype=np.float32)
+    if variant == PEER:
+        torch = request.getfixturevalue("torch_peer")
+        tx = _torch_tensor(torch, x, True)
+
+        def run():
+            y = torch.relu(tx)
+            y.backward(torch.ones_like(y))
+            tx.grad = None
+    else:
+        relu = ck.layers.ReLU(impl=variant)
+
+        def run():
+            y = relu.forward(x, training=True)
+            relu.backward(np.ones_like(y))
+    benchmark(run)
+
+
+@pytest.mark.parametrize("variant", variant_names("batchnorm2d") + [PEER])
+@pytest.mark.parametrize("mode", ["forward+backward"])
+def test_batchnorm2d(benchmark, request, mode, variant):
+    """Training mode: batch statistics, running statistics updated, gradients of x, weight, bias."""
+    benchmark.group = f"batchnorm2d {mode} (32,64,32,32)"
+    x = np.random.default_rng(0).standard_normal((32, 64, 32, 32), dtype=np.float32)
+    if variant == PEER:
+        torch = request.getfixturevalue("torch_peer")
+        tx = _torch_tensor(torch, x, True)
+        bn = torch.nn.BatchNorm2d(64)
+
+        def run():
+            y = bn(tx)
+            y.backward(torch.ones_like(y))
+            tx.grad = bn.weight.grad = bn.bias.grad = None
+    else:
+        bn = ck.layers.BatchNorm2D(64, impl=variant)
+
+        def run():
+            y = bn.forward(x, training=True)
+            bn.backward(np.ones_like(y))
+    benchmark(run)
