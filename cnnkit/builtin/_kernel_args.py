@@ -6,6 +6,7 @@ Everything that reaches a nogil loop is checked at this boundary, so a wrong cal
 """
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -105,15 +106,19 @@ class _IsaKernels:
         return getattr(self._loaded, name)
 
 
+@functools.lru_cache(maxsize=None)
 def isa_build(cls, module, isa):
-    """The Cython wrapper class ``cls`` (which calls its kernels through ``cls._kernels``) on
-    the ``isa`` build of ``cnnkit._ext.<module>`` instead of the portable one.  Register it
-    with ``cpu_features=ISA_FEATURES[isa]``; its ``unavailable()`` says "not built: ..." when
-    the build left that module out."""
+    """The Cython wrapper class ``cls`` (whose class methods call the kernels through
+    ``cls._kernels``) on the ``isa`` build of ``cnnkit._ext.<module>`` instead of the portable
+    one: an instance of a subclass, one per arguments, which pickles as this call (a layer
+    holding it stays picklable).  Register it with ``cpu_features=ISA_FEATURES[isa]``; its
+    ``unavailable()`` says "not built: ..." when the build left that module out."""
     kernels = _IsaKernels(module, isa)
-    return type(f"{cls.__name__}_{isa}", (cls,), {
+    sub = type(f"{cls.__name__}_{isa}", (cls,), {
         "__module__": cls.__module__,
         "__doc__": f"{cls.__name__} on cnnkit._ext.{module}_{isa}.",
         "_kernels": kernels,
         "unavailable": staticmethod(kernels.unavailable),
+        "__reduce__": lambda self: (isa_build, (cls, module, isa)),
     })
+    return sub()
