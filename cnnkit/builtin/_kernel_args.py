@@ -97,6 +97,8 @@ class _IsaKernels:
         return isa_module(self._module, self._isa)[1]
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # not a kernel (and no recursion before __init__ ran)
+            raise AttributeError(name)
         if self._loaded is None:
             mod, reason = isa_module(self._module, self._isa)
             if mod is None:
