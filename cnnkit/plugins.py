@@ -496,6 +496,9 @@ def _did_you_mean(word: str, candidates) -> str:
     close = difflib.get_close_matches(word, list(candidates), n=3)
     if not close:
         return ""
+    # only the near-best: "cythn" means "cython", not also its build "cython-avx2"
+    score = [difflib.SequenceMatcher(None, word, c).ratio() for c in close]
+    close = [c for c, r in zip(close, score) if r >= score[0] - 0.1]
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 

@@ -293,8 +293,7 @@ def test_unknown_variant_of_a_known_type_suggests_the_close_ones(monkeypatch):
                            r"is not registered \(did you mean 'numpy'\?\); registered variants"):
             ck.layers.Conv2D(3, 4, 3).forward(x)
     monkeypatch.setenv("CNNKIT_IMPL", "conv2d=cythn")
-    # (the instruction-set builds "cython-avx2", ... are close matches too)
-    with pytest.raises(SelectionError, match=r"chosen by CNNKIT_IMPL.*did you mean 'cython'[ ?]"):
+    with pytest.raises(SelectionError, match=r"chosen by CNNKIT_IMPL.*did you mean 'cython'\?"):
         ck.layers.Conv2D(3, 4, 3).forward(x)
 
 
