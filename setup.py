@@ -3,8 +3,14 @@
 OpenMP is used when the compiler accepts it and silently left out when it does not:
 the kernels are correct either way, only slower.  ``CNNKIT_DEBUG_BUILD=1`` turns Cython
 bounds checking and wraparound back on (for fuzzing and debugging).
+
+On x86-64 the modules of ``ISA_MODULES`` are built once more per instruction set of
+``ISA_FLAGS`` that the compiler accepts (``cnnkit._ext.conv_avx2``, ...), from the same
+source; they are optional variants chosen at run time by the CPU's features, so the
+portable build stays the baseline.  ``CNNKIT_NO_ISA=1`` leaves them out.
 """
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -19,6 +25,41 @@ HERE = Path(__file__).resolve().parent
 EXT_DIR = HERE / "cnnkit" / "_ext"
 DEBUG = os.environ.get("CNNKIT_DEBUG_BUILD", "") not in ("", "0")
 
+#: Kernel modules built again for every instruction set of ISA_FLAGS, as
+#: ``cnnkit._ext.<module>_<isa>``; a module joins with its name here.
+ISA_MODULES = ("activation", "conv", "pool")
+
+#: Compiler flags of each instruction-set build.  ``cnnkit._ext.ISA_FEATURES`` lists the CPU
+#: features each build needs at run time; the two must name the same features.  No
+#: -ffast-math: the kernels rely on IEEE NaN and infinity semantics.
+ISA_FLAGS = {
+    "avx2": ["-mavx2", "-mfma"],
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
+}
+
+#: Where the generated ISA module sources go (each one includes its portable .pyx).
+ISA_SRC_DIR = Path("build") / "isa-src"
+
+
+def _compiler():
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+    return cc if shutil.which(cc[0]) else None
+
+
+def _compiles(cc, src, cflags, lflags=()):
+    """Whether ``cc`` compiles and links the C source ``src`` with these flags."""
+    with tempfile.TemporaryDirectory() as tmp:
+        c_file = os.path.join(tmp, "check.c")
+        with open(c_file, "w") as fh:
+            fh.write(src)
+        try:
+            res = subprocess.run(cc + list(cflags) + [c_file, "-o", os.path.join(tmp, "a.out")]
+                                 + list(lflags), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return res.returncode == 0
+
 
 def _openmp_flags():
     """Return (compile_args, link_args) for OpenMP, or ([], []) if the compiler lacks it."""
@@ -30,25 +71,60 @@ def _openmp_flags():
         candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"]), (["-fopenmp"], ["-fopenmp"])]
     else:
         candidates = [(["-fopenmp"], ["-fopenmp"])]
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    cc = cc.split()
-    if not shutil.which(cc[0]):
+    cc = _compiler()
+    if cc is None:
         return [], []
     src = "#include <omp.h>\nint main(void){int n=0;\n#pragma omp parallel reduction(+:n)\nn+=1;\nreturn n>0?0:1;}\n"
-    with tempfile.TemporaryDirectory() as tmp:
-        c_file = os.path.join(tmp, "omp_check.c")
-        with open(c_file, "w") as fh:
-            fh.write(src)
-        for cflags, lflags in candidates:
-            try:
-                res = subprocess.run(cc + cflags + [c_file, "-o", os.path.join(tmp, "a.out")] + lflags,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-            except (OSError, subprocess.SubprocessError):
-                continue
-            if res.returncode == 0:
-                return cflags, lflags
+    for cflags, lflags in candidates:
+        if _compiles(cc, src, cflags, lflags):
+            return cflags, lflags
     print("cnnkit: the compiler has no OpenMP; building the kernels single-threaded", file=sys.stderr)
     return [], []
+
+
+def _isa_flags():
+    """{isa: compile_args} of the instruction-set builds this machine's compiler can make:
+    x86-64 only, each set of ISA_FLAGS that the compiler accepts, none with CNNKIT_NO_ISA=1."""
+    if os.environ.get("CNNKIT_NO_ISA", "") not in ("", "0"):
+        return {}
+    if sys.platform == "win32" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    cc = _compiler()
+    if cc is None:
+        return {}
+    src = "#include <immintrin.h>\nint main(void){return 0;}\n"
+    out = {}
+    for isa, flags in ISA_FLAGS.items():
+        if _compiles(cc, src, flags):
+            out[isa] = flags
+        else:
+            print(f"cnnkit: the compiler rejects {' '.join(flags)}; no {isa} kernels",
+                  file=sys.stderr)
+    return out
+
+
+def _isa_source(module, isa):
+    """Path of the generated source of ``<module>_<isa>``: the ``# cython:`` header of
+    ``<module>.pyx`` (an included file's header is not read) and an ``include`` of it, so
+    Cython names the module (its ``PyInit_``) after the new name.  Rewritten only when its
+    text changes, so an unchanged build stays up to date."""
+    pyx = EXT_DIR / f"{module}.pyx"
+    header = []
+    for line in pyx.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if line.replace(" ", "").startswith("#cython:"):
+            header.append(line)
+    rel = Path(os.path.relpath(pyx, HERE / ISA_SRC_DIR)).as_posix()
+    text = "\n".join(header + [
+        f'"""cnnkit._ext.{module} built with {" ".join(ISA_FLAGS[isa])} '
+        '(generated by setup.py)."""',
+        f'include "{rel}"', ""])
+    path = ISA_SRC_DIR / f"{module}_{isa}.pyx"
+    (HERE / ISA_SRC_DIR).mkdir(parents=True, exist_ok=True)
+    if not (HERE / path).is_file() or (HERE / path).read_text() != text:
+        (HERE / path).write_text(text)
+    return path
 
 
 def extensions():
@@ -63,6 +139,12 @@ def extensions():
         exts.append(Extension(name, [str(pyx.relative_to(HERE))], include_dirs=[np.get_include()],
                               define_macros=macros, extra_compile_args=compile_args + omp_c,
                               extra_link_args=omp_l))
+    for isa, flags in _isa_flags().items():
+        for module in ISA_MODULES:
+            exts.append(Extension(f"cnnkit._ext.{module}_{isa}", [str(_isa_source(module, isa))],
+                                  include_dirs=[np.get_include()], define_macros=macros,
+                                  extra_compile_args=compile_args + flags + omp_c,
+                                  extra_link_args=omp_l))
     directives = {
         "language_level": 3,
         "boundscheck": DEBUG,
@@ -73,7 +155,9 @@ def extensions():
         "embedsignature": True,
     }
     build_dir = os.environ.get("CNNKIT_CYTHON_BUILD_DIR")
-    return cythonize(exts, compiler_directives=directives, build_dir=build_dir, quiet=True)
+    # include_path: the generated ISA sources live outside the package and cimport from it
+    return cythonize(exts, compiler_directives=directives, build_dir=build_dir, quiet=True,
+                     include_path=[str(HERE)])
 
 
 if __name__ == "__main__":

@@ -20,8 +20,13 @@ PEER = "pytorch"
 
 
 def variant_names(layer_type):
-    """Every registered variant of ``layer_type``: installing a plugin adds it here."""
-    return [v.name for v in get_registry().variants_for(layer_type)]
+    """Every registered variant of ``layer_type``: installing a plugin adds it here.  A variant
+    that cannot run on this machine (an instruction-set build the CPU lacks the features for,
+    or one that was not built) is listed as skipped, with the reason."""
+    return [v.name if v.unavailable() is None
+            else pytest.param(v.name, marks=pytest.mark.skip(reason=f"{v.name}: "
+                                                                     f"{v.unavailable()}"))
+            for v in get_registry().variants_for(layer_type)]
 
 
 def torch_or_none():

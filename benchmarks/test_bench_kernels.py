@@ -160,3 +160,53 @@ def test_avgpool2d(benchmark, request, mode, name, shape, k, stride, pad, varian
     benchmark.group = _pool_group("avgpool2d", name, mode, shape)
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     benchmark(_pool_run(request, "avgpool2d", variant, x, k, stride, pad, mode != "forward"))
+
+
+def _torch_tensor(torch, x, backward):
+    return torch.from_numpy(x).requires_grad_(backward)
+
+
+@pytest.mark.parametrize("variant", variant_names("relu") + [PEER])
+@pytest.mark.parametrize("mode", ["forward+backward"])
+def test_relu(benchmark, request, mode, variant):
+    benchmark.group = f"relu {mode} (64,32,32,32)"
+    x = np.random.default_rng(0).standard_normal((64, 32, 32, 32), dtype=np.float32)
+    if variant == PEER:
+        torch = request.getfixturevalue("torch_peer")
+        tx = _torch_tensor(torch, x, True)
+
+        def run():
+            y = torch.relu(tx)
+            y.backward(torch.ones_like(y))
+            tx.grad = None
+    else:
+        relu = ck.layers.ReLU(impl=variant)
+
+        def run():
+            y = relu.forward(x, training=True)
+            relu.backward(np.ones_like(y))
+    benchmark(run)
+
+
+@pytest.mark.parametrize("variant", variant_names("batchnorm2d") + [PEER])
+@pytest.mark.parametrize("mode", ["forward+backward"])
+def test_batchnorm2d(benchmark, request, mode, variant):
+    """Training mode: batch statistics, running statistics updated, gradients of x, weight, bias."""
+    benchmark.group = f"batchnorm2d {mode} (32,64,32,32)"
+    x = np.random.default_rng(0).standard_normal((32, 64, 32, 32), dtype=np.float32)
+    if variant == PEER:
+        torch = request.getfixturevalue("torch_peer")
+        tx = _torch_tensor(torch, x, True)
+        bn = torch.nn.BatchNorm2d(64)
+
+        def run():
+            y = bn(tx)
+            y.backward(torch.ones_like(y))
+            tx.grad = bn.weight.grad = bn.bias.grad = None
+    else:
+        bn = ck.layers.BatchNorm2D(64, impl=variant)
+
+        def run():
+            y = bn.forward(x, training=True)
+            bn.backward(np.ones_like(y))
+    benchmark(run)

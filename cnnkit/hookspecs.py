@@ -181,7 +181,7 @@ def cnnkit_register_variants(register: Callable[..., None]) -> None:
 
     Call ``register(layer_type, name, impl, *, priority=0, dtypes=("float32", "float64"),
     capabilities=(), supports=None, description="", auto_dtypes=None, auto_supports=None,
-    tolerance=None)`` once per variant:
+    tolerance=None, cpu_features=())`` once per variant:
 
     - ``layer_type``: the layer type it implements (``"conv2d"``); the type may come from
       another plugin.
@@ -208,6 +208,15 @@ def cnnkit_register_variants(register: Callable[..., None]) -> None:
     - ``tolerance``: the largest error relative to the output scale the conformance kit allows
       it against the float64 reference, one number or ``{dtype: number}`` (default: the kit's,
       ``cnnkit.testing.DEFAULT_RTOL``).
+    - ``cpu_features``: instruction-set features the variant's compiled code needs, from
+      ``avx2``, ``fma``, ``avx512f``, ``avx512bw``, ``avx512vl``, ``avx512dq`` (a build with
+      ``-mavx2 -mfma`` declares ``("avx2", "fma")``).  On a CPU lacking one the variant is
+      refused with ``needs CPU features ... (this CPU lacks ...)``, so automatic selection
+      moves on and an explicit choice raises ``SelectionError``; never call into such code
+      before selection chose it.  ``CNNKIT_CPU_FEATURES_DISABLE=avx512f,...`` (or ``all``)
+      makes cnnkit treat features as missing.  An ``impl`` may also define
+      ``unavailable() -> str | None``: why it cannot run at all in this installation (a
+      compiled module the build left out), checked when its CPU features are present.
 
     Two plugins registering the same ``(layer_type, name)`` is an error naming both.  Returns
     nothing.

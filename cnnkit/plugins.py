@@ -23,6 +23,7 @@ import pluggy
 
 from . import autotuning as _autotune
 from . import hookspecs
+from ._cpu import KNOWN_FEATURES, missing_cpu_features
 from .builtin import PLUGIN_MODULES
 
 hookimpl = pluggy.HookimplMarker("cnnkit")
@@ -70,9 +71,32 @@ class Variant:
     #: {dtype: max error relative to the output scale} the conformance kit allows it, where it
     #: differs from the kit's default
     tolerance: dict = field(default_factory=dict, compare=False)
+    #: instruction-set features the variant's code needs (``cnnkit._cpu.KNOWN_FEATURES``)
+    cpu_features: tuple = ()
+
+    def unavailable(self) -> str | None:
+        """Why this variant cannot run at all here, whatever the request, or ``None``: the
+        running CPU lacks one of its ``cpu_features``, or its ``impl.unavailable()`` (optional)
+        gives a reason, such as a compiled module the build left out."""
+        missing = missing_cpu_features(self.cpu_features) if self.cpu_features else None
+        if missing:
+            return (f"needs CPU features {', '.join(self.cpu_features)} (this CPU lacks "
+                    f"{', '.join(missing)})")
+        check = getattr(self.impl, "unavailable", None)
+        if callable(check):
+            try:
+                reason = check()
+            except Exception as exc:  # a broken plugin must not take selection down
+                return f"its unavailable() check raised {type(exc).__name__}: {exc}"
+            if reason:
+                return str(reason)
+        return None
 
     def refusal(self, dtype, features, config) -> str | None:
         """Why this variant cannot serve the request, or ``None`` if it can."""
+        reason = self.unavailable()
+        if reason is not None:
+            return reason
         dname = _dtype_name(dtype)
         if dname not in self.dtypes:
             return f"dtype {dname} not supported (supports {', '.join(self.dtypes)})"
@@ -118,6 +142,7 @@ class Variant:
             "priority": self.priority,
             "dtypes": list(self.dtypes),
             "capabilities": sorted(self.capabilities),
+            "cpu_features": list(self.cpu_features),
             "description": self.description,
             "auto_dtypes": list(self.dtypes if self.auto_dtypes is None else self.auto_dtypes),
             "tolerance": dict(self.tolerance),
@@ -568,7 +593,7 @@ class Registry:
 
 def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float32", "float64"),
                   capabilities=(), supports=None, description="", auto_dtypes=None,
-                  auto_supports=None, tolerance=None) -> Variant:
+                  auto_supports=None, tolerance=None, cpu_features=()) -> Variant:
     if not isinstance(layer_type, str) or not layer_type:
         raise PluginError(f"plugin {plugin!r}: variant layer_type must be a non-empty string, "
                           f"got {layer_type!r}")
@@ -596,6 +621,21 @@ def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float3
                               "callable or None")
     auto_dtypes = _auto_dtypes(plugin, layer_type, name, auto_dtypes, dtypes)
     tolerance = _tolerance(plugin, layer_type, name, tolerance, dtypes)
+    if isinstance(cpu_features, str):
+        cpu_features = (cpu_features,)
+    try:
+        cpu_features = tuple(cpu_features)
+    except TypeError:
+        cpu_features = (cpu_features,)
+    if not all(isinstance(f, str) for f in cpu_features):
+        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: cpu_features must "
+                          f"be feature names, got {cpu_features!r}")
+    unknown = [f for f in cpu_features if f.lower() not in KNOWN_FEATURES]
+    if unknown:
+        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: unknown CPU "
+                          f"feature(s) {', '.join(map(repr, unknown))} (known: "
+                          f"{', '.join(KNOWN_FEATURES)})")
+    cpu_features = tuple(dict.fromkeys(f.lower() for f in cpu_features))
     try:
         skips = "need_input_grad" in inspect.signature(impl.backward).parameters
     except (TypeError, ValueError):
@@ -603,7 +643,8 @@ def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float3
     return Variant(layer_type=layer_type.lower(), name=name, impl=impl, plugin=plugin,
                    priority=priority, dtypes=dtypes, capabilities=frozenset(capabilities),
                    supports=supports, description=description, skips_input_grad=skips,
-                   auto_dtypes=auto_dtypes, auto_supports=auto_supports, tolerance=tolerance)
+                   auto_dtypes=auto_dtypes, auto_supports=auto_supports, tolerance=tolerance,
+                   cpu_features=cpu_features)
 
 
 def _auto_dtypes(plugin, layer_type, name, auto_dtypes, dtypes):
@@ -704,6 +745,9 @@ def _did_you_mean(word: str, candidates) -> str:
     close = difflib.get_close_matches(word, list(candidates), n=3)
     if not close:
         return ""
+    # only the near-best: "cythn" means "cython", not also its build "cython-avx2"
+    score = [difflib.SequenceMatcher(None, word, c).ratio() for c in close]
+    close = [c for c, r in zip(close, score) if r >= score[0] - 0.1]
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 

@@ -134,10 +134,9 @@ class VariantUnderTest:
 
     def assert_conforms(self, **options) -> Report:
         __tracebackhide__ = True
-        report = self.check(**options)
-        if not report.ok:
-            raise AssertionError(str(report))
-        return report
+        from cnnkit.testing._checker import raise_unless_conforms
+
+        return raise_unless_conforms(self.check(**options))
 
 
 def _targets(plugin=None, variants=None, options=None, registry=None) -> list[VariantUnderTest]:
@@ -195,5 +194,7 @@ def conformance_tests(plugin: str | None = None, *, variants: Iterable | None = 
         report = cnnkit_variant.check()
         if not report.ok:
             pytest.fail(str(report), pytrace=False)
+        if report.unavailable is not None:
+            pytest.skip(str(report))
 
     return test_conformance

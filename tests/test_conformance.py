@@ -52,6 +52,9 @@ def test_builtin_variants_cover_every_builtin_layer_type():
 def test_builtin_variants_conform(layer_type, variant):
     report = check_variant(layer_type, variant, registry=_BUILTINS)
     assert report.ok, str(report)
+    if report.unavailable is not None:  # an instruction-set build this CPU cannot run
+        assert variant.startswith("cython-"), str(report)
+        pytest.skip(str(report))
     assert report.checks_run > 50
     if variant == "numpy":  # the reference is checked against the independent loop version
         assert "loop reference" in report.reference

@@ -143,9 +143,17 @@ def build(cls, *args, **kwargs):
 
 
 def builtin_impls(layer_type):
-    """Names of the built-in variants of a layer type (plugins such as cnnkit-torch excluded)."""
+    """Names of the built-in variants of a layer type that can run here (plugins such as
+    cnnkit-torch excluded, and instruction-set builds this CPU lacks the features for: those
+    are refused by selection, which tests/test_isa_variants.py checks)."""
     variants = ck.get_registry().variants.get(layer_type, {})
-    return sorted(n for n, v in variants.items() if v.plugin.startswith("cnnkit.builtin"))
+    return sorted(n for n, v in variants.items()
+                  if v.plugin.startswith("cnnkit.builtin") and v.unavailable() is None)
+
+
+def is_cython(name):
+    """The portable Cython variant or one of its instruction-set builds (``cython-avx2``)."""
+    return name == "cython" or name.startswith("cython-")
 
 
 @contextlib.contextmanager
@@ -1219,11 +1227,16 @@ def _hostile_dy(draw, y, x):
 COMPILED = ("cython", "winograd")
 
 
+def is_compiled(name):
+    """A compiled variant: the portable build, an instruction-set build of it, or winograd."""
+    return name in COMPILED or is_cython(name)
+
+
 def _call_variant(variant, x, params, config, dy_draw):
     """Forward (and backward) of one variant; returns (y, dx, outcome) and enforces the
     contract for a direct call of that variant."""
     impl = variant.impl
-    cython = variant.name in COMPILED
+    cython = is_compiled(variant.name)
     expected = _expected_shape(variant.layer_type, x, params, config)
     # the NumPy reference must compute what a layer could send: no empty arrays, no lists
     strict = expected is not None and (cython or (x.size > 0 and all(
@@ -1299,7 +1312,7 @@ def test_fuzz_kernel_entry_points(layer_type, data):
     variants = ck.get_registry().variants[layer_type]
     results = {}
     for name in builtin_impls(layer_type):
-        if huge and name not in COMPILED:
+        if huge and not is_compiled(name):
             event("numpy: skipped (huge geometry)")
             continue  # the NumPy reference would allocate the huge geometry
         before = np.array(x, copy=True)
@@ -1308,10 +1321,10 @@ def test_fuzz_kernel_entry_points(layer_type, data):
             results[name] = _call_variant(variants[name], x, params, config,
                                           lambda y: _hostile_dy(data.draw, y, x))
         np.testing.assert_array_equal(x, before)  # never mutated
-    # where both computed a valid call on finite input, they agree
+    # where a compiled variant and the reference both computed a valid call on finite input,
+    # they agree
     yn = results.get("numpy", (None,))[0]
-    for name in COMPILED:
-        yc = results.get(name, (None,))[0]
-        if yc is not None and yn is not None and np.all(np.isfinite(x)) \
+    for name, (yc, _) in results.items():
+        if is_compiled(name) and yc is not None and yn is not None and np.all(np.isfinite(x)) \
                 and np.all(np.isfinite(yn)):
             assert_close(yc, yn, tol=1e-3 if x.dtype == np.float32 else 1e-8)

@@ -94,3 +94,33 @@ def test_package_data_ships_kernel_sources_and_pxd(tmp_path):
     wanted = {p.name for p in src.glob("*.pyx")} | {p.name for p in src.glob("*.pxd")}
     assert {"_blas.pxd", "_omp.pxd"} <= wanted
     assert wanted <= shipped, f"not shipped: {sorted(wanted - shipped)}"
+
+
+def test_isa_builds_need_x86_64_and_a_compiler_that_takes_the_flags(setup_module, monkeypatch,
+                                                                    tmp_path):
+    monkeypatch.delenv("CNNKIT_NO_ISA", raising=False)
+    platform = setup_module["platform"]
+    if shutil.which("gcc") and platform.machine().lower() in ("x86_64", "amd64"):
+        monkeypatch.setenv("CC", "gcc")
+        assert setup_module["_isa_flags"]() == setup_module["ISA_FLAGS"]
+        monkeypatch.setenv("CNNKIT_NO_ISA", "1")
+        assert setup_module["_isa_flags"]() == {}
+        monkeypatch.delenv("CNNKIT_NO_ISA")
+    fake = tmp_path / "nocc"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    assert setup_module["_isa_flags"]() == {}
+    monkeypatch.setenv("CC", "gcc")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert setup_module["_isa_flags"]() == {}
+
+
+def test_isa_sources_include_the_portable_source(setup_module):
+    """The instruction-set modules are compiled from the portable .pyx itself, not a copy."""
+    for module in setup_module["ISA_MODULES"]:
+        path = ROOT / setup_module["_isa_source"](module, "avx2")
+        text = path.read_text()
+        assert path.name == f"{module}_avx2.pyx"
+        assert f'include "../../cnnkit/_ext/{module}.pyx"' in text
+        assert len(text.splitlines()) <= 4

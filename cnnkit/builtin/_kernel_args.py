@@ -13,9 +13,10 @@ import threading
 import numpy as np
 
 from cnnkit._checks import INT32_MAX, is_int
+from cnnkit._ext import ISA_FEATURES, isa_module
 
-__all__ = ["INT32_MAX", "as_input", "checked_once", "config_int", "config_ints", "contiguous",
-           "grad_like", "weight_and_bias", "workspace"]
+__all__ = ["INT32_MAX", "ISA_FEATURES", "as_input", "checked_once", "config_int", "config_ints",
+           "contiguous", "grad_like", "isa_build", "weight_and_bias", "workspace"]
 
 
 def contiguous(a):
@@ -113,3 +114,44 @@ def checked_once(check):
         return result
 
     return cached
+
+
+class _IsaKernels:
+    """Stands in for ``cnnkit._ext.<module>_<isa>``: imported on the first kernel call (never
+    by registration, since on a CPU without the instructions even its import may fault) and
+    only once :func:`cnnkit._ext.isa_module` allows it."""
+
+    def __init__(self, module, isa):
+        self._module, self._isa, self._loaded = module, isa, None
+
+    def unavailable(self):
+        return isa_module(self._module, self._isa)[1]
+
+    def __getattr__(self, name):
+        if name.startswith("_"):  # not a kernel (and no recursion before __init__ ran)
+            raise AttributeError(name)
+        if self._loaded is None:
+            mod, reason = isa_module(self._module, self._isa)
+            if mod is None:
+                raise RuntimeError(f"cnnkit._ext.{self._module}_{self._isa} cannot run here: "
+                                   f"{reason}")
+            self._loaded = mod
+        return getattr(self._loaded, name)
+
+
+@functools.lru_cache(maxsize=None)
+def isa_build(cls, module, isa):
+    """The Cython wrapper class ``cls`` (whose class methods call the kernels through
+    ``cls._kernels``) on the ``isa`` build of ``cnnkit._ext.<module>`` instead of the portable
+    one: an instance of a subclass, one per arguments, which pickles as this call (a layer
+    holding it stays picklable).  Register it with ``cpu_features=ISA_FEATURES[isa]``; its
+    ``unavailable()`` says "not built: ..." when the build left that module out."""
+    kernels = _IsaKernels(module, isa)
+    sub = type(f"{cls.__name__}_{isa}", (cls,), {
+        "__module__": cls.__module__,
+        "__doc__": f"{cls.__name__} on cnnkit._ext.{module}_{isa}.",
+        "_kernels": kernels,
+        "unavailable": staticmethod(kernels.unavailable),
+        "__reduce__": lambda self: (isa_build, (cls, module, isa)),
+    })
+    return sub()

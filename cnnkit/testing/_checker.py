@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import unittest
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -515,6 +516,9 @@ def check_variant(layer_type: str, variant_name: str, *, registry=None,
                                        f"{', '.join(registered) or 'none'})"))
         return report
     report.plugin = variant.plugin
+    report.unavailable = variant.unavailable()
+    if report.unavailable is not None:
+        return report
     try:
         layer_cls = reg.layer_class(layer_type)
     except KeyError as exc:
@@ -550,10 +554,20 @@ def check_variant(layer_type: str, variant_name: str, *, registry=None,
 
 
 def assert_conforms(layer_type: str, variant_name: str, **options) -> Report:
-    """:func:`check_variant`, raising ``AssertionError`` with the report when a check fails."""
+    """:func:`check_variant`, raising ``AssertionError`` with the report when a check fails, and
+    ``unittest.SkipTest`` (a skip for pytest and unittest) when the variant cannot run here
+    (``Report.unavailable``)."""
     report = check_variant(layer_type, variant_name, **options)
+    return raise_unless_conforms(report)
+
+
+def raise_unless_conforms(report: Report) -> Report:
+    """``report``, or the AssertionError / SkipTest of :func:`assert_conforms`."""
+    __tracebackhide__ = True
     if not report.ok:
         raise AssertionError(str(report))
+    if report.unavailable is not None:
+        raise unittest.SkipTest(str(report))
     return report
 
 

@@ -38,6 +38,9 @@ class Report:
     checks_run: int = 0
     #: (case, dtype, reason) of the cases the variant does not serve (refused by selection)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    #: why nothing was run: the variant cannot run here at all (the CPU lacks a feature it
+    #: needs, or its compiled module was not built); ``None`` when it was checked
+    unavailable: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -48,8 +51,10 @@ class Report:
 
     def __str__(self):
         head = (f"conformance of {self.layer_type}/{self.variant}"
-                + (f" (plugin {self.plugin!r})" if self.plugin else "")
-                + f" against {self.reference or 'no reference (self-consistency only)'}: ")
+                + (f" (plugin {self.plugin!r})" if self.plugin else ""))
+        if self.unavailable is not None and self.ok:
+            return head + f": not run: {self.unavailable}"
+        head += f" against {self.reference or 'no reference (self-consistency only)'}: "
         if self.ok:
             return head + f"{self.checks_run} checks passed, {len(self.skipped)} refused cases"
         lines = [head + f"{len(self.failures)} failed of {self.checks_run} checks"]
