@@ -318,7 +318,9 @@ def test_a_third_party_variant_takes_part(monkeypatch, third_party_registry):
     assert result.variant == "third"
     assert "broken" in result.skipped and "no kernel for this CPU" in result.skipped["broken"]
     assert "float64" in result.skipped["only64"]  # refused: not timed
-    assert calls == [["broken", "cython", "numpy", "third"]]
+    # every variant this CPU can run is timed (instruction-set builds of cython included)
+    assert [[n for n in c if not n.startswith("cython-")] for c in calls] == [
+        ["broken", "cython", "numpy", "third"]]
     assert layer.variant(np.float32, (4, 16)).name == "third"
     assert reg.plugins["third_party"].registered["variant"]
     # the process registry (without the plugin) has its own cache file
@@ -334,7 +336,8 @@ def test_real_timing_times_every_candidate(third_party_registry):
     layer = ck.layers.ReLU()
     layer.registry = third_party_registry
     [result] = ck.autotune(layer, (4, 16), rounds=2)
-    assert set(result.times_ms) == {"cython", "numpy", "third"}
+    assert {n for n in result.times_ms if not n.startswith("cython-")} == {"cython", "numpy",
+                                                                              "third"}
     assert all(t > 0 for t in result.times_ms.values())
     assert result.variant == min(result.times_ms, key=result.times_ms.get)
 
@@ -349,7 +352,8 @@ def test_variants_restricted_from_automatic_selection_are_not_timed(monkeypatch)
     layer = ck.layers.ReLU()
     layer.registry = reg
     [result] = ck.autotune(layer, (4, 16))
-    assert calls == [["cython"]] and result.variant == "cython"
+    assert [[n for n in c if not n.startswith("cython-")] for c in calls] == [["cython"]]
+    assert result.variant.startswith("cython")
     assert "not picked automatically for float32" in result.skipped["numpy"]
 
 

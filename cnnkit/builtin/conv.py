@@ -432,7 +432,9 @@ def winograd_refusal(config, dtype=None):
     ``supports`` protocol; the dtypes are declared at registration."""
     problems = []
     ks = config.get("kernel_size")
-    if ks is not None and tuple(ks) != (3, 3):
+    if ks is None:  # a configuration from elsewhere than Conv2D: never guess the kernel
+        problems.append("a configuration without kernel_size")
+    elif tuple(ks) != (3, 3):
         problems.append(f"kernel {ks[0]}x{ks[1]}")
     for key, label in (("stride", "stride"), ("dilation", "dilation")):
         value = config.get(key, (1, 1))

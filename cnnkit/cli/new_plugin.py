@@ -291,7 +291,10 @@ import pytest
 
 import cnnkit
 
-VARIANTS = sorted(cnnkit.get_registry().variants["relu"])
+# every relu variant that can run on this machine (a build for a missing instruction set
+# cannot)
+VARIANTS = sorted(name for name, v in cnnkit.get_registry().variants["relu"].items()
+                  if v.refusal(np.float32, (), {}) is None)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
