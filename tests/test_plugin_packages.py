@@ -13,6 +13,7 @@ import pytest
 
 import cnnkit as ck
 from cnnkit.cli import main
+from cnnkit.cli.bench import CONV2D_SHAPES
 from cnnkit.testing import check_variant
 
 INSTALL = "pip install ./plugins/cnnkit-torch ./plugins/cnnkit-example"
@@ -74,7 +75,7 @@ def test_bench_conv2d_quick_shows_every_variant(capsys):
                 for line in table]
     for variant in ("cython", "numpy", "torch"):
         rows = [line for name, line in variants if name == variant]
-        assert len(rows) == 6, out  # one per benchmark shape
+        assert len(rows) == len(CONV2D_SHAPES), out  # one per benchmark shape
         assert all(" ok " in row for row in rows), out
     assert f"torch = plugin torch (cnnkit-torch {_installed('cnnkit-torch')})" in out
 
