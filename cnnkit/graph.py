@@ -277,6 +277,12 @@ class Model:
         inference nothing is kept and intermediate outputs are freed as soon as consumed."""
         xs = self._check_inputs(x)
         training = self.training if training is None else bool(training)
+        if self.check_finite:  # bad data is the input's fault, not the first layer's
+            for node, arr in zip(self.inputs, xs):
+                if not np.all(np.isfinite(arr)):
+                    bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+                    raise FloatingPointError(f"{self.name}: the input {node.name!r} holds {bad} "
+                                             "NaN/Inf value(s) (check_finite is on)")
         values = {id(n): a for n, a in zip(self.inputs, xs)}
         remaining = dict(self._consumers)
         steps = self._steps(xs[0].dtype, training)

@@ -272,6 +272,7 @@ class Layer:
 
     def _check_input(self, x):
         """Every check of an input array; returns the resolution for its shape."""
+        self._check_params()
         if x.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{self.name} ({type(self).__name__}): expected a float32 or float64 "
                             f"input, got dtype {x.dtype}")
@@ -285,6 +286,31 @@ class Layer:
         if shape and shape[0] == 0:
             raise ValueError(f"{self.name} ({type(self).__name__}): empty batch (shape {shape})")
         return self.resolution(shape)
+
+    #: {key: shape or None} the configuration gives the parameters (None: must be None, as a
+    #: bias of bias=False); filled by the layers that hold parameters
+    _param_shapes: dict = {}
+
+    def _check_params(self):
+        """Parameters replaced after construction must still fit the configuration."""
+        owner = f"{self.name} ({type(self).__name__})"
+        for key, expected in self._param_shapes.items():
+            p = self.params.get(key)
+            if p is None:
+                if expected is not None:
+                    raise ValueError(f"{owner}: parameter {key!r} is missing (None); its "
+                                     f"configuration needs shape {expected}")
+                continue
+            if expected is None:
+                raise ValueError(f"{owner}: parameter {key!r} was assigned, but the layer was "
+                                 f"built without it ({key}=False); rebuild the layer instead")
+            if not isinstance(p, np.ndarray) or p.dtype not in FLOAT_DTYPES:
+                got = f"{p.dtype}" if isinstance(p, np.ndarray) else type(p).__name__
+                raise TypeError(f"{owner}: parameter {key!r} must be a float32 or float64 "
+                                f"numpy array, got {got}")
+            if p.shape != expected:
+                raise ValueError(f"{owner}: parameter {key!r} has shape {p.shape}, but the "
+                                 f"layer's configuration gives {expected}")
 
     def _validate(self, x):
         """Validate an input array and return it C-contiguous."""
@@ -404,6 +430,8 @@ def _init_weight_and_bias(layer, weight_shape, bias_shape, fan_in, fan_out, *, b
                                          owner)
     layer.params["bias"] = (_init_array(bias_init, bias_shape, fan_in, fan_out, rng, dtype, owner)
                             if bias else None)
+    layer._param_shapes = {"weight": tuple(weight_shape),
+                           "bias": tuple(bias_shape) if bias else None}
 
 
 def _check_dtype(dtype, owner):

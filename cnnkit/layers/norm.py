@@ -48,6 +48,8 @@ class _BatchNorm(Layer):
         c = self.num_features
         self.params["weight"] = np.ones(c, dtype=dtype) if self.affine else None
         self.params["bias"] = np.zeros(c, dtype=dtype) if self.affine else None
+        self._param_shapes = {"weight": (c,) if self.affine else None,
+                              "bias": (c,) if self.affine else None}
         self.buffers: dict[str, np.ndarray] = {}
         if self.track_running_stats:
             self.buffers = {"running_mean": np.zeros(c, dtype=dtype),
