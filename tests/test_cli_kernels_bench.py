@@ -76,6 +76,9 @@ def test_explain_names_the_winner_and_why_the_others_lost(capsys):
     status, out, _ = cli(capsys, "kernels", "conv2d", "--explain", "--shape", "64,3,32,32",
                          "--args", "kernel_size=3,padding=1")
     assert status == 0, out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    out = " ".join(out.split()).replace("input: ", "input:    ").replace(
+        "chosen: ", "chosen:   ")  # lines folded at 100 columns, read as one text
     assert "in_channels=3" in out and "out_channels=3" in out  # from the shape, and defaulted
     assert "input:    (64, 3, 32, 32) float32 -> output (64, 3, 32, 32)" in out
     assert "features: padding, bias" in out

@@ -172,3 +172,14 @@ def test_the_guides_layer_with_parameters_conforms():
         assert report.ok, str(report)
     finally:
         reset_registry()
+
+
+def test_kernels_listing_and_explain_fit_100_columns():
+    from test_cli import run_cli
+
+    for args in (["kernels"], ["kernels", "--explain", "conv2d", "--shape", "64,3,32,32",
+                               "--args", "out_channels=8,kernel_size=3"]):
+        res = run_cli(*args)
+        assert res.returncode == 0, res.stderr
+        assert max(len(line) for line in res.stdout.splitlines()) <= 100, args
+    assert "Winograd F(4x4,3x3)" in run_cli("kernels", "conv2d").stdout  # folded, not cut

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 
 from ._args import _dtype_arg, parse_layer_args, parse_shape
 from ._common import CommandError, _fail, _format_table, _registry
@@ -36,6 +37,16 @@ def add_parser(sub) -> None:
     kernels.add_argument("--json", action="store_true", help="machine-readable output")
     kernels.set_defaults(func=cmd_kernels, _parser=kernels)
 
+
+
+_WIDTH = 100
+
+
+def _fold(label: str, text: str) -> str:
+    """``label`` + ``text`` folded to 100 columns, continuation lines under the text."""
+    return textwrap.fill(text, width=_WIDTH, initial_indent=label,
+                         subsequent_indent=" " * len(label), break_on_hyphens=False,
+                         break_long_words=False)
 
 
 def _config_text(config: dict) -> str:
@@ -88,12 +99,21 @@ def _list_kernels(reg, only, as_json) -> int:
         if not r["variants"]:
             print("  no variants: the layer computes itself")
             continue
-        table = [("variant", "plugin", "priority", "dtypes", "capabilities", "description")]
+        # one row per variant, its capabilities and description folded beneath it, so the
+        # listing fits 100 columns however long a plugin's description is
+        table = [("variant", "plugin", "priority", "dtypes")]
         for v in r["variants"]:
-            table.append((v["name"], v["plugin"], str(v["priority"]), ",".join(v["dtypes"]),
-                          ",".join(v["capabilities"]) or "-", v["description"] or ""))
-        for line in _format_table(table, right={2}):
+            table.append((v["name"], v["plugin"], str(v["priority"]), ",".join(v["dtypes"])))
+        lines = _format_table(table, right={2})
+        print("  " + lines[0])
+        for line, v in zip(lines[1:], r["variants"]):
             print("  " + line)
+            for label, text in (("capabilities: ", ", ".join(v["capabilities"]) or "-"),
+                                ("", v["description"] or "")):
+                if text:
+                    print(textwrap.fill(text, width=_WIDTH, initial_indent=" " * 6 + label,
+                                        subsequent_indent=" " * (6 + len(label)),
+                                        break_on_hyphens=False))
         print()
     return 0
 
@@ -145,15 +165,15 @@ def _explain(reg, layer_type, args) -> int:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return status
-    print(f"layer:    {layer!r}")
+    print(_fold("layer:    ", repr(layer)))
     print(f"input:    {tuple(args.shape)} {args.dtype} -> output {out_shape}")
     print(f"features: {', '.join(features) or 'none'}")
-    print(f"config:   {_config_text(config)}")
+    print(_fold("config:   ", _config_text(config)))
     if choice is not None:
         print(f"explicit choice: {choice!r} (by {source})")
     if winner is not None:
-        print(f"chosen:   {winner.name} (plugin {winner.plugin}, priority {winner.priority}): "
-              f"{how}")
+        print(_fold("chosen:   ", f"{winner.name} (plugin {winner.plugin}, priority "
+                                  f"{winner.priority}): {how}"))
     else:
         print(f"chosen:   none: {result['error']}")
     others = [v for v in result["variants"] if not v["chosen"]]
@@ -161,6 +181,6 @@ def _explain(reg, layer_type, args) -> int:
         print("not chosen:" if winner is not None else "variants:")
         width = max(len(v["name"]) for v in others)
         for v in others:
-            print(f"  {v['name']:<{width}}  (plugin {v['plugin']}, priority {v['priority']}): "
-                  f"{v['reason']}")
+            print(_fold(f"  {v['name']:<{width}}  ", f"(plugin {v['plugin']}, priority "
+                                                     f"{v['priority']}): {v['reason']}"))
     return status
