@@ -51,6 +51,10 @@ def plot_curves(history, path, metric: str = "loss", *, title: str | None = None
     """One PNG of ``metric`` and ``val_<metric>`` per epoch (a :class:`cnnkit.train.History` or
     a list of per-epoch dicts)."""
     Figure, Canvas = require_matplotlib()
+    return _save(_curves_figure(Figure, history, metric, title), Canvas, path)
+
+
+def _curves_figure(Figure, history, metric, title):
     rows = _history_rows(history)
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot(1, 1, 1)
@@ -65,9 +69,16 @@ def plot_curves(history, path, metric: str = "loss", *, title: str | None = None
     if not plotted:
         ax.text(0.5, 0.5, f"no {metric} recorded", ha="center", va="center",
                 transform=ax.transAxes)
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FixedLocator, MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs = sorted({r.get("epoch", i + 1) for i, r in enumerate(rows)})
+    if 0 < len(epochs) <= 12:
+        # a few epochs: a tick on each and no other (a single epoch would otherwise get
+        # fractional ticks around it)
+        ax.xaxis.set_major_locator(FixedLocator(epochs))
+        ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(title or metric)
@@ -75,7 +86,7 @@ def plot_curves(history, path, metric: str = "loss", *, title: str | None = None
     if plotted:
         ax.legend()
     fig.tight_layout()
-    return _save(fig, Canvas, path)
+    return fig
 
 
 def first_conv_layer(model):

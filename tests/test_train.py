@@ -484,6 +484,14 @@ def test_plot_functions(tmp_path, data):
     for p in paths + [str(tmp_path / "rgb.png")]:
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # epochs are whole numbers on the axis, also for a one-epoch run
+    from cnnkit.plot import _curves_figure, require_matplotlib
+
+    Figure, _ = require_matplotlib()
+    for n in (1, 3, 40):
+        rows = [{"epoch": e, "loss": 1.0 / e} for e in range(1, n + 1)]
+        ticks = _curves_figure(Figure, rows, "loss", None).axes[0].get_xticks()
+        assert len(ticks) and all(float(t).is_integer() for t in ticks), (n, ticks)
     dense_only = ck.Sequential([L.Dense(4, 2)], input_shape=(4,))
     with pytest.raises(ValueError, match="no convolution"):
         plot.plot_filters(dense_only, tmp_path / "none.png")
