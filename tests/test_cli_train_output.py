@@ -143,3 +143,22 @@ def test_command_line_warnings_have_no_source_lines(monkeypatch, capsys):
         assert cli.main(["train"]) == 0
     err = capsys.readouterr().err
     assert err == "cnnkit: UserWarning: something to know\n"
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("kernel_size = 5", "kernal_size = 5",
+     "unexpected argument 'kernal_size' (did you mean 'kernel_size'?)"),
+    ('type = "conv2d"', 'type = "conv2dd"', "unknown layer type 'conv2dd' (did you mean "
+                                            "'conv2d'?)"),
+    ("epochs = 10", "epochz = 10", "training.epochz: unknown key (did you mean 'epochs'?)"),
+])
+def test_config_typos_get_a_did_you_mean_before_the_data_loads(tmp_path, old, new, message):
+    text = open(os.path.join(ROOT, "examples", "lenet5-modern.toml")).read()
+    assert old in text
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text.replace(old, new, 1))
+    (tmp_path / "empty").mkdir()  # loading data from it would fail: the config fails first
+    res = run_cli("train", str(cfg), "--epochs", "1", "--data", str(tmp_path / "empty"),
+                  "-o", str(tmp_path / "m.safetensors"))
+    assert res.returncode == 1 and message in res.stderr, res.stderr
+    assert "data:" not in res.stdout

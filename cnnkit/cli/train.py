@@ -328,18 +328,19 @@ def _train_config(args) -> int:
     _check_outputs(args)
     _check_resume(args, spec.epochs)
     dtype = np.dtype(args.dtype or cfg.get("dtype", "float32"))
-    (x_train, y_train), (x_test, y_test), source = C.load_data(spec, dtype=dtype,
-                                                               path_override=args.data)
-    print(f"data: {source}: {len(x_train)} training, {len(x_test)} test samples", file=out)
     rng = np.random.default_rng(spec.seed)
     with _use(args.impl or {}, "--impl"):
+        # everything the config describes is built (and so checked) before the data loads
         model = C.model_from_config(cfg, rng=rng, dtype=dtype)
-        print(model.summary(), file=out)
         opt = C.make_optimizer(spec, model, lr=args.lr, momentum=args.momentum,
                                weight_decay=args.weight_decay)
         scheduler = C.make_schedule(spec, opt, spec.epochs)
         loss = C.make_loss(spec)
         regularizer = C.make_regularizer(spec)
+        (x_train, y_train), (x_test, y_test), source = C.load_data(spec, dtype=dtype,
+                                                                   path_override=args.data)
+        print(f"data: {source}: {len(x_train)} training, {len(x_test)} test samples", file=out)
+        print(model.summary(), file=out)
         transform = C.make_transform(spec, args.augment)
         if transform is not None:
             print(f"augment: {transform.describe()}", file=out)

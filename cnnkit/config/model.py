@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import accepts
+from ..plugins import _did_you_mean
 from ._locator import ConfigError, _entry_label, _Locator
 
 _LAYER_KEYS = ("type", "inputs")
@@ -152,8 +153,8 @@ def _build_layer(index, entry, loc, *, dtype, rng, default_name):
     try:
         cls = reg.layer_class(typ)
     except KeyError:
-        err(f"unknown layer type {typ!r}; registered layer types: "
-            + ", ".join(sorted(reg.layer_types)), "type")
+        err(f"unknown layer type {typ!r}{_did_you_mean(typ, reg.layer_types)}; registered "
+            "layer types: " + ", ".join(sorted(reg.layer_types)), "type")
     name = entry.get("name", default_name)
     if not isinstance(name, str) or not name:
         err(f"name must be a non-empty string, got {name!r}", "name")
@@ -172,8 +173,9 @@ def _build_layer(index, entry, loc, *, dtype, rng, default_name):
         if not var_kw:
             for key in args:
                 if key not in params or params[key].kind in (params[key].VAR_POSITIONAL,):
-                    err(f"unexpected argument {key!r}; {cls.__name__} takes: "
-                        f"{_signature_text(cls)}", key)
+                    err(f"unexpected argument {key!r}"
+                        f"{_did_you_mean(key, [n for n in params if n != 'self'])}; "
+                        f"{cls.__name__} takes: {_signature_text(cls)}", key)
         for pname, p in params.items():
             if pname == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 continue

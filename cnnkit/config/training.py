@@ -83,7 +83,10 @@ def training_from_config(cfg) -> TrainingSpec:
     spec = TrainingSpec()
     for key, value in section.items():
         if key not in _TRAIN_KEYS:
-            err(f"unknown key; the training section has: {', '.join(_TRAIN_KEYS)}", key)
+            from ..plugins import _did_you_mean
+
+            err(f"unknown key{_did_you_mean(key, _TRAIN_KEYS)}; the training section has: "
+                f"{', '.join(_TRAIN_KEYS)}", key)
         if key in ("epochs", "batch_size", "checkpoint_every"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 err(f"must be a positive int, got {value!r}", key)
