@@ -83,14 +83,7 @@ class Variant:
             return (f"needs CPU features {', '.join(self.cpu_features)} (this CPU lacks "
                     f"{', '.join(missing)})")
         check = getattr(self.impl, "unavailable", None)
-        if callable(check):
-            try:
-                reason = check()
-            except Exception as exc:  # a broken plugin must not take selection down
-                return f"its unavailable() check raised {type(exc).__name__}: {exc}"
-            if reason:
-                return str(reason)
-        return None
+        return _ask(check, "unavailable()") if callable(check) else None
 
     def refusal(self, dtype, features, config) -> str | None:
         """Why this variant cannot serve the request, or ``None`` if it can."""
@@ -104,12 +97,7 @@ class Variant:
         if missing:
             return "does not support " + ", ".join(missing)
         if self.supports is not None:
-            try:
-                reason = self.supports(config, dname)
-            except Exception as exc:  # a broken plugin must not take selection down
-                return f"its supports() check raised {type(exc).__name__}: {exc}"
-            if reason:
-                return str(reason)
+            return _ask(self.supports, "supports()", config, dname)
         return None
 
     def auto_refusal(self, dtype, config=None) -> str | None:
@@ -119,10 +107,7 @@ class Variant:
         if self.auto_dtypes is None or dname in self.auto_dtypes:
             if self.auto_supports is None:
                 return None
-            try:
-                reason = self.auto_supports(config, dname)
-            except Exception as exc:  # a broken plugin must not take selection down
-                return f"its auto_supports() check raised {type(exc).__name__}: {exc}"
+            reason = _ask(self.auto_supports, "auto_supports()", config, dname)
             return (f"not picked automatically: {reason}; choose it explicitly (impl=, "
                     "cnnkit.use, CNNKIT_IMPL)") if reason else None
         why = ""
@@ -185,12 +170,7 @@ class Fusion:
             if got != wanted:
                 return f"{layer.name} runs variant {got!r}, the fusion stands in for {wanted!r}"
         if self.supports is not None:
-            try:
-                reason = self.supports(layers, dname)
-            except Exception as exc:  # a broken plugin must not take execution down
-                return f"its supports() check raised {type(exc).__name__}: {exc}"
-            if reason:
-                return str(reason)
+            return _ask(self.supports, "supports()", layers, dname)
         return None
 
     def describe(self) -> dict:
@@ -685,6 +665,17 @@ def _tolerance(plugin, layer_type, name, tolerance, dtypes):
                               f"{tolerance!r}")
         out[key] = float(value)
     return out
+
+
+def _ask(check, what, *args) -> str | None:
+    """A plugin's own check (``supports()``, ``unavailable()``...): its reason as a string, or
+    None; a check that raises is a reason too, since a broken plugin must not take selection
+    or execution down."""
+    try:
+        reason = check(*args)
+    except Exception as exc:
+        return f"its {what} check raised {type(exc).__name__}: {exc}"
+    return str(reason) if reason else None
 
 
 def _cnnkit_version() -> str:
