@@ -271,6 +271,11 @@ class Registry:
             self.register_plugin(module, info, strict=strict, deferred=True)
         self._check_variant_layer_types(strict)
 
+    def _table(self, kind: str) -> dict:
+        """The registry table of a named kind of registration ({name: ...})."""
+        return {"layer": self.layer_types, "optimizer": self.optimizers,
+                "initializer": self.initializers, "fusion": self.fusions}[kind]
+
     def _check_variant_layer_types(self, strict, only=None) -> None:
         """A plugin whose variants name a layer type no plugin registered fails as a whole
         (checked once every plugin has loaded, as one plugin may add variants for another's
@@ -290,9 +295,7 @@ class Registry:
                         if not self.variants.get(layer_type, True):
                             del self.variants[layer_type]
                     else:
-                        {"layer": self.layer_types, "optimizer": self.optimizers,
-                         "initializer": self.initializers,
-                         "fusion": self.fusions}[kind].pop(key, None)
+                        self._table(kind).pop(key, None)
                 keys.clear()
             hints = "".join(_did_you_mean(t, self.layer_types) for t in unknown)
             self._fail(info, "registers variants for layer type(s) no plugin registered: "
@@ -408,8 +411,7 @@ class Registry:
                                       f"{plugin!r}")
             return
         name, obj = _name_obj(kind, *args, **kwargs)
-        table = {"layer": self.layer_types, "optimizer": self.optimizers,
-                 "initializer": self.initializers}[kind]
+        table = self._table(kind)
         if name in table:
             raise PluginError(f"{kind} {name!r} is registered twice: by plugin {table[name][1]!r} "
                               f"and by plugin {plugin!r}")
@@ -432,8 +434,7 @@ class Registry:
             self.variants.setdefault(v.layer_type, {})[v.name] = v
             return f"{v.layer_type}/{v.name}"
         name, obj = _name_obj(kind, *args, **kwargs)
-        table = {"layer": self.layer_types, "optimizer": self.optimizers,
-                 "initializer": self.initializers}[kind]
+        table = self._table(kind)
         table[name] = (obj, plugin)
         return name
 
@@ -583,13 +584,7 @@ def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float3
         if not callable(getattr(impl, attr, None)):
             raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name} has no callable "
                               f"{attr}()")
-    if isinstance(dtypes, str):
-        dtypes = (dtypes,)
-    try:
-        dtypes = tuple(_dtype_name(d) for d in dtypes)
-    except TypeError as exc:
-        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: bad dtypes "
-                          f"{dtypes!r}: {exc}") from None
+    dtypes = _dtype_names(plugin, layer_type, name, "dtypes", dtypes)
     if isinstance(capabilities, str):
         capabilities = (capabilities,)
     if not isinstance(priority, int) or isinstance(priority, bool):
@@ -627,17 +622,22 @@ def _make_variant(plugin, layer_type, name, impl, *, priority=0, dtypes=("float3
                    cpu_features=cpu_features)
 
 
+def _dtype_names(plugin, layer_type, name, what, value) -> tuple:
+    """A registration's list of dtypes (one name or several) as canonical names."""
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        return tuple(_dtype_name(d) for d in value)
+    except TypeError as exc:
+        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: bad {what} "
+                          f"{value!r}: {exc}") from None
+
+
 def _auto_dtypes(plugin, layer_type, name, auto_dtypes, dtypes):
     """``auto_dtypes=`` checked: None (all of ``dtypes``) or a subset of ``dtypes``."""
     if auto_dtypes is None:
         return None
-    if isinstance(auto_dtypes, str):
-        auto_dtypes = (auto_dtypes,)
-    try:
-        auto_dtypes = tuple(_dtype_name(d) for d in auto_dtypes)
-    except TypeError as exc:
-        raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: bad auto_dtypes "
-                          f"{auto_dtypes!r}: {exc}") from None
+    auto_dtypes = _dtype_names(plugin, layer_type, name, "auto_dtypes", auto_dtypes)
     extra = sorted(set(auto_dtypes) - set(dtypes))
     if extra:
         raise PluginError(f"plugin {plugin!r}: variant {layer_type}/{name}: auto_dtypes "
