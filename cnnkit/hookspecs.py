@@ -1,6 +1,6 @@
 """The cnnkit plugin contract: everything a plugin implements, in one file.
 
-1. **Hooks** (bottom of this file).  A plugin module implements any subset of the five
+1. **Hooks** (bottom of this file).  A plugin module implements any subset of the six
    ``cnnkit_register_*`` hooks with functions decorated by ``cnnkit.hookimpl``.  Every hook
    receives a ``register`` callback and calls it once per thing it registers; the host stamps
    each registration with the name of the plugin that made it.  Hooks return nothing, and every
@@ -20,6 +20,9 @@
 
 4. **Optimizers** (:class:`OptimizerProtocol`): what an instance of a class registered with
    ``cnnkit_register_optimizers`` provides, including the trait ``needs_closure``.
+
+5. **ONNX exporters** (:class:`OnnxExporter`, writing through :class:`OnnxExportContext`):
+   what ``cnnkit_register_onnx_exporters`` registers, the ONNX form of a layer type.
 
 Layer types are subclasses of ``cnnkit.layers.Layer`` (see its docstring); initializers are
 plain functions (see :func:`cnnkit_register_initializers`).
@@ -164,6 +167,59 @@ class OptimizerProtocol(Protocol):
         ``TypeError``/``ValueError`` naming the optimizer for a state it cannot take."""
 
 
+# ---------------------------------------------------------------------------------- ONNX export
+@runtime_checkable
+class OnnxExportContext(Protocol):
+    """What an :class:`OnnxExporter` receives to write its nodes (``cnnkit.onnx.export``
+    creates it; the ``onnx`` package is imported by then, plugin modules need not import it).
+
+    Names: a layer's parameters and buffers are ONNX initializers under their state-dict names
+    (``"0.weight"``, ``"conv1.running_mean"``); every other name is made unique and starts with
+    the layer's state-dict prefix (``"0/Conv"``).
+    """
+
+    #: the ONNX opset being written (``ai.onnx`` domain), at least ``cnnkit.onnx.MIN_OPSET``
+    opset: int
+    #: the floating-point dtype of the exported model's tensors (the model's dtype)
+    dtype: np.dtype
+
+    def node(self, op_type: str, inputs: list[str], *, outputs: int = 1,
+             **attributes: Any) -> Any:
+        """Add an ONNX node (standard ``ai.onnx`` operator) reading the value names
+        ``inputs`` (``""`` for an omitted optional input), with the given attributes (ints,
+        floats, strings and lists of them); return its output name, or a list of
+        ``outputs`` names when ``outputs`` > 1."""
+
+    def param(self, layer: Any, key: str) -> str:
+        """The initializer holding ``layer``'s parameter or buffer ``key`` (``"weight"``,
+        ``"running_var"``) as it is, cast to :attr:`dtype`; added once, under its state-dict
+        name."""
+
+    def constant(self, value: Any, hint: str = "const", dtype: Any = None) -> str:
+        """A new initializer holding ``value`` (a number or an array, e.g. a weight the
+        exporter transformed): floating-point values are cast to :attr:`dtype` unless
+        ``dtype`` is given, integers are kept (use int64 for shapes and axes)."""
+
+
+@runtime_checkable
+class OnnxExporter(Protocol):
+    """The ONNX form of a layer type, in inference mode (what ``forward(x, training=False)``
+    computes), made of standard ONNX operators."""
+
+    def __call__(self, ctx: OnnxExportContext, layer: Any, inputs: list[str],
+                 input_shapes: list[tuple]) -> str:
+        """Add the nodes computing ``layer`` through ``ctx`` and return the name of the value
+        holding its output.
+
+        ``inputs`` are the names of the layer's input values (one, or several for a merge
+        layer), ``input_shapes`` their shapes with the batch entry ``None`` (the batch axis
+        stays dynamic in the file, so nodes must not depend on it; ``layer.resolve(shape)``
+        gives the configuration resolved for the rest of the shape, such as Conv2D's
+        ``padding="same"``).  Raise ``ValueError`` naming the layer for a configuration or an
+        ``ctx.opset`` it cannot express.
+        """
+
+
 # ------------------------------------------------------------------------------------- hooks
 @hookspec
 def cnnkit_register_layers(register: Callable[..., None]) -> None:
@@ -266,6 +322,18 @@ def cnnkit_register_fusions(register: Callable[..., None]) -> None:
     """
 
 
+@hookspec
+def cnnkit_register_onnx_exporters(register: Callable[..., None]) -> None:
+    """Register the ONNX export of layer types (:class:`OnnxExporter`).
+
+    Call ``register(layer_type, exporter)`` once per layer type; ``cnnkit.onnx.export`` calls
+    ``exporter(ctx, layer, inputs, input_shapes)`` for every layer of that type.  The type may
+    come from another plugin.  Registering an exporter for a layer type that already has one is
+    an error naming both plugins.  Exporting a model with a layer whose type has no exporter
+    fails, naming the layer and its type.  Returns nothing.
+    """
+
+
 __all__ = [
     "hookspec",
     "VariantProtocol",
@@ -273,9 +341,12 @@ __all__ = [
     "StatisticsVariant",
     "FusionProtocol",
     "OptimizerProtocol",
+    "OnnxExportContext",
+    "OnnxExporter",
     "cnnkit_register_layers",
     "cnnkit_register_variants",
     "cnnkit_register_optimizers",
     "cnnkit_register_initializers",
     "cnnkit_register_fusions",
+    "cnnkit_register_onnx_exporters",
 ]

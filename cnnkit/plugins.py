@@ -249,6 +249,8 @@ class Registry:
         self.initializers: dict[str, tuple[Any, str]] = {}
         #: {fusion name: Fusion}, see :meth:`fusions_from`
         self.fusions: dict[str, Fusion] = {}
+        #: {layer type: (ONNX exporter, plugin)}, see :meth:`onnx_exporter`
+        self.onnx_exporters: dict[str, tuple[Any, str]] = {}
         self._impl_env_checked: str | None = None
 
     # ------------------------------------------------------------------ loading
@@ -274,7 +276,8 @@ class Registry:
     def _table(self, kind: str) -> dict:
         """The registry table of a named kind of registration ({name: ...})."""
         return {"layer": self.layer_types, "optimizer": self.optimizers,
-                "initializer": self.initializers, "fusion": self.fusions}[kind]
+                "initializer": self.initializers, "fusion": self.fusions,
+                "onnx_exporter": self.onnx_exporters}[kind]
 
     def _check_variant_layer_types(self, strict, only=None) -> None:
         """A plugin whose variants name a layer type no plugin registered fails as a whole
@@ -354,7 +357,8 @@ class Registry:
                                     ("cnnkit_register_variants", "variant"),
                                     ("cnnkit_register_optimizers", "optimizer"),
                                     ("cnnkit_register_initializers", "initializer"),
-                                    ("cnnkit_register_fusions", "fusion")):
+                                    ("cnnkit_register_fusions", "fusion"),
+                                    ("cnnkit_register_onnx_exporters", "onnx_exporter")):
                 caller = getattr(self.pm.hook, hook_name)
                 for impl in caller.get_hookimpls():
                     if impl.plugin_name != info.name:
@@ -447,6 +451,11 @@ class Registry:
 
     def initializer(self, name: str):
         return self._lookup(self.initializers, name, "initializer")
+
+    def onnx_exporter(self, layer_type: str):
+        """``(exporter, plugin)`` registered for ``layer_type`` with
+        ``cnnkit_register_onnx_exporters``, or ``None``."""
+        return self.onnx_exporters.get(layer_type.lower())
 
     @staticmethod
     def _lookup(table, name, what):

@@ -376,3 +376,52 @@ def cnnkit_register_variants(register):
                      priority=opts["priority"] + ISA_PRIORITY_STEP[isa], dtypes=dtypes,
                      capabilities=layer_cls.FEATURES, cpu_features=cpu,
                      description=f"as cython, compiled for {', '.join(cpu)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX export (cnnkit.onnx.export): one operator each, or standard operators for the forms
+# ONNX lacks (ScaledTanh; GELU before opset 20)
+# ---------------------------------------------------------------------------------------------
+def _onnx_op(op_type, **attributes_from_layer):
+    """An exporter writing one ``op_type`` node, its attributes read from the layer:
+    ``alpha="negative_slope"`` sets ONNX's ``alpha`` to ``layer.negative_slope``."""
+    def export(ctx, layer, inputs, input_shapes):
+        return ctx.node(op_type, inputs[:1], **{onnx_name: getattr(layer, name)
+                                                for onnx_name, name in
+                                                attributes_from_layer.items()})
+    export.__name__ = f"export_{op_type.lower()}_onnx"
+    return export
+
+
+def export_scaledtanh_onnx(ctx, layer, inputs, input_shapes):
+    """amplitude * tanh(slope * x)"""
+    y = ctx.node("Tanh", [ctx.node("Mul", [inputs[0], ctx.constant(layer.slope, "slope")])])
+    return ctx.node("Mul", [y, ctx.constant(layer.amplitude, "amplitude")])
+
+
+def export_gelu_onnx(ctx, layer, inputs, input_shapes):
+    x = inputs[0]
+    if ctx.opset >= 20:
+        return ctx.node("Gelu", [x], approximate=layer.approximate)
+    if layer.approximate == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cube = ctx.node("Mul", [ctx.node("Mul", [x, x]), x])
+        inner = ctx.node("Add", [x, ctx.node("Mul", [cube, ctx.constant(_GELU_CUBIC, "cubic")])])
+        phi = ctx.node("Tanh", [ctx.node("Mul", [inner, ctx.constant(_SQRT_2_OVER_PI,
+                                                                      "sqrt_2_over_pi")])])
+    else:  # 0.5 x (1 + erf(x / sqrt(2)))
+        phi = ctx.node("Erf", [ctx.node("Mul", [x, ctx.constant(math.sqrt(0.5), "sqrt_half")])])
+    one_plus = ctx.node("Add", [phi, ctx.constant(1.0, "one")])
+    return ctx.node("Mul", [ctx.node("Mul", [x, one_plus]), ctx.constant(0.5, "half")])
+
+
+@hookimpl
+def cnnkit_register_onnx_exporters(register):
+    register("relu", _onnx_op("Relu"))
+    register("sigmoid", _onnx_op("Sigmoid"))
+    register("tanh", _onnx_op("Tanh"))
+    register("leakyrelu", _onnx_op("LeakyRelu", alpha="negative_slope"))
+    register("elu", _onnx_op("Elu", alpha="alpha"))
+    register("gelu", export_gelu_onnx)
+    register("scaledtanh", export_scaledtanh_onnx)
+    register("softmax", _onnx_op("Softmax", axis="axis"))
+    register("logsoftmax", _onnx_op("LogSoftmax", axis="axis"))

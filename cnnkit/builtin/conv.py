@@ -568,3 +568,59 @@ def cnnkit_register_variants(register):
                  priority=ISA_PRIORITY[isa], dtypes=dtypes,
                  capabilities=ConvTranspose2D.FEATURES, cpu_features=cpu,
                  description=f"as cython, compiled for {', '.join(cpu)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX export (cnnkit.onnx.export): Conv and ConvTranspose, the weights in PyTorch's layout
+# as ONNX wants them
+# ---------------------------------------------------------------------------------------------
+def _onnx_conv_weight(ctx, layer):
+    """Conv2D's weight as ONNX's Conv computes it: a connection table (when the layer has one)
+    zeroes the unconnected (output, input) pairs, and ``flip_kernel`` (true convolution) turns
+    the kernel 180 degrees, since Conv is a cross-correlation."""
+    connections = getattr(layer, "connections", None)
+    flip = bool(getattr(layer, "flip_kernel", False))
+    if connections is None and not flip:
+        return ctx.param(layer, "weight")
+    w = np.array(layer.params["weight"], dtype=np.float64)
+    if connections is not None:
+        table = np.asarray(connections, dtype=bool)
+        out_c, cin_g = w.shape[:2]
+        if table.shape != (out_c, cin_g):  # a full (out, in) table of a grouped convolution
+            groups = layer.in_channels // cin_g
+            rows = np.arange(out_c)[:, None]
+            table = table[rows, (rows // (out_c // groups)) * cin_g + np.arange(cin_g)]
+        w = w * table[:, :, None, None]
+    if flip:
+        w = w[:, :, ::-1, ::-1]
+    return ctx.constant(w, "weight_" + "_".join(
+        n for n, on in (("masked", connections is not None), ("flipped", flip)) if on))
+
+
+def _onnx_bias(ctx, layer):
+    return [ctx.param(layer, "bias")] if layer.params.get("bias") is not None else []
+
+
+def export_conv2d_onnx(ctx, layer, inputs, input_shapes):
+    config = layer.resolve(input_shapes[0])
+    top, bottom, left, right = config["padding"]
+    return ctx.node("Conv", [inputs[0], _onnx_conv_weight(ctx, layer)] + _onnx_bias(ctx, layer),
+                    kernel_shape=layer.kernel_size, strides=config["stride"],
+                    pads=[top, left, bottom, right], dilations=config["dilation"],
+                    group=config["groups"])
+
+
+def export_convtranspose2d_onnx(ctx, layer, inputs, input_shapes):
+    config = layer.resolve(input_shapes[0])
+    ph, pw = config["padding"]
+    return ctx.node("ConvTranspose",
+                    [inputs[0], ctx.param(layer, "weight")] + _onnx_bias(ctx, layer),
+                    kernel_shape=layer.kernel_size, strides=config["stride"],
+                    pads=[ph, pw, ph, pw], output_padding=config["output_padding"],
+                    dilations=config["dilation"], group=config["groups"])
+
+
+@hookimpl
+def cnnkit_register_onnx_exporters(register):
+    register("conv2d", export_conv2d_onnx)
+    register("convtranspose2d", export_convtranspose2d_onnx)

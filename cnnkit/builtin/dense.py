@@ -44,3 +44,14 @@ def cnnkit_register_layers(register):
 def cnnkit_register_variants(register):
     register("dense", "numpy", DenseNumpy, priority=0, dtypes=("float32", "float64"),
              capabilities=Dense.FEATURES, description="BLAS matmul")
+
+
+# ONNX export (cnnkit.onnx.export): Gemm with the weight transposed, as PyTorch writes Linear
+def export_dense_onnx(ctx, layer, inputs, input_shapes):
+    bias = [ctx.param(layer, "bias")] if layer.params.get("bias") is not None else []
+    return ctx.node("Gemm", [inputs[0], ctx.param(layer, "weight")] + bias, transB=1)
+
+
+@hookimpl
+def cnnkit_register_onnx_exporters(register):
+    register("dense", export_dense_onnx)

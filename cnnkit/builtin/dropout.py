@@ -105,3 +105,13 @@ def cnnkit_register_variants(register):
     register("dropout", "cython", DropoutCython, priority=100, dtypes=dtypes,
              capabilities=Dropout.FEATURES,
              description="Cython, splitmix64 counter-based mask drawn in the loop")
+
+
+# ONNX export (cnnkit.onnx.export): dropout is the identity in inference
+def export_dropout_onnx(ctx, layer, inputs, input_shapes):
+    return ctx.node("Identity", inputs[:1])
+
+
+@hookimpl
+def cnnkit_register_onnx_exporters(register):
+    register("dropout", export_dropout_onnx)

@@ -12,3 +12,21 @@ from cnnkit.plugins import hookimpl
 def cnnkit_register_layers(register):
     register("add", Add)
     register("concat", Concat)
+
+
+# ONNX export (cnnkit.onnx.export): Add in the order the layer sums, Concat
+def export_add_onnx(ctx, layer, inputs, input_shapes):
+    y = ctx.node("Add", inputs[:2])
+    for x in inputs[2:]:
+        y = ctx.node("Add", [y, x])
+    return y
+
+
+def export_concat_onnx(ctx, layer, inputs, input_shapes):
+    return ctx.node("Concat", list(inputs), axis=layer.axis)
+
+
+@hookimpl
+def cnnkit_register_onnx_exporters(register):
+    register("add", export_add_onnx)
+    register("concat", export_concat_onnx)

@@ -127,3 +127,46 @@ def cnnkit_register_variants(register):
         register(cls.layer_type, "cython", BatchNormCython, priority=100, dtypes=dtypes,
                  capabilities=cls.FEATURES,
                  description="Cython, OpenMP over channels, two-pass statistics in double")
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX export (cnnkit.onnx.export): the inference form
+# ---------------------------------------------------------------------------------------------
+def _onnx_reduce_mean(ctx, x, axes):
+    if ctx.opset >= 18:  # the axes became an input
+        return ctx.node("ReduceMean", [x, ctx.constant(np.array(axes, np.int64), "axes")],
+                        keepdims=1)
+    return ctx.node("ReduceMean", [x], axes=axes, keepdims=1)
+
+
+def export_batchnorm_onnx(ctx, layer, inputs, input_shapes):
+    """BatchNormalization with the running statistics; a layer without them
+    (``track_running_stats=False``) normalises with the statistics of the batch it is given,
+    in inference too, written out with ReduceMean."""
+    x, rank, c = inputs[0], len(input_shapes[0]), layer.num_features
+    if layer.affine:
+        scale, shift = ctx.param(layer, "weight"), ctx.param(layer, "bias")
+    else:
+        scale, shift = ctx.constant(np.ones(c), "scale"), ctx.constant(np.zeros(c), "shift")
+    if layer.track_running_stats:
+        return ctx.node("BatchNormalization", [x, scale, shift, ctx.param(layer, "running_mean"),
+                                               ctx.param(layer, "running_var")],
+                        epsilon=layer.eps)
+    centred = ctx.node("Sub", [x, _onnx_reduce_mean(ctx, x, [0] + list(range(2, rank)))])
+    var = _onnx_reduce_mean(ctx, ctx.node("Mul", [centred, centred]),
+                            [0] + list(range(2, rank)))
+    std = ctx.node("Sqrt", [ctx.node("Add", [var, ctx.constant(layer.eps, "eps")])])
+    y = ctx.node("Div", [centred, std])
+    if not layer.affine:
+        return y
+    per_channel = (-1,) + (1,) * (rank - 2)
+    y = ctx.node("Mul", [y, ctx.constant(np.reshape(layer.params["weight"], per_channel),
+                                         "weight")])
+    return ctx.node("Add", [y, ctx.constant(np.reshape(layer.params["bias"], per_channel),
+                                            "bias")])
+
+
+@hookimpl
+def cnnkit_register_onnx_exporters(register):
+    register("batchnorm1d", export_batchnorm_onnx)
+    register("batchnorm2d", export_batchnorm_onnx)

@@ -374,3 +374,75 @@ def cnnkit_register_variants(register):
             register(layer_cls.layer_type, f"cython-{isa}", isa_build(cython, "pool", isa),
                      priority=ISA_PRIORITY[isa], dtypes=dtypes, capabilities=layer_cls.FEATURES,
                      cpu_features=cpu, description=f"as cython, compiled for {', '.join(cpu)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX export (cnnkit.onnx.export)
+# ---------------------------------------------------------------------------------------------
+def _onnx_pool_geometry(layer, input_shape):
+    """(begin pads, end pads, extra end pads) in floor mode giving the layer's output size.
+
+    onnx's shape inference and onnxruntime disagree on ceil_mode's last window when it would
+    start in the right padding (PyTorch, and cnnkit, drop it; a 4-wide input, window 2,
+    stride 3, padding 1: onnx infers 3 outputs, onnxruntime computes 2), so ceil mode is
+    written as floor mode with the overhang of the last window as extra end padding."""
+    begin, end, extra = [], [], []
+    for size, k, s, p in zip(input_shape[2:], layer.kernel_size, layer.stride, layer.padding):
+        out = pool_output_size(size, k, s, p, layer.ceil_mode)
+        e = max(0, (out - 1) * s + k - (size + 2 * p))
+        begin.append(p)
+        end.append(p + e)
+        extra.append(e)
+    return begin, end, extra
+
+
+def export_maxpool2d_onnx(ctx, layer, inputs, input_shapes):
+    begin, end, _ = _onnx_pool_geometry(layer, input_shapes[0])
+    return ctx.node("MaxPool", inputs[:1], kernel_shape=layer.kernel_size, strides=layer.stride,
+                    pads=begin + end)
+
+
+def export_avgpool2d_onnx(ctx, layer, inputs, input_shapes):
+    begin, end, extra = _onnx_pool_geometry(layer, input_shapes[0])
+    x = inputs[0]
+    include_pad = layer.count_include_pad
+    if any(extra) and include_pad and any(begin):
+        # PyTorch's divisor counts the padding but not a ceil-mode overhang: pad with zeros
+        # explicitly, then average over what lies inside the padded input
+        x = ctx.node("Pad", [x, ctx.constant(np.array([0, 0] + begin + [0, 0] + begin,
+                                                      dtype=np.int64), "pads")], mode="constant")
+        begin, end = [0, 0], extra
+        include_pad = False
+    elif any(extra):
+        include_pad = False  # no padding: only the overhang, which the divisor never counts
+    return ctx.node("AveragePool", [x], kernel_shape=layer.kernel_size, strides=layer.stride,
+                    pads=begin + end, count_include_pad=int(include_pad))
+
+
+def export_globalavgpool2d_onnx(ctx, layer, inputs, input_shapes):
+    return ctx.node("Flatten", [ctx.node("GlobalAveragePool", inputs[:1])], axis=1)
+
+
+def export_subsampling_onnx(ctx, layer, inputs, input_shapes):
+    """The window mean (AveragePool drops the rows and columns that do not fill a window, as
+    the layer does) times the per-channel coefficient (times the window size for sums), plus
+    the bias."""
+    kh, kw = layer.kernel_size
+    coef = np.asarray(layer.params["weight"], dtype=np.float64)
+    if layer.mode == "sum":
+        coef = coef * (kh * kw)
+    y = ctx.node("AveragePool", inputs[:1], kernel_shape=layer.kernel_size,
+                 strides=layer.kernel_size)
+    y = ctx.node("Mul", [y, ctx.constant(coef.reshape(1, -1, 1, 1), "coefficient")])
+    if layer.params.get("bias") is not None:
+        y = ctx.node("Add", [y, ctx.constant(np.reshape(layer.params["bias"], (1, -1, 1, 1)),
+                                             "bias")])
+    return y
+
+
+@hookimpl
+def cnnkit_register_onnx_exporters(register):
+    register("maxpool2d", export_maxpool2d_onnx)
+    register("avgpool2d", export_avgpool2d_onnx)
+    register("globalavgpool2d", export_globalavgpool2d_onnx)
+    register("subsampling", export_subsampling_onnx)

@@ -37,3 +37,22 @@ def cnnkit_register_layers(register):
 def cnnkit_register_variants(register):
     register("zeropad2d", "numpy", ZeroPad2dNumpy, priority=0, dtypes=("float32", "float64"),
              capabilities=ZeroPad2D.FEATURES, description="numpy.pad")
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX export (cnnkit.onnx.export)
+# ---------------------------------------------------------------------------------------------
+def export_flatten_onnx(ctx, layer, inputs, input_shapes):
+    return ctx.node("Flatten", inputs[:1], axis=1)
+
+
+def export_zeropad2d_onnx(ctx, layer, inputs, input_shapes):
+    top, bottom, left, right = layer.config["padding"]
+    pads = np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64)
+    return ctx.node("Pad", [inputs[0], ctx.constant(pads, "pads")], mode="constant")
+
+
+@hookimpl
+def cnnkit_register_onnx_exporters(register):
+    register("flatten", export_flatten_onnx)
+    register("zeropad2d", export_zeropad2d_onnx)
