@@ -278,60 +278,53 @@ def test_cnnkit_only_layers_are_standard_operators(tmp_path):
 
 
 # ------------------------------------------------------------------------ plugins
-class ChannelScale(L.Layer):
-    """y = x * weight[c] + bias[c]: a toy plugin layer type."""
+class ToySwish(L.Layer):
+    """y = x * sigmoid(beta * x): a toy plugin layer type."""
 
-    layer_type = "toychannelscale"
+    layer_type = "toyswish"
     input_rank = None
 
-    def __init__(self, channels, *, impl=None, name=None):
+    def __init__(self, beta=1.0, *, impl=None, name=None):
         super().__init__(impl=impl, name=name)
-        self.channels = channels
-        self.params["weight"] = np.ones(channels, np.float32)
-        self.params["bias"] = np.zeros(channels, np.float32)
+        self.beta = float(beta)
+        self.config = {"beta": self.beta}
 
     def get_config(self):
-        return {"channels": self.channels}
-
-    def output_shape(self, input_shape):
-        return tuple(input_shape)
+        return {"beta": self.beta}
 
 
-class ChannelScaleNumpy:
+class ToySwishNumpy:
     @staticmethod
     def forward(x, params, config, need_backward):
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return x * params["weight"].reshape(shape) + params["bias"].reshape(shape), None
+        return x / (1 + np.exp(-config["beta"] * x)), None
 
     @staticmethod
     def backward(dy, ctx):
         raise NotImplementedError
 
 
-def export_channelscale(ctx, layer, inputs, input_shapes):
-    per_channel = (1, -1) + (1,) * (len(input_shapes[0]) - 2)
-    y = ctx.node("Mul", [inputs[0], ctx.constant(layer.params["weight"].reshape(per_channel),
-                                                 "weight")])
-    return ctx.node("Add", [y, ctx.constant(layer.params["bias"].reshape(per_channel), "bias")])
+def export_toyswish(ctx, layer, inputs, input_shapes):
+    gate = ctx.node("Sigmoid", [ctx.node("Mul", [inputs[0], ctx.constant(layer.beta, "beta")])])
+    return ctx.node("Mul", [inputs[0], gate])
 
 
 class ToyPlugin:
     @staticmethod
     @hookimpl
     def cnnkit_register_layers(register):
-        register("toychannelscale", ChannelScale)
+        register("toyswish", ToySwish)
 
     @staticmethod
     @hookimpl
     def cnnkit_register_variants(register):
-        register("toychannelscale", "numpy", ChannelScaleNumpy)
+        register("toyswish", "numpy", ToySwishNumpy)
 
 
 class ToyExporter:
     @staticmethod
     @hookimpl
     def cnnkit_register_onnx_exporters(register):
-        register("toychannelscale", export_channelscale)
+        register("toyswish", export_toyswish)
 
 
 @pytest.fixture
@@ -347,18 +340,16 @@ def toy_registry(monkeypatch):
 
 def _toy_model():
     x = ck.Input((3, 4, 4))
-    scale = ChannelScale(3, name="scale")
-    scale.params["weight"] = np.array([0.5, -2.0, 3.0], np.float32)
-    scale.params["bias"] = np.array([1.0, 0.0, -1.0], np.float32)
-    return ck.Model(x, L.ReLU()(scale(L.Conv2D(3, 3, 3, padding=1, name="conv")(x))))
+    swish = ToySwish(1.7, name="swish")
+    return ck.Model(x, L.ReLU()(swish(L.Conv2D(3, 3, 3, padding=1, name="conv")(x))))
 
 
 def test_a_layer_without_exporter_is_an_error_naming_it_and_nothing_is_written(toy_registry,
                                                                               tmp_path):
     pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
     target = tmp_path / "toy.onnx"
-    with pytest.raises(ValueError, match=r"no ONNX exporter is registered for layer 'scale' "
-                       r"\(type 'toychannelscale', class ChannelScale\).*"
+    with pytest.raises(ValueError, match=r"no ONNX exporter is registered for layer 'swish' "
+                       r"\(type 'toyswish', class ToySwish\).*"
                        r"cnnkit_register_onnx_exporters"):
         ck.onnx.export(_toy_model(), target)
     assert os.listdir(tmp_path) == []
@@ -366,8 +357,8 @@ def test_a_layer_without_exporter_is_an_error_naming_it_and_nothing_is_written(t
 
 def test_a_plugin_exports_its_layer_type_through_the_hook(ort, toy_registry, tmp_path):
     assert toy_registry.register_plugin(ToyExporter, "toy-export")
-    assert toy_registry.plugins["toy-export"].registered["onnx_exporter"] == ["toychannelscale"]
-    assert toy_registry.onnx_exporter("toychannelscale") == (export_channelscale, "toy-export")
+    assert toy_registry.plugins["toy-export"].registered["onnx_exporter"] == ["toyswish"]
+    assert toy_registry.onnx_exporter("toyswish") == (export_toyswish, "toy-export")
     model = _toy_model()
     x = np.random.default_rng(6).standard_normal((2, 3, 4, 4)).astype(np.float32)
     export_and_compare(ort, model, [x], tmp_path / "toy.onnx")
@@ -378,7 +369,7 @@ def test_a_second_exporter_for_a_layer_type_fails_the_plugin_naming_both(toy_reg
         @staticmethod
         @hookimpl
         def cnnkit_register_onnx_exporters(register):
-            register("relu", export_channelscale)
+            register("relu", export_toyswish)
 
     with pytest.raises(PluginError, match=r"onnx_exporter 'relu' is registered twice: by plugin "
                        r"'cnnkit\.builtin\.activation' and by plugin 'again'"):
@@ -404,17 +395,40 @@ def test_a_failing_or_wrong_exporter_names_the_layer_and_leaves_no_file(toy_regi
     target = tmp_path / "toy.onnx"
     target.write_bytes(b"the previous file")
     for exporter, message in [
-            (raises, r"scale \(ChannelScale\): ONNX export of layer type 'toychannelscale' "
-                     r"\(plugin 'p'\) failed: RuntimeError: cannot express this"),
-            (reads_nothing, r"scale \(ChannelScale\): a Relu node reads value\(s\) nothing "
+            (raises, r"swish \(ToySwish\): ONNX export of layer type 'toyswish' \(plugin 'p'\) "
+                     r"failed: RuntimeError: cannot express this"),
+            (reads_nothing, r"swish \(ToySwish\): a Relu node reads value\(s\) nothing "
                             r"computed: 'not_a_value'"),
-            (returns_junk, r"scale \(ChannelScale\): the ONNX exporter .* returned 42"),
-            (invalid_node, r"the exported ONNX graph is invalid")]:
-        toy_registry.onnx_exporters["toychannelscale"] = (exporter, "p")
+            (returns_junk, r"swish \(ToySwish\): the ONNX exporter .* returned 42"),
+            (invalid_node, r"(?s)the exported ONNX graph is invalid .*node name: swish/Gemm.*"
+                           r"\['swish' is layer swish \(ToySwish\) \(type 'toyswish'\)")]:
+        toy_registry.onnx_exporters["toyswish"] = (exporter, "p")
         with pytest.raises(ValueError, match=message):
             ck.onnx.export(_toy_model(), target)
         assert target.read_bytes() == b"the previous file"
         assert os.listdir(tmp_path) == ["toy.onnx"]
+
+
+def test_the_guides_exporter_example(ort, tmp_path, monkeypatch):
+    """docs/plugin-guide.md's exporter for its ChannelScale layer, both run as written."""
+    import types
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "plugin-guide.md").read_text()
+    blocks = [re.search(r"```python\n(.*?)```", guide[guide.index(title):], re.S).group(1)
+              for title in ("### A layer with parameters",
+                            "### `cnnkit_register_onnx_exporters")]
+    assert "cnnkit_register_onnx_exporters" in blocks[1]
+    module = types.ModuleType("guide_channelscale")
+    for code in blocks:
+        exec(compile(code, "plugin-guide.md", "exec"), module.__dict__)
+    reg = Registry()
+    reg.load(entry_points=False)
+    assert reg.register_plugin(module, "guide")
+    monkeypatch.setattr(ck.plugins, "_registry", reg)
+    x = ck.Input((3, 4, 5))
+    model = ck.Model(x, randomize(module.ChannelScale(3), np.random.default_rng(8))(x))
+    xs = [np.random.default_rng(9).standard_normal((2, 3, 4, 5)).astype(np.float32)]
+    export_and_compare(ort, model, xs, tmp_path / "guide.onnx")
 
 
 # ------------------------------------------------------------------------ arguments, files

@@ -17,11 +17,13 @@ call.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
 
-__all__ = ["export", "ExportContext", "DEFAULT_OPSET", "MIN_OPSET", "require_onnx"]
+__all__ = ["export", "build_model_proto", "ExportContext", "DEFAULT_OPSET", "MIN_OPSET",
+           "require_onnx"]
 
 #: the opset written when none is asked for (read by every runtime of the last years)
 DEFAULT_OPSET = 17
@@ -196,7 +198,7 @@ def _run_exporter(ctx, exporter, plugin, node, inputs):
         out = exporter(ctx, layer, inputs, [tuple(p.shape) for p in node.inputs])
     except Exception as exc:
         msg = str(exc)
-        raise ValueError(msg if msg.startswith(layer.name) else
+        raise ValueError(msg if msg.startswith(owner) else
                          f"{owner}: ONNX export of layer type {layer.layer_type!r} (plugin "
                          f"{plugin!r}) failed: {type(exc).__name__}: {msg}") from exc
     finally:
@@ -218,8 +220,9 @@ def build_model_proto(model, opset: int = DEFAULT_OPSET):
     helper = onnx.helper
     reg = get_registry()
     _check_exporters(model, reg)
+    prefixes = layer_prefixes(model)
     ctx = ExportContext(onnx, opset, model.dtype,
-                        {id(layer): prefix for prefix, layer in layer_prefixes(model)})
+                        {id(layer): prefix for prefix, layer in prefixes})
     elem = helper.np_dtype_to_tensor_dtype(ctx.dtype)
 
     def value_info(name, shape):
@@ -265,8 +268,14 @@ def build_model_proto(model, opset: int = DEFAULT_OPSET):
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # onnx's ValidationError / InferenceError
+        msg = str(exc).strip()
+        # node names start with their layer's state-dict prefix: say which layers they are
+        culprits = [f"{prefix!r} is layer {_owner(layer)} (type {layer.layer_type!r})"
+                    for prefix, layer in prefixes
+                    if re.search(rf"(?<![\w.]){re.escape(prefix)}/", msg)]
         raise ValueError(f"{model.name}: the exported ONNX graph is invalid (a layer's "
-                         f"exporter wrote a wrong node): {exc}") from exc
+                         f"exporter wrote a wrong node): {msg}"
+                         + (f" [{'; '.join(culprits)}]" if culprits else "")) from exc
     return proto
 
 
