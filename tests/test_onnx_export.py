@@ -13,6 +13,7 @@ import pytest
 
 import cnnkit as ck
 from cnnkit import layers as L
+from cnnkit.hookspecs import OnnxExportContext
 from cnnkit.onnx.export import DEFAULT_OPSET, MIN_OPSET
 from cnnkit.plugins import PluginError, Registry, hookimpl
 from cnnkit.testing._cases import Case, builtin_cases
@@ -304,6 +305,7 @@ class ToySwishNumpy:
 
 
 def export_toyswish(ctx, layer, inputs, input_shapes):
+    assert isinstance(ctx, OnnxExportContext)  # what the hook contract promises
     gate = ctx.node("Sigmoid", [ctx.node("Mul", [inputs[0], ctx.constant(layer.beta, "beta")])])
     return ctx.node("Mul", [inputs[0], gate])
 
