@@ -279,8 +279,8 @@ class MSE(Loss):
     def __init__(self, reduction: str = "mean"):
         super().__init__()
         if reduction not in self.REDUCTIONS:
-            raise ValueError(f"MSE: reduction must be one of {', '.join(map(repr, self.REDUCTIONS))}"
-                             f", got {reduction!r}")
+            known = ", ".join(map(repr, self.REDUCTIONS))
+            raise ValueError(f"MSE: reduction must be one of {known}, got {reduction!r}")
         self.reduction = reduction
 
     def forward(self, prediction, target, sample_weight=None):
