@@ -456,13 +456,16 @@ class Model:
         train = x if y is None else (x, y)
         return fit(self, train, validation_data, optimizer=optimizer, **kwargs)
 
-    def evaluate(self, x, y=None, *, batch_size: int = 256, loss=None, metrics=None) -> dict:
+    def evaluate(self, x, y=None, *, batch_size: int = 256, loss=None, metrics=None,
+                 sample_weight=None) -> dict:
         """Loss, accuracy and the ``metrics`` named (see :mod:`cnnkit.metrics`) on ``(x, y)``
-        in inference mode: ``model.evaluate(x_test, y_test, metrics=["top_k_accuracy:5"])``."""
+        in inference mode: ``model.evaluate(x_test, y_test, metrics=["top_k_accuracy:5"])``;
+        ``sample_weight`` (N,) weighs the loss and accuracy (see :func:`cnnkit.train.evaluate`)."""
         from .train import evaluate
 
         data = x if y is None else (x, y)
-        return evaluate(self, data, loss=loss, batch_size=batch_size, metrics=metrics)
+        return evaluate(self, data, loss=loss, batch_size=batch_size, metrics=metrics,
+                        sample_weight=sample_weight)
 
 
 Graph = Model

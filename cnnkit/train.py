@@ -360,15 +360,42 @@ def _check_data(name, data, caller="fit"):
 
 
 def _is_classification(out, yb):
-    return out.ndim == 2 and yb.ndim == 1 and yb.dtype.kind in "iu"
+    return (isinstance(out, np.ndarray) and out.ndim == 2 and yb.ndim == 1
+            and yb.dtype.kind in "iu")
+
+
+def _sample_weight(sample_weight, n, caller):
+    """The checked per-sample weights (float64, shape (n,)) or None."""
+    if sample_weight is None:
+        return None
+    from .losses import check_sample_weight
+
+    return check_sample_weight(sample_weight, n, caller)
+
+
+def _weighted(wb, n):
+    """(loss keyword arguments, total weight) of a batch of n samples with weights wb."""
+    if wb is None:
+        return {}, n
+    return {"sample_weight": wb}, float(np.sum(wb))
+
+
+def _hits(out, yb, wb):
+    """The (weighted) number of rows whose arg-max is the label."""
+    hit = np.argmax(out, axis=1) == yb
+    return int(np.sum(hit)) if wb is None else float(np.sum(wb[hit]))
 
 
 def evaluate(model, data, *, loss: Loss | None = None, batch_size: int = 256,
-             metrics=None) -> dict:
+             metrics=None, sample_weight=None) -> dict:
     """Mean loss and accuracy (for class-label targets; else None) of ``model`` on ``data`` =
     (x, y) in inference mode, plus the ``metrics`` named (:mod:`cnnkit.metrics`:
-    ``"top_k_accuracy:5"``, ``"confusion_matrix"``, ``"per_class_accuracy"``, ...)."""
+    ``"top_k_accuracy:5"``, ``"confusion_matrix"``, ``"per_class_accuracy"``, ...).
+
+    ``sample_weight`` (N,): the loss and accuracy become weighted means over the samples
+    (:mod:`cnnkit.losses`); the extra metrics stay unweighted."""
     x, y = _check_data("data", data, "evaluate")
+    sw = _sample_weight(sample_weight, len(x), "evaluate")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"evaluate: batch_size must be a positive int, got {batch_size!r}")
     from .metrics import parse_metric
@@ -381,19 +408,26 @@ def evaluate(model, data, *, loss: Loss | None = None, batch_size: int = 256,
     classify = True
     scores = []
     for i in range(0, len(x), batch_size):
-        out = model.forward(x[i:i + batch_size], training=False)
         yb = y[i:i + batch_size]
-        total += loss.forward(out, yb) * len(yb)
+        wb = None if sw is None else sw[i:i + batch_size]
+        kw, size = _weighted(wb, len(yb))
+        if size == 0:  # all-zero weights: nothing to add (and no weighted mean to take)
+            continue
+        out = model.forward(x[i:i + batch_size], training=False)
+        total += loss.forward(out, yb, **kw) * size
         loss._ctx = None
         if _is_classification(out, yb):
-            correct += int(np.sum(np.argmax(out, axis=1) == yb))
+            correct += _hits(out, yb, wb)
             if extra:
                 scores.append(np.array(out, copy=True))
         else:
             classify = False
-        n += len(yb)
+        n += size
     result = {"loss": total / n, "accuracy": correct / n if classify else None}
     if extra:
+        if sw is not None and not sw.all():
+            raise ValueError("evaluate: metrics with sample_weight need every weight > 0 (the "
+                             "extra metrics are unweighted, over every sample)")
         if not classify:
             raise ValueError("evaluate: metrics other than the loss need class-label targets "
                              "and (N, classes) outputs")
@@ -485,7 +519,7 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
         scheduler=None, regularizer=None, initial_epoch: int = 0, resume_from=None,
         verbose: bool = True, stream=None, check_finite: bool = False,
         transform=None, clip_grad_norm: float | None = None,
-        clip_grad_value: float | None = None) -> History:
+        clip_grad_value: float | None = None, sample_weight=None) -> History:
     """Train ``model`` on ``train`` up to epoch ``epochs``; report metrics on ``val``.
 
     * ``train`` is a pair ``(x, y)`` of arrays (shuffled and cut into ``batch_size`` batches
@@ -512,6 +546,11 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
 
     * ``clip_grad_norm`` / ``clip_grad_value``: clip the gradients after every backward pass,
       before the step (:func:`cnnkit.optim.clip_grad_norm`, :func:`~cnnkit.optim.clip_grad_value`).
+    * ``sample_weight``: per-sample weights (N,) of an ``(x, y)`` pair.  Each batch's loss is
+      the weighted mean of its samples' losses (:mod:`cnnkit.losses`), and the epoch's
+      ``loss`` / ``accuracy`` are weighted means; a batch whose weights are all zero is
+      skipped.  The array is read batch by batch, not copied (when it is float64), so a
+      callback may re-weight the samples between epochs (:mod:`cnnkit.boosting` does).
     * ``check_finite``: stop at the first NaN/Inf that any layer produces (in its output or a
       gradient) with a ``FloatingPointError`` naming that layer; off by default (it costs one
       pass over every array).
@@ -529,6 +568,9 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
         x, y = _check_data("train", train)
     else:
         x, y = _batch_source(train, epochs - (initial_epoch or 0)), None
+    if sample_weight is not None and y is None:
+        raise TypeError("fit: sample_weight needs train as a pair (x, y) of arrays")
+    sw = _sample_weight(sample_weight, len(x), "fit") if y is not None else None
     if val is not None:
         _check_data("val", val)
         deterministic = transform.inference() if transform is not None else None
@@ -579,14 +621,15 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
     try:
         return _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rng,
                          callbacks, checkpoint, checkpoint_every, scheduler, regularizer,
-                         initial_epoch, verbose, stream, history, steps, state, transform, clip)
+                         initial_epoch, verbose, stream, history, steps, state, transform, clip,
+                         sw)
     finally:
         model.check_finite = previous_check
 
 
 def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rng, callbacks,
               checkpoint, checkpoint_every, scheduler, regularizer, initial_epoch, verbose,
-              stream, history, steps, state, transform=None, clip=None):
+              stream, history, steps, state, transform=None, clip=None, sw=None):
     for cb in callbacks:
         cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch,
                            "steps_per_epoch": steps})
@@ -598,25 +641,29 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
             cb.on_epoch_begin(epoch, {"lr": lr})
         if y is not None:
             order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
-            source = ((x[idx], y[idx]) for idx in
+            source = ((x[idx], y[idx], None if sw is None else sw[idx]) for idx in
                       (order[i * batch_size:(i + 1) * batch_size] for i in range(steps)))
         else:
-            source = x.epoch(epoch)
+            source = ((xb, yb, None) for xb, yb in x.epoch(epoch))
         bar = ProgressBar(steps, f"epoch {epoch}/{epochs}", stream) if verbose else None
         total, correct, seen = 0.0, 0, 0
         classify = True
         t0 = time.perf_counter()
         step = -1
-        for step, (xb, yb) in enumerate(source):
+        for step, (xb, yb, wb) in enumerate(source):
+            kw, size = _weighted(wb, len(yb))
+            if size == 0:
+                continue
             if transform is not None:
                 xb = transform.apply(xb, rng)
             result = {}
 
             def closure():
                 out = model.forward(xb, training=True)
-                if out.dtype.kind == "f" and not np.isfinite(out).all():
+                if not all(o.dtype.kind != "f" or np.isfinite(o).all()
+                           for o in (out if isinstance(out, list) else [out])):
                     _non_finite(xb, epoch, step)
-                value = loss.forward(out, yb)
+                value = loss.forward(out, yb, **kw)
                 optimizer.zero_grad()
                 model.backward(loss.backward(), input_grads=False)
                 if regularizer is not None:
@@ -637,10 +684,10 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
                                          f"{step + 1}; lower the learning rate")
             if not _needs_closure(optimizer):
                 optimizer.step()
-            total += value * len(yb)
-            seen += len(yb)
+            total += value * size
+            seen += size
             if _is_classification(out, yb):
-                correct += int(np.sum(np.argmax(out, axis=1) == yb))
+                correct += _hits(out, yb, wb)
             else:
                 classify = False
             if bar:

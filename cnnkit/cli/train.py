@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 
 from ._args import _impl_choices, _positive_float, _positive_int
 from ._common import CommandError, _fail, _registry
@@ -332,6 +333,7 @@ def _train_config(args) -> int:
     with _use(args.impl or {}, "--impl"):
         # everything the config describes is built (and so checked) before the data loads
         model = C.model_from_config(cfg, rng=rng, dtype=dtype)
+        model = C.make_boosted(spec, model, rng=rng)  # the same model without [training.boosting]
         opt = C.make_optimizer(spec, model, lr=args.lr, momentum=args.momentum,
                                weight_decay=args.weight_decay)
         scheduler = C.make_schedule(spec, opt, spec.epochs)
@@ -350,6 +352,10 @@ def _train_config(args) -> int:
               f"{type(opt).__name__} {hyper}"
               + (f", schedule {type(scheduler).__name__}" if scheduler else "")
               + f", loss {type(loss).__name__}, seed {spec.seed}", file=out)
+        if spec.boosting:
+            print(f"boosting: SAMME over {', '.join(model.head_names)}"
+                  + ("" if spec.boosting.get("carry_over", True) else
+                     " (weights reset every round)"), file=out)
         out.flush()
         from ..train import _early_stopping
 
@@ -357,6 +363,10 @@ def _train_config(args) -> int:
                            _overrides(args, {"lr", "momentum", "weight_decay"}))
         # the early stopper keeps callback slot 0, where checkpoints have always held its state
         stopper = _early_stopping(spec.early_stopping)
+        if spec.boosting:
+            from ..boosting import fit as boosting_fit
+
+            fit = partial(boosting_fit, carry_over=spec.boosting.get("carry_over", True))
         history = fit(model, (x_train, y_train), (x_test, y_test), optimizer=opt, loss=loss,
                       epochs=spec.epochs, batch_size=spec.batch_size, shuffle=spec.shuffle,
                       rng=rng, scheduler=scheduler, regularizer=regularizer,

@@ -54,10 +54,10 @@ from ._locator import Config, ConfigError
 from .files import dumps, load_config, load_model, loads, save_config
 from .model import FORMAT_VERSION, model_from_config, model_to_config  # noqa: F401
 from .toml import dumps_toml
-from .training import (TrainingSpec, load_data, make_loss, make_optimizer, make_regularizer,
-                       make_schedule, make_transform, training_from_config)
+from .training import (TrainingSpec, load_data, make_boosted, make_loss, make_optimizer,
+                       make_regularizer, make_schedule, make_transform, training_from_config)
 
 __all__ = ["ConfigError", "Config", "model_to_config", "model_from_config", "load_config",
            "save_config", "load_model", "dumps_toml", "dumps", "loads", "TrainingSpec",
            "training_from_config", "make_optimizer", "make_loss", "make_schedule",
-           "make_regularizer", "make_transform", "load_data", "synthetic_data"]
+           "make_regularizer", "make_transform", "make_boosted", "load_data", "synthetic_data"]

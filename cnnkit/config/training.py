@@ -14,7 +14,11 @@ from ._locator import ConfigError, _Locator
 from .model import _tuples
 
 _TRAIN_KEYS = ("optimizer", "loss", "epochs", "batch_size", "seed", "schedule", "data",
-               "early_stopping", "regularizer", "shuffle", "checkpoint_every", "output", "augment")
+               "early_stopping", "regularizer", "shuffle", "checkpoint_every", "output", "augment",
+               "boosting")
+
+#: the keys of ``[training.boosting]``: StagewiseBoosting's arguments, then boosting.fit's
+_BOOSTING_KEYS = ("stages", "head", "include_output", "carry_over")
 
 
 @dataclass
@@ -35,6 +39,7 @@ class TrainingSpec:
     checkpoint_every: int = 1
     output: str | None = None
     augment: Any = None
+    boosting: dict | None = None
 
 
 def _named(value, what, err, key):
@@ -70,6 +75,9 @@ def training_from_config(cfg) -> TrainingSpec:
                                                 # "npz" (path = "FILE.npz")
         augment = [{name = "random_crop", padding = 4}, "random_horizontal_flip"]
                                                 # cnnkit.transforms, applied to training batches
+        boosting = {stages = ["pool1", "pool2"], head = "flatten", include_output = true,
+                    carry_over = true}          # cnnkit.boosting: a head on each stage's output,
+                                                # a SAMME round after every epoch
     """
     loc = _Locator(cfg)
     section = cfg.get("training", {}) if isinstance(cfg, dict) else {}
@@ -114,6 +122,22 @@ def training_from_config(cfg) -> TrainingSpec:
         elif key == "output":
             if not isinstance(value, str) or not value:
                 err(f"must be a file name, got {value!r}", key)
+        elif key == "boosting":
+            if not isinstance(value, dict):
+                err(f"must be a table (stages = [...], head, include_output, carry_over), got "
+                    f"{value!r}", key)
+            for sub in value:
+                if sub not in _BOOSTING_KEYS:
+                    from ..plugins import _did_you_mean
+
+                    err(f"unknown key {sub!r}{_did_you_mean(sub, _BOOSTING_KEYS)}; it has: "
+                        f"{', '.join(_BOOSTING_KEYS)}", key)
+            stages = value.get("stages")
+            if not (isinstance(stages, list) and all(isinstance(v, str) for v in stages)):
+                err(f"stages must be a list of layer names, got {stages!r}", key)
+            for flag in ("include_output", "carry_over"):
+                if flag in value and not isinstance(value[flag], bool):
+                    err(f"{flag} must be true or false, got {value[flag]!r}", key)
         elif key == "augment":
             from ..transforms import from_spec
 
@@ -220,6 +244,17 @@ def make_regularizer(spec: TrainingSpec):
         return reg if reg else None
     cls, opts = _named_entry(spec, "regularizer", PENALTIES, reg)
     return _build(spec, "regularizer", cls, **opts)
+
+
+def make_boosted(spec: TrainingSpec, model, rng=None):
+    """``model`` with the stage heads of ``spec.boosting``
+    (:class:`cnnkit.boosting.StagewiseBoosting`), or ``model`` itself without that section."""
+    from ..boosting import StagewiseBoosting
+
+    if not spec.boosting:
+        return model
+    opts = {k: v for k, v in spec.boosting.items() if k != "carry_over"}
+    return _build(spec, "boosting", StagewiseBoosting, model, rng=rng, **opts)
 
 
 def make_transform(spec: TrainingSpec, extra=None):
