@@ -445,6 +445,17 @@ class FitRun:
             self._sync_bn = attach_sync_batchnorm(ctx, self.model)
         return state["epoch"], History([dict(e) for e in state["history"]])
 
+    def describe(self) -> str:
+        """One line naming every rank's process (an MPI launcher that reports a crash names
+        the process id and host)."""
+        import os
+        import socket
+
+        procs = self.ctx.comm.allgather((os.getpid(), socket.gethostname()))
+        return (f"distributed: {self.ctx.size} rank{'s' if self.ctx.size != 1 else ''} ("
+                + ", ".join(f"rank {r}: pid {pid} on {host}" for r, (pid, host) in enumerate(procs))
+                + ")")
+
     def own_callbacks(self, callbacks):
         """The callbacks this rank runs: file loggers on rank 0 only."""
         from .train import _EpochLogger

@@ -607,7 +607,11 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
             optimizer=optimizer, scheduler=scheduler, rng=rng, callbacks=callbacks,
             read_state=read_state, x=x, batch_size=batch_size)
         callbacks = dist.own_callbacks(callbacks)
+        line = dist.describe()
         verbose = verbose and dist.is_root
+        if verbose:
+            stream.write(line + "\n")
+            stream.flush()
     steps = math.ceil(len(x) / batch_size) if y is not None else x.steps
     state = TrainState(model, optimizer, scheduler, history, epochs, steps)
     for cb in callbacks:

@@ -38,7 +38,8 @@ def model(kind, channels=4):
         body.append(L.BatchNorm2D(channels, dtype=np.float64))
     body += [L.ReLU(), L.MaxPool2D(2), L.Flatten()]
     if kind == "dropout":
-        body.append(L.Dropout(0.3, rng=np.random.default_rng(11)))
+        # named: a checkpoint finds a layer's generator by the layer's name
+        body.append(L.Dropout(0.3, rng=np.random.default_rng(11), name="drop"))
     body.append(L.Dense(channels * 16, 3, dtype=np.float64, rng=rng))
     return ck.Sequential(body, input_shape=(1, 8, 8))
 
@@ -74,7 +75,7 @@ def run(spec, distributed=False):
         callbacks.append(_Fault(spec["fault"], rank))
     history = fit(net, (x, y), optimizer=optimizer(spec["optimizer"], net),
                   epochs=spec["epochs"], batch_size=BATCH + (mismatch == "batch"), seed=5,
-                  verbose=False, checkpoint=spec.get("checkpoint"),
+                  verbose=distributed, stream=sys.stderr, checkpoint=spec.get("checkpoint"),
                   resume_from=spec.get("resume"), callbacks=callbacks,
                   distributed=distributed,
                   sync_batchnorm=bool(distributed and spec.get("sync_batchnorm")))

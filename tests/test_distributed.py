@@ -1,0 +1,156 @@
+"""Data-parallel training over MPI (cnnkit.distributed): ``mpiexec -n N`` runs of
+tests/distributed_worker.py against the same job in this process (float64, same seed, same
+global batch), checkpoints across rank counts, faults and mismatched ranks."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cnnkit
+
+pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install \"cnnkit[mpi]\")")
+MPIEXEC = shutil.which("mpiexec") or shutil.which(
+    "mpiexec", path=os.path.dirname(sys.executable))
+if MPIEXEC is None:
+    pytest.skip("no mpiexec on PATH (pip install mpich)", allow_module_level=True)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import distributed_worker as worker  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cnnkit.__file__)))
+TOL = 1e-10
+
+
+def mpirun(n, spec, tmp_path, timeout=60):
+    """Run the worker on ``n`` ranks; returns the CompletedProcess."""
+    path = tmp_path / f"spec{n}.json"
+    path.write_text(json.dumps(spec))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1", CNNKIT_NUM_THREADS="1")
+    return subprocess.run([MPIEXEC, "-n", str(n), sys.executable,
+                           os.path.join(HERE, "distributed_worker.py"), str(path)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
+
+
+def distributed(n, spec, tmp_path):
+    spec = dict(spec, out=str(tmp_path / f"out{n}.npz"))
+    proc = mpirun(n, spec, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(np.load(spec["out"]))
+
+
+def assert_same(one, many, what):
+    assert sorted(one) == sorted(many)
+    for key in one:
+        a, b = np.asarray(one[key], np.float64), np.asarray(many[key], np.float64)
+        scale = max(float(np.max(np.abs(a))), 1e-300)
+        err = float(np.max(np.abs(a - b))) / scale if a.size else 0.0
+        assert err <= TOL, f"{what}: {key} differs by {err:.3g} (relative)"
+
+
+@pytest.mark.parametrize("spec", [
+    {"model": "dropout", "optimizer": "sgd"},
+    {"model": "batchnorm", "optimizer": "sgd", "sync_batchnorm": True},
+    {"model": "dropout", "optimizer": "lbfgs"},
+], ids=["dropout-sgd", "sync-batchnorm", "lbfgs"])
+def test_two_ranks_equal_one_process(spec, tmp_path):
+    spec = dict(spec, epochs=2)
+    one = worker.run(spec)
+    many = distributed(2, spec, tmp_path)
+    assert_same(one, many, f"2 ranks vs 1 process ({spec})")
+    # the run trained: the weights moved away from their initial values
+    start = worker.model(spec["model"]).state_dict()
+    assert max(np.max(np.abs(one[f"w/{k}"] - v)) for k, v in start.items()) > 1e-3
+
+
+def test_batchnorm_per_rank_statistics_by_default(tmp_path):
+    """Without sync_batchnorm each rank normalises its own shard: not the one-process result
+    (so the sync test above is about the sync)."""
+    spec = {"model": "batchnorm", "optimizer": "sgd", "epochs": 1}
+    one = worker.run(spec)
+    many = distributed(2, spec, tmp_path)
+    assert np.max(np.abs(one["w/1.weight"] - many["w/1.weight"])) > 1e-6
+
+
+def test_checkpoint_of_two_ranks_resumes_on_one_and_three(tmp_path):
+    base = {"model": "dropout", "optimizer": "sgd"}
+    uninterrupted = worker.run(dict(base, epochs=3))
+    ckpt = str(tmp_path / "run.ckpt.npz")
+    distributed(2, dict(base, epochs=2, checkpoint=ckpt), tmp_path)
+    resumed_one = worker.run(dict(base, epochs=3, resume=ckpt))
+    resumed_three = distributed(3, dict(base, epochs=3, resume=ckpt), tmp_path)
+    assert_same(uninterrupted, resumed_one, "2 ranks, resumed on 1")
+    assert_same(uninterrupted, resumed_three, "2 ranks, resumed on 3")
+
+
+@pytest.mark.parametrize("fault", ["raise", "kill"])
+def test_a_failing_rank_ends_the_job(fault, tmp_path):
+    ckpt = tmp_path / "run.ckpt.npz"
+    spec = {"model": "dropout", "optimizer": "sgd", "epochs": 3, "fault": fault,
+            "checkpoint": str(ckpt), "out": str(tmp_path / "out.npz")}
+    proc = mpirun(2, spec, tmp_path, timeout=60)  # a hang would time out here
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    if fault == "raise":
+        assert "rank 1 of 2 failed: RuntimeError: planted failure on rank 1" in text, text
+    else:
+        # the launcher names the killed process; fit's first line maps it to rank 1
+        pid = re.search(r"rank 1: pid (\d+)", text).group(1)
+        assert re.search(rf"PID {pid} .*\n.*EXIT CODE: 9", text), text
+    assert not (tmp_path / "out.npz").exists()
+    # epoch 1's checkpoint is whole; no temporary file of an interrupted write is left
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("run.ckpt")]
+    assert leftovers in ([], ["run.ckpt.npz"]), leftovers
+    if leftovers:
+        epoch, _ = cnnkit.train.load_checkpoint(ckpt, worker.model("dropout"))
+        assert epoch == 1
+
+
+@pytest.mark.parametrize("mismatch,what", [("model", "model"), ("batch", "batch size"),
+                                           ("data", "data size")])
+def test_mismatched_ranks_are_refused(mismatch, what, tmp_path):
+    spec = {"model": "dropout", "optimizer": "sgd", "epochs": 1, "mismatch": mismatch}
+    proc = mpirun(2, spec, tmp_path, timeout=60)
+    assert proc.returncode != 0
+    assert f"rank 1 was given a different {what} than rank 0" in proc.stderr, proc.stderr
+
+
+def test_shards_cover_every_sample_once():
+    from cnnkit.distributed import shard_bounds
+
+    for n in range(0, 20):
+        for size in range(1, 6):
+            bounds = [shard_bounds(n, r, size) for r in range(size)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            lengths = [b - a for a, b in bounds]
+            assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
+
+
+def test_iterable_of_batches_is_refused():
+    net = worker.model("dropout")
+    x, y = worker.data()
+    with pytest.raises(TypeError, match="needs the training data as \\(x, y\\) arrays"):
+        cnnkit.train.fit(net, [(x[:7], y[:7])], optimizer=worker.optimizer("sgd", net),
+                         epochs=1, verbose=False, distributed=True)
+
+
+def test_transform_parts_equal_the_whole_batch():
+    """The built-in augmentations draw for the whole batch and keep a part's numbers."""
+    from cnnkit import transforms as T
+
+    x = np.random.default_rng(0).standard_normal((9, 1, 8, 8))
+    aug = T.Compose([T.RandomCrop(8, padding=2), T.RandomHorizontalFlip(),
+                     T.RandomAffine(degrees=10, translate=0.1), T.Normalize(0.1, 2.0)])
+    whole = aug.apply(x, np.random.default_rng(3))
+    parts = [aug.apply(x[a:b], np.random.default_rng(3), part=(a, 9))
+             for a, b in ((0, 4), (4, 7), (7, 9))]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
