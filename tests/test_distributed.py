@@ -15,11 +15,13 @@ import pytest
 
 import cnnkit
 
-pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install \"cnnkit[mpi]\")")
+from cnnkit.distributed import mpi_available
+
 MPIEXEC = shutil.which("mpiexec") or shutil.which(
     "mpiexec", path=os.path.dirname(sys.executable))
-if MPIEXEC is None:
-    pytest.skip("no mpiexec on PATH (pip install mpich)", allow_module_level=True)
+needs_mpi = pytest.mark.skipif(
+    not mpi_available() or MPIEXEC is None,
+    reason="needs mpi4py and mpiexec (pip install \"cnnkit[mpi]\" mpich)")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -56,6 +58,7 @@ def assert_same(one, many, what):
         assert err <= TOL, f"{what}: {key} differs by {err:.3g} (relative)"
 
 
+@needs_mpi
 @pytest.mark.parametrize("spec", [
     {"model": "dropout", "optimizer": "sgd"},
     {"model": "batchnorm", "optimizer": "sgd", "sync_batchnorm": True},
@@ -71,6 +74,7 @@ def test_two_ranks_equal_one_process(spec, tmp_path):
     assert max(np.max(np.abs(one[f"w/{k}"] - v)) for k, v in start.items()) > 1e-3
 
 
+@needs_mpi
 def test_batchnorm_per_rank_statistics_by_default(tmp_path):
     """Without sync_batchnorm each rank normalises its own shard: not the one-process result
     (so the sync test above is about the sync)."""
@@ -80,6 +84,7 @@ def test_batchnorm_per_rank_statistics_by_default(tmp_path):
     assert np.max(np.abs(one["w/1.weight"] - many["w/1.weight"])) > 1e-6
 
 
+@needs_mpi
 def test_checkpoint_of_two_ranks_resumes_on_one_and_three(tmp_path):
     base = {"model": "dropout", "optimizer": "sgd"}
     uninterrupted = worker.run(dict(base, epochs=3))
@@ -91,6 +96,7 @@ def test_checkpoint_of_two_ranks_resumes_on_one_and_three(tmp_path):
     assert_same(uninterrupted, resumed_three, "2 ranks, resumed on 3")
 
 
+@needs_mpi
 @pytest.mark.parametrize("fault", ["raise", "kill"])
 def test_a_failing_rank_ends_the_job(fault, tmp_path):
     ckpt = tmp_path / "run.ckpt.npz"
@@ -114,6 +120,7 @@ def test_a_failing_rank_ends_the_job(fault, tmp_path):
         assert epoch == 1
 
 
+@needs_mpi
 @pytest.mark.parametrize("mismatch,what", [("model", "model"), ("batch", "batch size"),
                                            ("data", "data size")])
 def test_mismatched_ranks_are_refused(mismatch, what, tmp_path):
@@ -135,6 +142,7 @@ def test_shards_cover_every_sample_once():
             assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
 
 
+@needs_mpi
 def test_iterable_of_batches_is_refused():
     net = worker.model("dropout")
     x, y = worker.data()
@@ -154,3 +162,48 @@ def test_transform_parts_equal_the_whole_batch():
     parts = [aug.apply(x[a:b], np.random.default_rng(3), part=(a, 9))
              for a, b in ((0, 4), (4, 7), (7, 9))]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def _small_mnist(tmp_path):
+    (xt, yt), (xs, ys) = cnnkit.datasets.load_mnist()
+    path = tmp_path / "small.npz"
+    np.savez(path, x_train=xt[:160], y_train=yt[:160], x_test=xs[:100], y_test=ys[:100])
+    return path
+
+
+@needs_mpi
+def test_cli_two_ranks_equal_one_process(tmp_path, capsys):
+    """mpiexec -n 2 cnnkit train --distributed: the model and the held-out accuracy of
+    cnnkit train (float64 LeNet-5 on a few MNIST images)."""
+    from cnnkit.cli import main
+
+    data = _small_mnist(tmp_path)
+    common = ["train", "--data", str(data), "--epochs", "2", "--batch-size", "30",
+              "--dtype", "float64", "--quiet"]
+    assert main(common + ["-o", str(tmp_path / "one.safetensors")]) == 0
+    single = capsys.readouterr().out
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "cnnkit.cli"] + common
+                          + ["-o", str(tmp_path / "two.safetensors"), "--distributed"],
+                          capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed: 2 ranks" in proc.stdout
+    held_out = [line for line in single.splitlines() if line.startswith("held-out accuracy")]
+    assert held_out and held_out[0].split(" on ")[0] in proc.stdout
+    assert proc.stdout.count("held-out accuracy") == 1  # rank 0 reports, the other is quiet
+    one = cnnkit.load_model(tmp_path / "one.safetensors").state_dict()
+    two = cnnkit.load_model(tmp_path / "two.safetensors").state_dict()
+    assert_same(one, two, "cnnkit train: 2 ranks vs 1 process")
+
+
+def test_cli_distributed_without_mpi4py_says_how_to_install(monkeypatch, capsys, tmp_path):
+    from cnnkit.cli import main
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py raises ImportError
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--distributed", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['cnnkit train: error: distributed training needs mpi4py: pip install '
+                   '"cnnkit[mpi]" (and an MPI library, e.g. pip install mpich)']
+    assert not (tmp_path / "lenet5.safetensors").exists()
