@@ -524,3 +524,21 @@ class FitRun:
     def epoch_metrics(self, metrics: dict) -> dict:
         """Rank 0's metrics (with per-rank BatchNorm statistics, validation results differ)."""
         return self.ctx.comm.bcast(metrics, root=0)
+
+
+# ---------------------------------------------------------------------------------- prediction
+def predict(model, x, *, batch_size: int = 256, distributed=False) -> np.ndarray:
+    """``model``'s outputs on ``x`` in inference mode, in batches.  ``distributed=True`` (under
+    ``mpiexec``; or an mpi4py communicator): each rank computes its contiguous share and every
+    rank returns all outputs, in the order of ``x``.  Works in one process without MPI."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"predict: batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(x, np.ndarray) or x.ndim < 1 or len(x) == 0:
+        raise ValueError(f"predict: expected a non-empty numpy array of inputs, got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    if distributed is False or distributed is None:
+        return model.predict(x, batch_size=batch_size)
+    ctx = context(distributed)
+    lo, hi = ctx.shard(len(x))
+    local = model.predict(x[lo:hi], batch_size=batch_size) if hi > lo else np.empty(0)
+    return gather_rows(ctx, local, len(x))

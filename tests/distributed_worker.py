@@ -85,9 +85,23 @@ def run(spec, distributed=False):
     return arrays
 
 
+def infer(distributed=False):
+    """evaluate() and predict() of an untrained model on 31 samples (uneven shards)."""
+    from cnnkit.distributed import predict
+    from cnnkit.train import evaluate
+
+    net = model("dropout")
+    x, y = data(31)
+    result = evaluate(net, (x, y), batch_size=4, metrics=["confusion_matrix"],
+                      distributed=distributed)
+    return {"loss": np.array(result["loss"]), "accuracy": np.array(result["accuracy"]),
+            "confusion": result["confusion_matrix"],
+            "outputs": predict(net, x, batch_size=4, distributed=distributed)}
+
+
 if __name__ == "__main__":
     spec = json.loads(open(sys.argv[1]).read())
-    result = run(spec, distributed=True)
+    result = infer(True) if spec.get("action") == "infer" else run(spec, distributed=True)
     from mpi4py import MPI
 
     if MPI.COMM_WORLD.Get_rank() == 0 and spec.get("out"):

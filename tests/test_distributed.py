@@ -207,3 +207,48 @@ def test_cli_distributed_without_mpi4py_says_how_to_install(monkeypatch, capsys,
     assert err == ['cnnkit train: error: distributed training needs mpi4py: pip install '
                    '"cnnkit[mpi]" (and an MPI library, e.g. pip install mpich)']
     assert not (tmp_path / "lenet5.safetensors").exists()
+
+
+@needs_mpi
+def test_evaluate_and_predict_share_the_data_and_keep_its_order(tmp_path):
+    one = worker.infer()
+    many = distributed(3, {"action": "infer"}, tmp_path)  # 31 samples: shards 11, 10, 10
+    assert_same(one, many, "evaluate/predict on 3 ranks vs 1 process")
+
+
+@needs_mpi
+def test_cli_predict_on_two_ranks(tmp_path):
+    from cnnkit.cli import main
+
+    net = worker.model("dropout")
+    net.save(tmp_path / "net.safetensors")
+    x, _ = worker.data(31)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["predict", str(tmp_path / "net.safetensors"), str(tmp_path / "x.npy"),
+                 "--out", str(tmp_path / "one.npz")]) == 0
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "cnnkit.cli", "predict",
+                           "net.safetensors", "x.npy", "--out", "two.csv", "--distributed"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = np.load(tmp_path / "one.npz")
+    np.testing.assert_allclose(one["outputs"], net.predict(x), rtol=1e-12)
+    rows = (tmp_path / "two.csv").read_text().splitlines()
+    assert rows[0] == "index,label"
+    assert [int(r.split(",")[1]) for r in rows[1:]] == one["labels"].tolist()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("two")] == ["two.csv"]
+
+
+def test_predict_without_mpi(tmp_path, capsys):
+    from cnnkit.cli import main
+
+    net = worker.model("dropout")
+    net.save(tmp_path / "net.safetensors")
+    x, _ = worker.data(5)
+    np.savez(tmp_path / "x.npz", x=x)
+    assert main(["predict", str(tmp_path / "net.safetensors"), str(tmp_path / "x.npz"),
+                 "--out", str(tmp_path / "p.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), net.predict(x))
+    assert main(["predict", str(tmp_path / "net.safetensors"), str(tmp_path / "x.npz"),
+                 "--out", str(tmp_path / "p.txt")]) == 1
+    assert "name a .npy, .npz or .csv file" in capsys.readouterr().err
