@@ -82,6 +82,12 @@ def run(spec, distributed=False):
     arrays = {f"w/{k}": v for k, v in net.state_dict().items()}
     arrays["loss"] = np.array(history["loss"])
     arrays["accuracy"] = np.array(history["accuracy"])
+    if distributed:  # the variant each rank's layers ran, rank by rank
+        from mpi4py import MPI
+
+        used = [f"{layer.name}={layer._variant.name}" for layer in net.layers
+                if getattr(layer, "_variant", None) is not None]
+        arrays["variants"] = np.array(MPI.COMM_WORLD.allgather(used))
     return arrays
 
 

@@ -31,22 +31,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cnnkit.__file__)))
 TOL = 1e-10
 
 
-def mpirun(n, spec, tmp_path, timeout=60):
-    """Run the worker on ``n`` ranks; returns the CompletedProcess."""
+def mpirun(n, spec, tmp_path, timeout=60, root_env=None):
+    """Run the worker on ``n`` ranks (``root_env``: variables for rank 0 only); returns the
+    CompletedProcess."""
     path = tmp_path / f"spec{n}.json"
     path.write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1", CNNKIT_NUM_THREADS="1")
-    return subprocess.run([MPIEXEC, "-n", str(n), sys.executable,
-                           os.path.join(HERE, "distributed_worker.py"), str(path)],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
+    command = [sys.executable, os.path.join(HERE, "distributed_worker.py"), str(path)]
+    if root_env:  # MPMD: rank 0 with its own variables, the others without
+        ranks = ["-n", "1"] + [a for k, v in root_env.items() for a in ("-env", k, v)] \
+            + command + [":", "-n", str(n - 1)] + command
+    else:
+        ranks = ["-n", str(n)] + command
+    return subprocess.run([MPIEXEC] + ranks, capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=tmp_path)
 
 
-def distributed(n, spec, tmp_path):
+def distributed(n, spec, tmp_path, *, keep_variants=False, root_env=None):
     spec = dict(spec, out=str(tmp_path / f"out{n}.npz"))
-    proc = mpirun(n, spec, tmp_path)
+    proc = mpirun(n, spec, tmp_path, root_env=root_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(np.load(spec["out"]))
+    out = dict(np.load(spec["out"]))
+    if not keep_variants:
+        out.pop("variants", None)
+    return out
 
 
 def assert_same(one, many, what):
@@ -72,6 +81,19 @@ def test_two_ranks_equal_one_process(spec, tmp_path):
     # the run trained: the weights moved away from their initial values
     start = worker.model(spec["model"]).state_dict()
     assert max(np.max(np.abs(one[f"w/{k}"] - v)) for k, v in start.items()) > 1e-3
+
+
+@needs_mpi
+def test_variants_are_chosen_on_rank_0(tmp_path):
+    """Rank 0 alone is told to run the NumPy reference variants: every rank runs them."""
+    spec = {"model": "dropout", "optimizer": "sgd", "epochs": 1}
+    out = distributed(2, spec, tmp_path, keep_variants=True,
+                      root_env={"CNNKIT_IMPL": "conv2d=numpy,dense=numpy"})
+    root, other = out["variants"].tolist()
+    assert root == other
+    chosen = dict(v.split("=") for v in root)
+    assert [chosen[k] for k in chosen if k.startswith(("conv2d", "dense"))] == ["numpy"] * 2
+    assert chosen["drop"] != "numpy"  # the others kept the usual choice (also on rank 0)
 
 
 @needs_mpi
