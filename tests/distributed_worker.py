@@ -85,8 +85,8 @@ def run(spec, distributed=False):
     if distributed:  # the variant each rank's layers ran, rank by rank
         from mpi4py import MPI
 
-        used = [f"{layer.name}={layer._variant.name}" for layer in net.layers
-                if getattr(layer, "_variant", None) is not None]
+        used = ",".join(f"{layer.name}={layer._variant.name}" for layer in net.layers
+                        if getattr(layer, "_variant", None) is not None)
         arrays["variants"] = np.array(MPI.COMM_WORLD.allgather(used))
     return arrays
 
