@@ -201,6 +201,17 @@ class Context:
         if bucket:
             yield bucket
 
+    def describe(self) -> str:
+        """One line naming every rank's process (collective): an MPI launcher that reports a
+        crash names the process id and host."""
+        import os
+        import socket
+
+        procs = self.comm.allgather((os.getpid(), socket.gethostname()))
+        return (f"distributed: {self.size} rank{'s' if self.size != 1 else ''} ("
+                + ", ".join(f"rank {r}: pid {pid} on {host}" for r, (pid, host) in enumerate(procs))
+                + ")")
+
     # ------------------------------------------------------------------ faults
     def abort(self, exc: BaseException) -> None:
         """Report ``exc`` as this rank's failure and end the whole job."""
@@ -446,15 +457,14 @@ class FitRun:
         return state["epoch"], History([dict(e) for e in state["history"]])
 
     def describe(self) -> str:
-        """One line naming every rank's process (an MPI launcher that reports a crash names
-        the process id and host)."""
-        import os
-        import socket
+        return self.ctx.describe()
 
-        procs = self.ctx.comm.allgather((os.getpid(), socket.gethostname()))
-        return (f"distributed: {self.ctx.size} rank{'s' if self.ctx.size != 1 else ''} ("
-                + ", ".join(f"rank {r}: pid {pid} on {host}" for r, (pid, host) in enumerate(procs))
-                + ")")
+    def sync_buffers(self) -> None:
+        """Rank 0's weights and buffers on every rank: per-rank BatchNorm running statistics
+        differ, and evaluation must see one model (PyTorch's DDP broadcasts buffers too)."""
+        if self.ctx.size > 1 and any(layer.buffers for layer in self.model.layers
+                                     if hasattr(layer, "buffers")):
+            self.ctx.broadcast_model(self.model)
 
     def own_callbacks(self, callbacks):
         """The callbacks this rank runs: file loggers on rank 0 only."""

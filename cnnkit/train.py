@@ -750,6 +750,8 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
         metrics = {"epoch": epoch, "loss": total / seen}
         if classify:
             metrics["accuracy"] = correct / seen
+        if dist is not None:
+            dist.sync_buffers()
         if val is not None:
             v = evaluate(model, val, loss=loss, batch_size=max(batch_size, 256),
                          distributed=False if dist is None else dist.ctx)

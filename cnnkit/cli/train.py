@@ -84,9 +84,9 @@ def cmd_train(args) -> int:
             args.dist = distributed.context(True, args.sync_batchnorm)
         except distributed.DistributedError as exc:
             return _fail("train", str(exc))
+        line = args.dist.describe()
         if args.dist.is_root:
-            print(f"distributed: {args.dist.size} rank{'s' if args.dist.size != 1 else ''} (MPI), "
-                  "each taking its share of every global batch", flush=True)
+            print(line, flush=True)
     status = _cmd_train(args)
     if status and args.dist is not None and args.dist.size > 1:
         sys.stderr.flush()
