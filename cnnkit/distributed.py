@@ -72,8 +72,6 @@ def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
     return start, start + base + (rank < extra)
 
 
-_CONTEXTS: dict = {}
-
 
 def context(distributed=True, sync_batchnorm: bool = False) -> "Context":
     """The :class:`Context` of ``fit(distributed=...)``: True for ``MPI.COMM_WORLD``, an mpi4py
