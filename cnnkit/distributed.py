@@ -262,6 +262,17 @@ def model_facts(model) -> list:
                     if v is not None)] for layer in model.layers]
 
 
+def describe_object(obj):
+    """A description of ``obj`` that is the same in every process for equal objects: its repr
+    when its class writes one, else its type and plain attributes (the default repr holds an
+    address, different in each rank)."""
+    if obj is None or type(obj).__repr__ is not object.__repr__:
+        return repr(obj)
+    plain = {k: v for k, v in sorted(vars(obj).items()) if not k.startswith("_")
+             and isinstance(v, (int, float, str, bool, tuple, type(None)))}
+    return f"{type(obj).__name__}{plain}"
+
+
 def pin_variants(ctx: Context, model, sample) -> dict:
     """Choose every layer's variant on rank 0 (a training-mode forward of ``sample``, which
     autotunes when autotuning is on) and pin the same choice on every rank; returns the layers'

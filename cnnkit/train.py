@@ -653,14 +653,14 @@ def _distributed_run(distributed, sync_batchnorm, model, y):
 def _run_facts(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, transform,
                sync_batchnorm, regularizer, clip_grad_norm, clip_grad_value) -> dict:
     """What every rank of a distributed fit must have been given alike."""
-    from .distributed import model_facts
+    from .distributed import describe_object, model_facts
 
     return {"model": model_facts(model), "batch size": batch_size,
             "data size": (len(x), tuple(x.shape[1:]), str(x.dtype), tuple(y.shape[1:])),
             "validation data size": None if val is None else len(val[0]),
             "optimizer": type(optimizer).__name__, "loss": type(loss).__name__,
-            "epochs": epochs, "shuffle": shuffle, "transform": repr(transform),
-            "sync_batchnorm": sync_batchnorm, "regularizer": repr(regularizer),
+            "epochs": epochs, "shuffle": shuffle, "transform": describe_object(transform),
+            "sync_batchnorm": sync_batchnorm, "regularizer": describe_object(regularizer),
             "gradient clipping": (clip_grad_norm, clip_grad_value)}
 
 

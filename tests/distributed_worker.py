@@ -73,7 +73,14 @@ def run(spec, distributed=False):
     callbacks = []
     if spec.get("fault") and rank == 1:
         callbacks.append(_Fault(spec["fault"], rank))
-    history = fit(net, (x, y), optimizer=optimizer(spec["optimizer"], net),
+    extras = {}
+    if spec.get("extras"):  # augmentation, a weight penalty and gradient clipping
+        from cnnkit import transforms as T
+
+        extras = {"transform": T.Compose([T.RandomCrop(8, padding=1),
+                                          T.RandomHorizontalFlip()]),
+                  "regularizer": 0.01, "clip_grad_norm": 0.5}
+    history = fit(net, (x, y), optimizer=optimizer(spec["optimizer"], net), **extras,
                   epochs=spec["epochs"], batch_size=BATCH + (mismatch == "batch"), seed=5,
                   verbose=distributed, stream=sys.stderr, checkpoint=spec.get("checkpoint"),
                   resume_from=spec.get("resume"), callbacks=callbacks,

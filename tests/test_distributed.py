@@ -72,7 +72,8 @@ def assert_same(one, many, what):
     {"model": "dropout", "optimizer": "sgd"},
     {"model": "batchnorm", "optimizer": "sgd", "sync_batchnorm": True},
     {"model": "dropout", "optimizer": "lbfgs"},
-], ids=["dropout-sgd", "sync-batchnorm", "lbfgs"])
+    {"model": "dropout", "optimizer": "sgd", "extras": True},
+], ids=["dropout-sgd", "sync-batchnorm", "lbfgs", "augment-l2-clip"])
 def test_two_ranks_equal_one_process(spec, tmp_path):
     spec = dict(spec, epochs=2)
     one = worker.run(spec)
