@@ -459,8 +459,9 @@ class FitRun:
                     cb.load_state_dict(st)
         ctx.broadcast_model(self.model)
         self._x = x
-        self._pinned = pin_variants(ctx, self.model, x[:shard_bounds(min(batch_size, len(x)),
-                                                                     0, ctx.size)[1]])
+        if ctx.size > 1:
+            first = shard_bounds(min(batch_size, len(x)), 0, ctx.size)[1]
+            self._pinned = pin_variants(ctx, self.model, x[:first])
         if ctx.sync_batchnorm:
             self._sync_bn = attach_sync_batchnorm(ctx, self.model)
         return state["epoch"], History([dict(e) for e in state["history"]])

@@ -218,6 +218,18 @@ def test_cli_two_ranks_equal_one_process(tmp_path, capsys):
     one = cnnkit.load_model(tmp_path / "one.safetensors").state_dict()
     two = cnnkit.load_model(tmp_path / "two.safetensors").state_dict()
     assert_same(one, two, "cnnkit train: 2 ranks vs 1 process")
+    # --distributed without mpiexec: one rank, the very same run as without --distributed
+    # (both in subprocesses, so with the same thread count)
+    for name, flag in (("plain", []), ("alone", ["--distributed"])):
+        proc = subprocess.run([sys.executable, "-m", "cnnkit.cli"] + common + flag
+                              + ["-o", str(tmp_path / f"{name}.safetensors")],
+                              capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed: 1 rank (" in proc.stdout
+    plain = cnnkit.load_model(tmp_path / "plain.safetensors").state_dict()
+    alone = cnnkit.load_model(tmp_path / "alone.safetensors").state_dict()
+    for key in plain:
+        np.testing.assert_array_equal(alone[key], plain[key])
 
 
 def test_cli_distributed_without_mpi4py_says_how_to_install(monkeypatch, capsys, tmp_path):
