@@ -387,15 +387,29 @@ def _hits(out, yb, wb):
 
 
 def evaluate(model, data, *, loss: Loss | None = None, batch_size: int = 256,
-             metrics=None, sample_weight=None) -> dict:
+             metrics=None, sample_weight=None, distributed=False) -> dict:
     """Mean loss and accuracy (for class-label targets; else None) of ``model`` on ``data`` =
     (x, y) in inference mode, plus the ``metrics`` named (:mod:`cnnkit.metrics`:
     ``"top_k_accuracy:5"``, ``"confusion_matrix"``, ``"per_class_accuracy"``, ...).
 
     ``sample_weight`` (N,): the loss and accuracy become weighted means over the samples
-    (:mod:`cnnkit.losses`); the extra metrics stay unweighted."""
+    (:mod:`cnnkit.losses`); the extra metrics stay unweighted.
+
+    ``distributed=True`` (under ``mpiexec``; or an mpi4py communicator): each rank evaluates its
+    contiguous share of ``data`` and every rank returns the results of the whole."""
     x, y = _check_data("data", data, "evaluate")
     sw = _sample_weight(sample_weight, len(x), "evaluate")
+    if metrics and sw is not None and not sw.all():
+        raise ValueError("evaluate: metrics with sample_weight need every weight > 0 (the "
+                         "extra metrics are unweighted, over every sample)")
+    ctx = None
+    if distributed is not False and distributed is not None:
+        from .distributed import context
+
+        ctx = context(distributed)
+        lo, hi = ctx.shard(len(x))
+        x_all, y_all, x, y = x, y, x[lo:hi], y[lo:hi]
+        sw = None if sw is None else sw[lo:hi]
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"evaluate: batch_size must be a positive int, got {batch_size!r}")
     from .metrics import parse_metric
@@ -423,15 +437,22 @@ def evaluate(model, data, *, loss: Loss | None = None, batch_size: int = 256,
         else:
             classify = False
         n += size
+    if ctx is not None:
+        total, correct, n, classify = ctx.allreduce([total, correct, n, classify])
+        classify = classify == ctx.size
+        if sw is None:  # counts, not sums of weights
+            correct, n = int(correct), int(n)
+        y = y_all
     result = {"loss": total / n, "accuracy": correct / n if classify else None}
     if extra:
-        if sw is not None and not sw.all():
-            raise ValueError("evaluate: metrics with sample_weight need every weight > 0 (the "
-                             "extra metrics are unweighted, over every sample)")
         if not classify:
             raise ValueError("evaluate: metrics other than the loss need class-label targets "
                              "and (N, classes) outputs")
-        s = np.concatenate(scores)
+        s = np.concatenate(scores) if scores else np.empty(0)
+        if ctx is not None:
+            from .distributed import gather_rows
+
+            s = gather_rows(ctx, s, len(x_all))
         for key, fn in extra:
             result[key] = fn(y, s)
     return result
@@ -519,7 +540,8 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
         scheduler=None, regularizer=None, initial_epoch: int = 0, resume_from=None,
         verbose: bool = True, stream=None, check_finite: bool = False,
         transform=None, clip_grad_norm: float | None = None,
-        clip_grad_value: float | None = None, sample_weight=None) -> History:
+        clip_grad_value: float | None = None, sample_weight=None, distributed=False,
+        sync_batchnorm: bool = False) -> History:
     """Train ``model`` on ``train`` up to epoch ``epochs``; report metrics on ``val``.
 
     * ``train`` is a pair ``(x, y)`` of arrays (shuffled and cut into ``batch_size`` batches
@@ -555,6 +577,12 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
       gradient) with a ``FloatingPointError`` naming that layer; off by default (it costs one
       pass over every array).
 
+    * ``distributed``: True (or an mpi4py communicator) trains data-parallel over MPI, one
+      replica per rank, equal to one process with the same global ``batch_size``; run the
+      script under ``mpiexec``.  ``train`` must be arrays.  ``sync_batchnorm``: BatchNorm
+      statistics over the global batch instead of each rank's shard.  See
+      :mod:`cnnkit.distributed`.
+
     Returns a :class:`History` (with a resumed run: the checkpoint's epochs, then the new ones).
     """
     if transform is not None:
@@ -571,6 +599,10 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
     if sample_weight is not None and y is None:
         raise TypeError("fit: sample_weight needs train as a pair (x, y) of arrays")
     sw = _sample_weight(sample_weight, len(x), "fit") if y is not None else None
+    if sw is not None and distributed is not False and distributed is not None:
+        raise ValueError("fit: sample_weight is not supported with distributed=True yet (each "
+                         "rank's share of the gradient is its share of the batch's samples, not "
+                         "of their weights)")
     if val is not None:
         _check_data("val", val)
         deterministic = transform.inference() if transform is not None else None
@@ -606,11 +638,29 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
                         f"{regularizer!r}")
 
     clip = _clipper(clip_grad_norm, clip_grad_value)
+    dist = _distributed_run(distributed, sync_batchnorm, model, y)
     history = History()
-    if resume_from is not None:
-        initial_epoch, history = load_checkpoint(resume_from, model, optimizer,
-                                                 scheduler=scheduler, rng=rng,
-                                                 callbacks=callbacks)
+
+    def read_state():
+        if resume_from is None:
+            return initial_epoch, history
+        return load_checkpoint(resume_from, model, optimizer, scheduler=scheduler, rng=rng,
+                               callbacks=callbacks)
+
+    if dist is None:
+        initial_epoch, history = read_state()
+    else:
+        initial_epoch, history = dist.begin(
+            _run_facts(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle,
+                       transform, sync_batchnorm, regularizer, clip_grad_norm, clip_grad_value),
+            optimizer=optimizer, scheduler=scheduler, rng=rng, callbacks=callbacks,
+            read_state=read_state, x=x, batch_size=batch_size)
+        callbacks = dist.own_callbacks(callbacks)
+        line = dist.describe()
+        verbose = verbose and dist.is_root
+        if verbose:
+            stream.write(line + "\n")
+            stream.flush()
     steps = math.ceil(len(x) / batch_size) if y is not None else x.steps
     state = TrainState(model, optimizer, scheduler, history, epochs, steps)
     for cb in callbacks:
@@ -622,14 +672,50 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
         return _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rng,
                          callbacks, checkpoint, checkpoint_every, scheduler, regularizer,
                          initial_epoch, verbose, stream, history, steps, state, transform, clip,
-                         sw)
+                         sw, dist)
+    except BaseException as exc:
+        if dist is not None and dist.ctx.size > 1:
+            dist.ctx.abort(exc)  # the other ranks wait in a collective call: end the job
+        raise
     finally:
         model.check_finite = previous_check
+        if dist is not None:
+            dist.end()
+
+
+def _distributed_run(distributed, sync_batchnorm, model, y):
+    """fit's :class:`cnnkit.distributed.FitRun`, or None in one process."""
+    if distributed is False or distributed is None:
+        if sync_batchnorm is not False:
+            raise ValueError("fit: sync_batchnorm applies to distributed training only "
+                             "(distributed=True)")
+        return None
+    from . import distributed as _dist
+
+    if y is None:
+        raise TypeError("fit: distributed training needs the training data as (x, y) arrays "
+                        "(or memory maps): each rank takes its own rows of every global batch, "
+                        "which an iterable of ready-made batches cannot give")
+    return _dist.FitRun(_dist.context(distributed, sync_batchnorm), model)
+
+
+def _run_facts(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, transform,
+               sync_batchnorm, regularizer, clip_grad_norm, clip_grad_value) -> dict:
+    """What every rank of a distributed fit must have been given alike."""
+    from .distributed import describe_object, model_facts
+
+    return {"model": model_facts(model), "batch size": batch_size,
+            "data size": (len(x), tuple(x.shape[1:]), str(x.dtype), tuple(y.shape[1:])),
+            "validation data size": None if val is None else len(val[0]),
+            "optimizer": type(optimizer).__name__, "loss": type(loss).__name__,
+            "epochs": epochs, "shuffle": shuffle, "transform": describe_object(transform),
+            "sync_batchnorm": sync_batchnorm, "regularizer": describe_object(regularizer),
+            "gradient clipping": (clip_grad_norm, clip_grad_value)}
 
 
 def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rng, callbacks,
               checkpoint, checkpoint_every, scheduler, regularizer, initial_epoch, verbose,
-              stream, history, steps, state, transform=None, clip=None, sw=None):
+              stream, history, steps, state, transform=None, clip=None, sw=None, dist=None):
     for cb in callbacks:
         cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch,
                            "steps_per_epoch": steps})
@@ -641,8 +727,11 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
             cb.on_epoch_begin(epoch, {"lr": lr})
         if y is not None:
             order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
-            source = ((x[idx], y[idx], None if sw is None else sw[idx]) for idx in
-                      (order[i * batch_size:(i + 1) * batch_size] for i in range(steps)))
+            batches = (order[i * batch_size:(i + 1) * batch_size] for i in range(steps))
+            if dist is None:
+                source = ((x[idx], y[idx], None if sw is None else sw[idx]) for idx in batches)
+            else:
+                source = ((xb, yb, None) for xb, yb in dist.batches(x, y, batches))
         else:
             source = ((xb, yb, None) for xb, yb in x.epoch(epoch))
         bar = ProgressBar(steps, f"epoch {epoch}/{epochs}", stream) if verbose else None
@@ -652,13 +741,16 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
         step = -1
         for step, (xb, yb, wb) in enumerate(source):
             kw, size = _weighted(wb, len(yb))
-            if size == 0:
+            if size == 0 and wb is not None:  # all-zero weights (an empty shard still steps)
                 continue
             if transform is not None:
-                xb = transform.apply(xb, rng)
+                xb = (transform.apply(xb, rng) if dist is None
+                      else dist.transform(transform, xb, rng))
             result = {}
 
             def closure():
+                if dist is not None and not len(yb):
+                    return result.setdefault("value", dist.empty_step(optimizer))
                 out = model.forward(xb, training=True)
                 if not all(o.dtype.kind != "f" or np.isfinite(o).all()
                            for o in (out if isinstance(out, list) else [out])):
@@ -668,50 +760,64 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
                 model.backward(loss.backward(), input_grads=False)
                 if regularizer is not None:
                     value += _regularize(regularizer, model)
+                if dist is not None:
+                    value = dist.reduce(value)
                 if clip is not None:
                     clip(model)
                 result.setdefault("out", out)
                 result.setdefault("value", value)
                 return value
 
-            if _needs_closure(optimizer):
-                optimizer.step(closure)
-            else:
-                closure()
-            value, out = result["value"], result["out"]
+            with _random.batch_offset(0) if dist is None else dist.offset():
+                if _needs_closure(optimizer):
+                    optimizer.step(closure)
+                else:
+                    closure()
+            value, out = result["value"], result.get("out")
             if not math.isfinite(value):
                 raise FloatingPointError(f"fit: loss became {value} at epoch {epoch}, step "
                                          f"{step + 1}; lower the learning rate")
             if not _needs_closure(optimizer):
                 optimizer.step()
+            batch_correct, batch_classify = 0, out is None or _is_classification(out, yb)
+            if out is not None and batch_classify:
+                batch_correct = _hits(out, yb, wb)
+            if dist is not None:
+                size = dist.total
+                batch_correct, batch_classify = dist.step_end(batch_correct, batch_classify)
             total += value * size
             seen += size
-            if _is_classification(out, yb):
-                correct += _hits(out, yb, wb)
-            else:
-                classify = False
+            correct += batch_correct
+            classify = classify and batch_classify
             if bar:
                 bar.update(step + 1, f"loss {total / seen:.4f}"
                            + (f" acc {correct / seen:.4f}" if classify else ""))
             if callbacks:
                 for cb in callbacks:
-                    cb.on_batch_end(step + 1, {"batch": step + 1, "size": len(yb),
+                    cb.on_batch_end(step + 1, {"batch": step + 1, "size": size,
                                                "loss": value})
-                if state.stop_training:
-                    break
+            if dist is not None and dist.agree(state.stop_training):
+                state.stop_training = True  # rank 0's loggers are not on the other ranks
+            if state.stop_training:
+                break
         if seen == 0:
             raise ValueError(f"fit: the training data gave no batch in epoch {epoch}")
         metrics = {"epoch": epoch, "loss": total / seen}
         if classify:
             metrics["accuracy"] = correct / seen
+        if dist is not None:
+            dist.sync_buffers()
         if val is not None:
-            v = evaluate(model, val, loss=loss, batch_size=max(batch_size, 256))
+            v = evaluate(model, val, loss=loss, batch_size=max(batch_size, 256),
+                         distributed=False if dist is None else dist.ctx)
             metrics["val_loss"] = v["loss"]
             if v["accuracy"] is not None:
                 metrics["val_accuracy"] = v["accuracy"]
         if lr is not None:
             metrics["lr"] = float(lr)
         metrics["time"] = time.perf_counter() - t0
+        if dist is not None:
+            metrics = dist.epoch_metrics(metrics)
         history.append(**metrics)
         if scheduler is not None:
             scheduler.step()
@@ -729,8 +835,11 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
         logs = dict(metrics)
         for cb in callbacks:
             cb.on_epoch_end(epoch, logs)
+        if dist is not None and dist.agree(state.stop_training):
+            state.request_stop(state.stop_reason or "stopped by a callback on another rank")
         last = epoch == epochs or state.stop_training
-        if checkpoint is not None and (last or (epoch - initial_epoch) % checkpoint_every == 0):
+        if checkpoint is not None and (last or (epoch - initial_epoch) % checkpoint_every == 0) \
+                and (dist is None or dist.is_root):
             save_checkpoint(checkpoint, model, optimizer, epoch=epoch, history=history,
                             scheduler=scheduler, rng=rng, callbacks=callbacks)
         if state.stop_training:

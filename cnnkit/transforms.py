@@ -44,11 +44,28 @@ def _number(value, who, name, low=None, high=None, integer=False):
     return value
 
 
+def _part(x, part):
+    """(draws, first): a random transform draws for ``draws`` images and uses those from
+    ``first`` on, so a shard of a global batch gets the numbers the whole batch would give it."""
+    if part is None:
+        return len(x), 0
+    start, total = part
+    if not 0 <= start <= start + len(x) <= total:
+        raise ValueError(f"transform: part {part!r} does not hold a batch of {len(x)} images")
+    return total, start
+
+
 class Transform:
     """Base class: ``transform(x, rng)`` returns a new batch; ``rng`` is a
-    ``numpy.random.Generator`` or an int seed."""
+    ``numpy.random.Generator`` or an int seed.
+
+    ``apply(x, rng, part=(start, total))`` transforms images ``start ..`` of a batch of
+    ``total`` (data-parallel training): the built-in transforms draw for all ``total`` images
+    and keep the shard's numbers, as one process would.  Subclasses whose ``apply`` takes no
+    ``part`` leave ``supports_part`` False and get the whole batch instead."""
 
     random = True
+    supports_part = False
 
     def __call__(self, x, rng=None):
         x = _batch(x, type(self).__name__)
@@ -80,11 +97,12 @@ class Compose(Transform):
                                 f"{t!r}")
         self.transforms = transforms
         self.random = any(t.random for t in transforms)
+        self.supports_part = all(t.supports_part or not t.random for t in transforms)
         self._config = {}
 
-    def apply(self, x, rng):
+    def apply(self, x, rng, part=None):
         for t in self.transforms:
-            x = t.apply(x, rng)
+            x = t.apply(x, rng, part=part) if t.random else t.apply(x, rng)
         return x
 
     def inference(self):
@@ -124,8 +142,11 @@ class RandomCrop(Transform):
         self._config = {"size": list(size) if size else None, "padding": self.padding,
                         "fill": self.fill}
 
-    def apply(self, x, rng):
+    supports_part = True
+
+    def apply(self, x, rng, part=None):
         n, c, h, w = x.shape
+        draws, first = _part(x, part)
         oh, ow = self.size or (h, w)
         p = self.padding
         if oh > h + 2 * p or ow > w + 2 * p:
@@ -133,8 +154,8 @@ class RandomCrop(Transform):
                              f"{h + 2 * p}x{w + 2 * p}")
         xp = np.full((n, c, h + 2 * p, w + 2 * p), self.fill, dtype=x.dtype)
         xp[:, :, p:p + h, p:p + w] = x
-        top = rng.integers(0, h + 2 * p - oh + 1, size=n)
-        left = rng.integers(0, w + 2 * p - ow + 1, size=n)
+        top = rng.integers(0, h + 2 * p - oh + 1, size=draws)[first:first + n]
+        left = rng.integers(0, w + 2 * p - ow + 1, size=draws)[first:first + n]
         out = np.empty((n, c, oh, ow), dtype=x.dtype)
         for i in range(n):
             out[i] = xp[i, :, top[i]:top[i] + oh, left[i]:left[i] + ow]
@@ -148,8 +169,11 @@ class RandomHorizontalFlip(Transform):
         self.p = float(_number(p, "RandomHorizontalFlip", "p", 0, 1))
         self._config = {"p": self.p}
 
-    def apply(self, x, rng):
-        flip = rng.random(len(x)) < self.p
+    supports_part = True
+
+    def apply(self, x, rng, part=None):
+        draws, first = _part(x, part)
+        flip = (rng.random(draws) < self.p)[first:first + len(x)]
         out = x.copy()
         out[flip] = x[flip, :, :, ::-1]
         return out
@@ -179,12 +203,16 @@ class RandomAffine(Transform):
         self._config = {"degrees": self.degrees, "translate": list(self.translate),
                         "scale": list(self.scale), "fill": self.fill}
 
-    def apply(self, x, rng):
+    supports_part = True
+
+    def apply(self, x, rng, part=None):
         n, c, h, w = x.shape
-        angle = np.deg2rad(rng.uniform(-self.degrees, self.degrees, n))
-        s = rng.uniform(self.scale[0], self.scale[1], n)
-        ty = rng.uniform(-self.translate[0], self.translate[0], n) * h
-        tx = rng.uniform(-self.translate[1], self.translate[1], n) * w
+        draws, first = _part(x, part)
+        rows = slice(first, first + n)
+        angle = np.deg2rad(rng.uniform(-self.degrees, self.degrees, draws)[rows])
+        s = rng.uniform(self.scale[0], self.scale[1], draws)[rows]
+        ty = rng.uniform(-self.translate[0], self.translate[0], draws)[rows] * h
+        tx = rng.uniform(-self.translate[1], self.translate[1], draws)[rows] * w
         cy, cx = (h - 1) / 2, (w - 1) / 2
         yy, xx = np.meshgrid(np.arange(h, dtype=np.float64) - cy,
                              np.arange(w, dtype=np.float64) - cx, indexing="ij")

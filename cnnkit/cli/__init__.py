@@ -1,6 +1,6 @@
 """The ``cnnkit`` command line: one module per command (:mod:`.train`, :mod:`.plugins`,
-:mod:`.kernels`, :mod:`.bench`, :mod:`.tune`, :mod:`.new_plugin`, :mod:`.export`), each adding
-its parser and handler; :func:`main` wires them.
+:mod:`.predict`, :mod:`.kernels`, :mod:`.bench`, :mod:`.tune`, :mod:`.new_plugin`,
+:mod:`.export`), each adding its parser and handler; :func:`main` wires them.
 
 Exit status: 0 on success, 1 when the request cannot be served (a bad config, an unknown layer
 type, a variant that fails or disagrees with the reference in ``cnnkit bench``...), 2 for
@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from . import bench, export, kernels, new_plugin, plugins, train, tune
+from . import bench, export, kernels, new_plugin, plugins, predict, train, tune
 from ._common import _fail
 from .plugins import cmd_plugins
 from .train import cmd_train
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with Cython kernels and pluggable layers.")
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (train, plugins, kernels, bench, tune, new_plugin, export):
+    for command in (train, predict, plugins, kernels, bench, tune, new_plugin, export):
         command.add_parser(sub)
     return parser
 

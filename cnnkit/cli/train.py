@@ -59,6 +59,13 @@ def add_parser(sub) -> None:
     train.add_argument("--plot", metavar="DIR", default=None,
                        help="write PNGs of the loss/accuracy curves and of the first convolution "
                        "layer's filters to DIR (needs matplotlib: pip install \"cnnkit[plot]\")")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel training over MPI: run as mpiexec -n N cnnkit train "
+                       "... --distributed; --batch-size is the global batch, shared by the "
+                       "ranks (needs mpi4py: pip install \"cnnkit[mpi]\")")
+    train.add_argument("--sync-batchnorm", action="store_true",
+                       help="with --distributed: BatchNorm statistics over the global batch "
+                       "(default: each rank's own)")
 
     train.set_defaults(func=cmd_train)
 
@@ -68,6 +75,39 @@ _DEFAULTS = {"epochs": 10, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weigh
 
 
 def cmd_train(args) -> int:
+    args.dist = None
+    if args.sync_batchnorm and not args.distributed:
+        return _fail("train", "--sync-batchnorm applies to --distributed training")
+    if args.distributed:
+        from .. import distributed
+
+        try:
+            args.dist = distributed.context(True, args.sync_batchnorm)
+        except distributed.DistributedError as exc:
+            return _fail("train", str(exc))
+        line = args.dist.describe()
+        if args.dist.is_root:
+            print(line, flush=True)
+    status = _cmd_train(args)
+    if status and args.dist is not None and args.dist.size > 1:
+        sys.stderr.flush()
+        args.dist.comm.Abort(status)  # the other ranks may wait in a collective call
+    return status
+
+
+def _is_root(args) -> bool:
+    return args.dist is None or args.dist.is_root
+
+
+def _streams(args):
+    """(out, err): the terminal on rank 0, nowhere on the other ranks."""
+    if _is_root(args):
+        return sys.stdout, sys.stderr
+    quiet = open(os.devnull, "w")
+    return quiet, quiet
+
+
+def _cmd_train(args) -> int:
     # --impl is checked while the arguments are parsed; everything else that can be checked
     # without the data is checked here or, for a config, right after reading it
     try:
@@ -97,7 +137,8 @@ def cmd_train(args) -> int:
                 lr = f"; --lr was {args.lr}" if args.lr is not None else ""
                 raise CommandError(f"{exc}{lr}") from None
     except CommandError as exc:
-        return _fail("train", str(exc))
+        where = f"rank {args.dist.rank}: " if args.dist is not None and args.dist.size > 1 else ""
+        return _fail("train", where + str(exc))
 
 
 def _train_default(args) -> int:
@@ -235,6 +276,8 @@ def _reporter(out, err, quiet, resume, overrides):
 
 
 def _finish(args, model, history, n_test, t0, out, metadata):
+    if not _is_root(args):
+        return
     final = history.epochs[-1] if history.epochs else {}
     elapsed = time.perf_counter() - t0
     meta = {"epochs": len(history), "seed": args.seed, **metadata}
@@ -267,7 +310,7 @@ def _train_lenet5(args) -> int:
     from ..train import fit
     from ..transforms import from_spec
 
-    out = sys.stdout
+    out, err = _streams(args)
     dtype = np.dtype(args.dtype)
     t0 = time.perf_counter()
     if args.data is not None and detect_dataset(args.data) != "mnist":
@@ -295,13 +338,13 @@ def _train_lenet5(args) -> int:
             print(f"training: {_plural(args.epochs, 'epoch')}, batch {args.batch_size}, SGD lr "
                   f"{args.lr} momentum {args.momentum}, seed {args.seed}", file=out)
         out.flush()
-        report = _reporter(out, sys.stderr, args.quiet, args.resume,
+        report = _reporter(out, err, args.quiet, args.resume,
                            _overrides(args, args.explicit))
         history = fit(model, (x_train, y_train), (x_test, y_test), optimizer=opt,
                       epochs=args.epochs, batch_size=args.batch_size, rng=rng,
                       verbose=False, callbacks=[report], checkpoint=args.checkpoint,
                       checkpoint_every=args.checkpoint_every or 1, resume_from=args.resume,
-                      transform=transform)
+                      transform=transform, distributed=args.dist or False)
     _finish(args, model, history, len(x_test), t0, out, {})
     return 0
 
@@ -313,7 +356,7 @@ def _train_config(args) -> int:
     from ..plugins import _use
     from ..train import fit
 
-    out = sys.stdout
+    out, err = _streams(args)
     t0 = time.perf_counter()
     cfg = C.load_config(args.config)
     spec = C.training_from_config(cfg)
@@ -359,7 +402,7 @@ def _train_config(args) -> int:
         out.flush()
         from ..train import _early_stopping
 
-        report = _reporter(out, sys.stderr, args.quiet, args.resume,
+        report = _reporter(out, err, args.quiet, args.resume,
                            _overrides(args, {"lr", "momentum", "weight_decay"}))
         # the early stopper keeps callback slot 0, where checkpoints have always held its state
         stopper = _early_stopping(spec.early_stopping)
@@ -373,6 +416,7 @@ def _train_config(args) -> int:
                       callbacks=[c for c in (stopper, report) if c is not None], verbose=False,
                       checkpoint=args.checkpoint,
                       checkpoint_every=args.checkpoint_every, resume_from=args.resume,
-                      transform=transform)
+                      transform=transform, distributed=args.dist or False,
+                      sync_batchnorm=args.sync_batchnorm)
     _finish(args, model, history, len(x_test), t0, out, {})  # model.save stores the config
     return 0

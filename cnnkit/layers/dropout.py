@@ -16,6 +16,8 @@ class Dropout(_Elementwise):
     hash, identical in every built-in variant), and each training forward draws a fresh seed
     from the layer's Generator (``rng=``: None for the global one that ``cnnkit.seed`` sets, an
     int seed or a ``numpy.random.Generator``), so a seeded layer repeats its masks exactly.
+    In data-parallel training the mask of a rank's shard continues the counter from the shard's
+    place in the global batch, so every sample gets the mask one process would give it.
     """
 
     layer_type = "dropout"
@@ -41,6 +43,9 @@ class Dropout(_Elementwise):
         # The seed changes on every call and nothing resolved depends on it: store it without
         # the config setter (which would forget the resolutions and the selected variant) and
         # hand the variant this call's configuration.
-        self._config = config = dict(self._config, seed=self._draw_seed())
+        seed = self._draw_seed()
         x, res = self._prepare(x)
+        if _random.sample_offset():  # a shard of a global batch: its samples' own masks
+            seed = _random.advance_counter(seed, _random.sample_offset() * (x.size // len(x)))
+        self._config = config = dict(self._config, seed=seed)
         return self._compute(x, res, config, True)
