@@ -45,7 +45,8 @@ class _Pool2D(Layer):
                            ((left, right), self.kernel_size[1], self.dilation[1])):
             if 2 * max(pads) > d * (k - 1) + 1:
                 raise ValueError(f"{owner}: padding {padding!r} must be at most half the "
-                                 f"(dilated) kernel size {self.kernel_size}")
+                                 f"kernel size {self.kernel_size}"
+                                 + (f" (dilation {self.dilation})" if d > 1 else ""))
         self.padding = (top, left)
         self.padding_after = (bottom, right)
         self.ceil_mode = bool(ceil_mode)
