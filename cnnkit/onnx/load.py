@@ -308,7 +308,10 @@ class _Importer:
                     raise self.fail(f"node {_describe(node)}: output {i} ({name!r}) is not "
                                     "supported")
                 continue
-            self.values[name] = outs[i]
+            value = outs[i]
+            if not isinstance(value, (_Tensor, np.ndarray)):  # a NumPy scalar or BATCH
+                value = np.array(value, dtype=object if value is BATCH else None)
+            self.values[name] = value
 
     def attributes(self, node, known):
         attrs = {}
@@ -556,11 +559,14 @@ def _pool(kind):
 
 
 def _global_pool(kind):
-    def convert(imp, node, attrs, ins):
+    def convert(imp, node, attrs, ins, keepdims=True):
         from ..layers import AvgPool2D, GlobalAvgPool2D, GlobalMaxPool2D, MaxPool2D
 
         x = imp.rank4(node, ins[0])
         name = imp.layer_name(node)
+        if not keepdims:
+            layer = (GlobalMaxPool2D if kind == "max" else GlobalAvgPool2D)(name=name)
+            return imp.apply(layer, x, node)
         flattened = all(c.op_type in ("Flatten", "Reshape") and c.input[0] == node.output[0]
                         for c in imp.consumers.get(node.output[0], []))
         if flattened:  # (N, C) directly; the Flatten/Reshape after it keeps it
@@ -568,6 +574,23 @@ def _global_pool(kind):
             return imp.apply(layer, x, node, flat=True)
         layer = (MaxPool2D if kind == "max" else AvgPool2D)(x.shape[2:], name=name)
         return imp.apply(layer, x, node)
+    return convert
+
+
+def _reduce(kind):
+    """ReduceMean / ReduceMax over H and W of (N, C, H, W): a global pooling."""
+    def convert(imp, node, attrs, ins):
+        x = imp.rank4(node, ins[0])
+        if imp.opset < 18:
+            axes = attrs.get("axes")
+        else:
+            axes = (None if len(ins) < 2 or ins[1] is None else
+                    [int(a) for a in imp.constant(node, ins[1], "axes").reshape(-1)])
+        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+            raise imp.fail(f"node {_describe(node)}: {node.op_type} over axes {axes} (only over "
+                           "H and W, axes [2, 3], of an (N, C, H, W) tensor)")
+        return _global_pool(kind)(imp, node, {}, ins[:1],
+                                  keepdims=bool(attrs.get("keepdims", 1)))
     return convert
 
 
@@ -716,12 +739,13 @@ def _binary(op):
             raise imp.fail(f"node {_describe(node)}: {op} with the constant first is not "
                            "supported")
         c = imp.param(node, c, "constant operand").astype(np.float64)
+        kind = op
         if op == "Sub":
-            op, c = "Add", -c
+            kind, c = "Add", -c
         elif op == "Div":
-            op, c = "Mul", 1.0 / c
+            kind, c = "Mul", 1.0 / c
         x_name = node.input[0] if x is a else node.input[1]
-        return _affine_constant(imp, node, x, x_name, c, op)
+        return _affine_constant(imp, node, x, x_name, c, kind)
     return convert
 
 
@@ -800,9 +824,9 @@ def _reshape(imp, node, attrs, ins):
                        "axis) is not supported")
     if not isinstance(ins[0], _Tensor):
         data = imp.constant(node, ins[0], "data")
-        if data.dtype == object or target.dtype == object:
-            raise imp.fail(f"node {_describe(node)}: cannot reshape a symbolic shape")
-        return data.reshape([int(v) for v in target])
+        if target.dtype == object:
+            raise imp.fail(f"node {_describe(node)}: cannot reshape to a symbolic shape")
+        return data.reshape([int(v) for v in target.reshape(-1)])
     x = ins[0]
     target = [v if v is BATCH else int(v) for v in target.reshape(-1)]
     features = math.prod(x.shape[1:])
@@ -948,10 +972,15 @@ def _constant(imp, node, attrs, ins):
 
 def _shape(imp, node, attrs, ins):
     value = ins[0]
-    dims = ([BATCH] + list(value.shape[1:]) if isinstance(value, _Tensor)
-            else list(imp.constant(node, value, "data").shape))
+    if isinstance(value, _Tensor):
+        dims, dtype = [BATCH] + list(value.shape[1:]), object
+    else:
+        dims, dtype = list(imp.constant(node, value, "data").shape), np.int64
     start, end = int(attrs.get("start", 0)), attrs.get("end")
-    return np.array(dims[start:None if end is None else int(end)], dtype=object)
+    dims = dims[start:None if end is None else int(end)]
+    if dtype is object and BATCH not in dims:
+        dtype = np.int64  # the sizes after the batch axis are known
+    return np.array(dims, dtype=dtype)
 
 
 def _gather(imp, node, attrs, ins):
@@ -1011,13 +1040,23 @@ def _cast(imp, node, attrs, ins):
     return data.astype(_DTYPES[to][0])
 
 
-def _tensor_or_fold(layer_fn, fold_fn):
-    """A handler that folds when every input is a constant and builds layers otherwise."""
-    def convert(imp, node, attrs, ins):
-        if all(not isinstance(v, _Tensor) for v in ins if v is not None):
-            return fold_fn(imp, node, attrs, ins)
-        return layer_fn(imp, node, attrs, ins)
-    return convert
+def _expand(imp, node, attrs, ins):
+    data = imp.constant(node, ins[0], "input")
+    shape = [int(v) for v in imp.constant(node, ins[1] if len(ins) > 1 else None,
+                                          "shape").reshape(-1)]
+    if min(shape, default=1) < 0 or math.prod(shape) > 2**24:
+        raise imp.fail(f"node {_describe(node)}: Expand to shape {shape} is not supported")
+    out_shape = np.broadcast_shapes(data.shape, tuple(shape))
+    return np.array(np.broadcast_to(data, out_shape))
+
+
+def _cast_like(imp, node, attrs, ins):
+    data = imp.constant(node, ins[0], "input")
+    like = ins[1] if len(ins) > 1 else None
+    dtype = imp.dtype if isinstance(like, _Tensor) else imp.constant(node, like, "target").dtype
+    if data.dtype == object:
+        raise imp.fail(f"node {_describe(node)}: cannot cast the symbolic batch size")
+    return data.astype(dtype)
 
 
 def _only_constants(fold_fn):
@@ -1085,6 +1124,10 @@ _OPS = {
     "Squeeze": (_only_constants(_squeeze), {"axes"}),
     "Slice": (_only_constants(_slice), {"starts", "ends", "axes"}),
     "Cast": (_only_constants(_cast), {"to", "saturate"}),
+    "CastLike": (_cast_like, {"saturate"}),
+    "Expand": (_only_constants(_expand), set()),
+    "ReduceMean": (_reduce("avg"), {"axes", "keepdims", "noop_with_empty_axes"}),
+    "ReduceMax": (_reduce("max"), {"axes", "keepdims", "noop_with_empty_axes"}),
 }
 
 
