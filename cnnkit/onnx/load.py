@@ -192,6 +192,7 @@ class _Importer:
         self.values = {}  # tensor name -> np.ndarray (constant) or _Tensor
         self.used_names = set()
         self.absorbed = set()  # ids of Add nodes folded into the layer before them
+        self.graph_outputs = {o.name for o in graph.output}
         for init in graph.initializer:
             if not init.name:
                 raise self.fail("an initializer has no name")
@@ -567,8 +568,10 @@ def _global_pool(kind):
         if not keepdims:
             layer = (GlobalMaxPool2D if kind == "max" else GlobalAvgPool2D)(name=name)
             return imp.apply(layer, x, node)
-        flattened = all(c.op_type in ("Flatten", "Reshape") and c.input[0] == node.output[0]
-                        for c in imp.consumers.get(node.output[0], []))
+        users = imp.consumers.get(node.output[0], [])
+        flattened = (bool(users) and node.output[0] not in imp.graph_outputs
+                     and all(c.op_type in ("Flatten", "Reshape") and c.input[0] == node.output[0]
+                             for c in users))
         if flattened:  # (N, C) directly; the Flatten/Reshape after it keeps it
             layer = (GlobalMaxPool2D if kind == "max" else GlobalAvgPool2D)(name=name)
             return imp.apply(layer, x, node, flat=True)
