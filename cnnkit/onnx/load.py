@@ -170,12 +170,18 @@ class _Importer:
         except OSError as exc:
             raise self.fail(f"{name}: cannot open external data {location!r}: "
                             f"{exc.strerror}") from None
+        try:
+            size_f = os.fstat(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise self.fail(f"{name}: cannot read external data {location!r}: "
+                            f"{exc.strerror}") from None
+        if not stat.S_ISREG(size_f.st_mode):
+            os.close(fd)
+            raise self.fail(f"{name}: external data {location!r} is not a regular file")
         with os.fdopen(fd, "rb") as f:
-            info_f = os.fstat(f.fileno())
-            if not stat.S_ISREG(info_f.st_mode):
-                raise self.fail(f"{name}: external data {location!r} is not a regular file")
-            if offset + nbytes > info_f.st_size:
-                raise self.fail(f"{name}: external data {location!r} holds {info_f.st_size} "
+            if offset + nbytes > size_f.st_size:
+                raise self.fail(f"{name}: external data {location!r} holds {size_f.st_size} "
                                 f"bytes, the tensor needs {nbytes} from offset {offset}")
             f.seek(offset)
             return f.read(nbytes)
