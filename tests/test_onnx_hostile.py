@@ -234,6 +234,59 @@ def test_fuzz_onnx_byte_flips_and_truncations(tmp_path, data):
                 pass
 
 
+_OPS = ["Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalMaxPool", "Relu", "Clip",
+        "Gemm", "MatMul", "Add", "Mul", "Concat", "Pad", "Resize", "Reshape", "Flatten",
+        "Shape", "Gather", "Unsqueeze", "Softmax", "BatchNormalization", "Identity", "Expand"]
+_INTS = st.sampled_from([-(2**62), -2, -1, 0, 1, 2, 3, 7, 2**31, 2**62])
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_onnx_structure(tmp_path, data):
+    """Well-formed protobufs with hostile content: operators swapped, attributes and dims
+    replaced by extreme values, inputs rewired."""
+    model = _small_model()
+    graph = model.graph
+    names = ["x", "W", "B", "c", "r", "p", "y", ""]
+    for _ in range(data.draw(st.integers(1, 5), label="edits")):
+        node = graph.node[data.draw(st.integers(0, len(graph.node) - 1), label="node")]
+        kind = data.draw(st.sampled_from(["op", "attr", "dims", "input", "opset"]), label="kind")
+        if kind == "op":
+            node.op_type = data.draw(st.sampled_from(_OPS), label="op")
+        elif kind == "attr":
+            key = data.draw(st.sampled_from(["kernel_shape", "pads", "strides", "dilations",
+                                             "group", "axis", "ceil_mode", "auto_pad"]))
+            for i, a in enumerate(node.attribute):
+                if a.name == key:
+                    del node.attribute[i]
+                    break
+            if key == "auto_pad":
+                value = data.draw(st.sampled_from(["SAME_UPPER", "VALID", "NOTSET", "X"]))
+            elif key in ("group", "axis", "ceil_mode"):
+                value = data.draw(_INTS)
+            else:
+                value = data.draw(st.lists(_INTS, min_size=0, max_size=5))
+            node.attribute.append(helper.make_attribute(
+                key, value, attr_type=None if value != [] else onnx.AttributeProto.INTS))
+        elif kind == "dims":
+            init = graph.initializer[data.draw(st.integers(0, len(graph.initializer) - 1))]
+            init.dims[:] = data.draw(st.lists(st.sampled_from([0, 1, 2, 3, 9, 2**40]),
+                                              max_size=4))
+        elif kind == "input" and len(node.input):
+            node.input[data.draw(st.integers(0, len(node.input) - 1))] = \
+                data.draw(st.sampled_from(names))
+        else:
+            model.opset_import[0].version = data.draw(st.sampled_from([1, 7, 9, 11, 13, 99]))
+    path = tmp_path / "fuzz.onnx"
+    path.write_bytes(model.SerializeToString())
+    model = _onnx_outcome(path)
+    if model is not None:
+        try:
+            model.forward(np.ones((1, 1, 4, 4), np.float32))
+        except (ValueError, TypeError):
+            pass
+
+
 @FUZZ
 @given(data=st.data())
 def test_fuzz_safetensors_model_files(tmp_path, data):
