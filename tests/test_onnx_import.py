@@ -400,3 +400,18 @@ def test_missing_onnx_package_gives_the_install_hint(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", no_onnx)
     with pytest.raises(ImportError, match=r'pip install "cnnkit\[onnx\]"'):
         ck.onnx.load(tmp_path / "m.onnx")
+
+
+def test_readme_onnx_example_runs(tmp_path, monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("torch", reason="the README's example exports with torch")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if "ck.onnx.load" in b)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(block, {"ck": ck, "np": np})
+    assert float(capsys.readouterr().out.split()[0]) < 1e-5
