@@ -46,7 +46,8 @@ from .plugins import SelectionError, PluginError, get_registry, hookimpl, use  #
 from .autotuning import AutotuneWarning, autotune  # noqa: E402
 
 __all__ = [
-    "__version__", "config", "datasets", "init", "io", "layers", "losses", "models", "onnx", "optim",
+    "__version__", "config", "datasets", "init", "io", "layers", "losses", "models", "onnx",
+    "optim",
     "metrics", "schedules", "train", "transforms", "seed", "get_num_threads", "num_threads",
     "set_num_threads", "Graph", "Input", "Model", "Parameter", "Sequential", "hookimpl", "hookspec", "use", "get_registry",
     "SelectionError", "PluginError", "load_model", "autotune", "AutotuneWarning",

@@ -30,8 +30,8 @@ from cnnkit.plugins import hookimpl
 ISA_PRIORITY = {"avx2": 99, "avx512": 99}
 
 __all__ = ["MaxPool2dNumpy", "MaxPool2dCython", "AvgPool2dNumpy", "AvgPool2dCython",
-           "GlobalAvgPool2dNumpy", "GlobalAvgPool2dCython", "GlobalMaxPool2dNumpy", "SubsamplingNumpy",
-           "SubsamplingCython"]
+           "GlobalAvgPool2dNumpy", "GlobalAvgPool2dCython", "GlobalMaxPool2dNumpy",
+           "SubsamplingNumpy", "SubsamplingCython"]
 
 
 # ---------------------------------------------------------------------------------------------
