@@ -39,8 +39,9 @@ def _source_matrix(size, before, after, mode):
 
 
 class Pad2dNumpy:
-    """Cropping (negative padding), then ``numpy.pad``; backward sums each padded position's
-    gradient into the input position it copies (two small matrix products)."""
+    """Cropping (negative padding), then ``numpy.pad``; backward slices the constant padding
+    off, or sums each reflected/replicated position's gradient into the input position it
+    copies (two small matrix products)."""
 
     @staticmethod
     def forward(x, params, config, need_backward):
@@ -57,10 +58,18 @@ class Pad2dNumpy:
     @staticmethod
     def backward(dy, ctx):
         shape, crop, widths, mode = ctx
-        mh = _source_matrix(crop[1] - crop[0], *widths[2], mode).astype(dy.dtype)
-        mw = _source_matrix(crop[3] - crop[2], *widths[3], mode).astype(dy.dtype)
+        h, w = crop[1] - crop[0], crop[3] - crop[2]
+        if mode == "constant":  # the padding took no input values: a slice
+            (top, _), (left, _) = widths[2:]
+            kept = dy[:, :, top:top + h, left:left + w]
+        else:
+            mh = _source_matrix(h, *widths[2], mode).astype(dy.dtype)
+            mw = _source_matrix(w, *widths[3], mode).astype(dy.dtype)
+            kept = np.matmul(mh.T, dy @ mw)
+        if kept.shape == tuple(shape):
+            return np.ascontiguousarray(kept), {}
         dx = np.zeros(shape, dtype=dy.dtype)
-        dx[:, :, crop[0]:crop[1], crop[2]:crop[3]] = np.matmul(mh.T, dy @ mw)
+        dx[:, :, crop[0]:crop[1], crop[2]:crop[3]] = kept
         return dx, {}
 
 
