@@ -30,14 +30,17 @@ def conv_transpose_output_size(size: int, kernel: int, stride: int, padding: int
     return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
 
 
-def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
-    """Output length of a pooling along one axis, PyTorch's rule.
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool,
+                     padding_after: int | None = None, dilation: int = 1) -> int:
+    """Output length of a pooling along one axis, PyTorch's rule (ONNX's since opset 19).
 
-    With ``ceil_mode`` the last window may hang over the bottom/right edge, but it must start
-    inside the input or the left padding; otherwise it is dropped.  < 1 means the window does
-    not fit the padded input.
+    ``padding`` is before the input, ``padding_after`` (default: ``padding``) after it; the
+    window spans ``dilation * (kernel - 1) + 1`` positions.  With ``ceil_mode`` the last window
+    may hang over the bottom/right edge, but it must start inside the input or the left
+    padding; otherwise it is dropped.  < 1 means the window does not fit the padded input.
     """
-    span = size + 2 * padding - kernel
+    after = padding if padding_after is None else padding_after
+    span = size + padding + after - (dilation * (kernel - 1) + 1)
     if span < 0:
         return 0
     if ceil_mode:
@@ -49,9 +52,11 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mod
     return out
 
 
-def pool_overhang(size: int, out: int, kernel: int, stride: int, padding: int) -> int:
-    """Extra padding needed after the input so every (ceil-mode) window lies inside the array."""
-    return max(0, (out - 1) * stride + kernel - size - padding)
+def pool_overhang(size: int, out: int, kernel: int, stride: int, padding: int,
+                  dilation: int = 1) -> int:
+    """Padding needed after the input so every (ceil-mode) window lies inside the array
+    (``padding`` is the padding before the input)."""
+    return max(0, (out - 1) * stride + dilation * (kernel - 1) + 1 - size - padding)
 
 
 def fmt_shape(shape) -> str:

@@ -10,13 +10,13 @@ DOC = ROOT / "docs" / "architecture.md"
 PKG = ROOT / "cnnkit"
 
 # a path written in the doc: dir/name.ext or name.ext (.py .pyx .pxd .md) or dir/ ; the
-# templates `<family>` and the worked example `upsample` are not files
+# templates `<family>` and the worked example `tile` are not files
 _PATH = re.compile(r"(?<![\w<./-])((?:[A-Za-z_]\w*/)*[A-Za-z_]\w*\.(?:pyx|pxd|py|md)|[A-Za-z_]\w*/)"
                    r"(?![\w>])")
 
 
 def doc_paths(text):
-    return sorted({m for m in _PATH.findall(text) if "upsample" not in m})
+    return sorted({m for m in _PATH.findall(text) if "tile" not in m})
 
 
 def _exists(path):

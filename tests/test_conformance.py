@@ -43,7 +43,7 @@ def test_builtin_variants_cover_every_builtin_layer_type():
         "conv2d", "maxpool2d", "avgpool2d", "relu", "sigmoid", "tanh", "dense",
         "leakyrelu", "elu", "gelu", "scaledtanh", "softmax", "logsoftmax", "dropout",
         "batchnorm1d", "batchnorm2d", "globalavgpool2d", "subsampling", "zeropad2d",
-        "convtranspose2d"}
+        "convtranspose2d", "globalmaxpool2d", "clip", "relu6", "pad2d", "upsample2d"}
     assert ("conv2d", "cython") in BUILTIN_VARIANTS and ("conv2d", "numpy") in BUILTIN_VARIANTS
 
 

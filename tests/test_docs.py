@@ -153,10 +153,10 @@ def test_a_new_family_documents_its_features_in_its_own_class(monkeypatch):
     from cnnkit.layers import Layer
     from cnnkit.plugins import Registry
 
-    class Upsample2D(Layer):
-        """Nearest upsampling; capabilities: `scale`."""
+    class PixelShuffle2D(Layer):
+        """Sub-pixel rearrangement; capabilities: `scale`."""
 
-        layer_type = "upsample2d"
+        layer_type = "pixelshuffle2d"
         FEATURES = ("scale",)
 
     class Variant:
@@ -166,11 +166,11 @@ def test_a_new_family_documents_its_features_in_its_own_class(monkeypatch):
 
     def load(self, *args, **kwargs):
         real_load(self, *args, **kwargs)
-        self.layer_types["upsample2d"] = (Upsample2D, "cnnkit.builtin.upsample")
-        self.variants["upsample2d"] = {"numpy": Variant}
+        self.layer_types["pixelshuffle2d"] = (PixelShuffle2D, "cnnkit.builtin.shuffle")
+        self.variants["pixelshuffle2d"] = {"numpy": Variant}
 
     monkeypatch.setattr(Registry, "load", load)
     test_guide_documents_every_environment_variable_and_builtin_capability()
-    Upsample2D.__doc__ = "Nearest upsampling."
-    with pytest.raises(AssertionError, match="upsample2d: feature 'scale'"):
+    PixelShuffle2D.__doc__ = "Sub-pixel rearrangement."
+    with pytest.raises(AssertionError, match="pixelshuffle2d: feature 'scale'"):
         test_guide_documents_every_environment_variable_and_builtin_capability()

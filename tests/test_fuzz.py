@@ -1048,8 +1048,30 @@ def _expected_shape(layer_type, x, params, config):
         if w is not None and (w.shape != (x.shape[1],) or b.shape != (x.shape[1],)):
             return None
         return x.shape
-    if layer_type == "globalavgpool2d":
+    if layer_type in ("globalavgpool2d", "globalmaxpool2d"):
         return x.shape[:2] if x.ndim == 4 and min(x.shape[2:]) >= 1 else None
+    if layer_type in ("clip", "relu6"):
+        lo, hi = config["min"], config["max"]
+        if not all(v is None or _real_ok(v) for v in (lo, hi)):
+            return None
+        return x.shape if lo is None or hi is None or lo <= hi else None
+    if layer_type == "pad2d":
+        pad = _ints(config["padding"], 4)
+        if (x.ndim != 4 or pad is None or not _real_ok(config["value"])
+                or config["mode"] not in ("constant", "reflect", "replicate")):
+            return None
+        top, bottom, left, right = pad
+        kept = (x.shape[2] - max(-top, 0) - max(-bottom, 0),
+                x.shape[3] - max(-left, 0) - max(-right, 0))
+        if min(kept) < 1 or (config["mode"] == "reflect"
+                             and (max(top, bottom) >= kept[0] or max(left, right) >= kept[1])):
+            return None
+        return (x.shape[0], x.shape[1], x.shape[2] + top + bottom, x.shape[3] + left + right)
+    if layer_type == "upsample2d":
+        k = _ints(config["scale_factor"], 2)
+        if x.ndim != 4 or k is None or min(k) < 1:
+            return None
+        return (x.shape[0], x.shape[1], x.shape[2] * k[0], x.shape[3] * k[1])
     if layer_type == "subsampling":
         k = _ints(config["kernel_size"], 2)
         if x.ndim != 4 or k is None or min(k) < 1 or w.shape != (x.shape[1],) \
@@ -1111,7 +1133,8 @@ def kernel_calls(draw, layer_type):
     """(x, params, config, huge) for a direct call of a ``layer_type`` variant: mostly
     sensible, with one or several parts hostile."""
     four_d = layer_type in ("conv2d", "convtranspose2d", "maxpool2d", "avgpool2d",
-                            "globalavgpool2d", "subsampling", "zeropad2d")
+                            "globalavgpool2d", "globalmaxpool2d", "subsampling", "zeropad2d",
+                            "pad2d", "upsample2d")
     side = geometry(1, 2, 3, 4, 5, bad=(0,))
     # convolutions: channels a multiple of the groups, unless the groups are hostile
     g = draw(geometry(1, 1, 2, bad=(3, 0, -1)), label="groups")
@@ -1192,6 +1215,16 @@ def kernel_calls(draw, layer_type):
         out_c = o
     elif layer_type == "zeropad2d":
         config = {"padding": _pair_of(draw, geometry(0, 1, 2, bad=(-1,)), 4)}
+    elif layer_type == "pad2d":
+        config = {"padding": _pair_of(draw, geometry(0, 1, 2, -1, bad=(-9, 9)), 4),
+                  "mode": draw(mostly(st.sampled_from(["constant", "reflect", "replicate"]),
+                                      st.sampled_from(["edge", None]))),
+                  "value": draw(real(0.0, 1.5))}
+    elif layer_type == "upsample2d":
+        config = {"scale_factor": _pair_of(draw, geometry(1, 2, 3, bad=(-1, 0)))}
+    elif layer_type in ("clip", "relu6"):
+        config = {"min": draw(mostly(real(-0.5, 0.0), st.none())),
+                  "max": draw(mostly(real(0.5, 6.0), st.none()))}
     if isinstance(params.get("bias"), str):
         size = out_c if params["bias"] == "ok" else out_c + 1
         params["bias"] = _param(draw, (max(size, 0),), x.dtype, "bias")
@@ -1295,7 +1328,8 @@ def _call_variant(variant, x, params, config, dy_draw):
 LAYER_TYPES = ("conv2d", "convtranspose2d", "maxpool2d", "avgpool2d", "relu", "sigmoid",
                "tanh", "leakyrelu", "elu", "gelu", "scaledtanh", "softmax", "logsoftmax",
                "dropout", "batchnorm1d", "batchnorm2d", "globalavgpool2d", "subsampling",
-               "dense", "zeropad2d")
+               "dense", "zeropad2d", "globalmaxpool2d", "clip", "relu6", "pad2d",
+               "upsample2d")
 
 
 def test_every_builtin_variant_is_fuzzed():

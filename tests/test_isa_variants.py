@@ -189,7 +189,13 @@ def test_isa_variant_agrees_with_the_portable_build(layer_type, name, isa):
     _needs(isa)
     rng = np.random.default_rng(7)
     checked = 0
+    registry = ck.get_registry()
+    served = registry.variants[layer_type]["cython"].capabilities
     for case in builtin_cases(layer_type):
+        # cases of features only the NumPy reference serves (pool padding per side, dilation)
+        layer = registry.layer_class(layer_type)(**case.kwargs)
+        if not set(layer.resolution(case.input_shape).features) <= served:
+            continue
         for dtype in ("float32", "float64"):
             data = _case_data(layer_type, case, dtype, rng)
             want = _run(layer_type, "cython", dtype, *data)

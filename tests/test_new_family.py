@@ -1,5 +1,5 @@
 """Adding a layer family touches only files named after it: a copy of the package gains
-layers/upsample.py, builtin/upsample.py and testing/upsample.py, and with no other edit the
+layers/tile.py, builtin/tile.py and testing/tile.py, and with no other edit the
 layer is public, registered, selectable and passes the conformance kit."""
 import shutil
 import subprocess
@@ -10,17 +10,17 @@ from pathlib import Path
 import cnnkit
 
 FILES = {
-    "layers/upsample.py": '''
+    "layers/tile.py": '''
         """Nearest-neighbour upsampling."""
         from .base import Layer
 
-        __all__ = ["Upsample2D"]
+        __all__ = ["Tile2D"]
 
 
-        class Upsample2D(Layer):
+        class Tile2D(Layer):
             """Repeat each pixel ``scale`` times along H and W."""
 
-            layer_type = "upsample2d"
+            layer_type = "tile2d"
             input_rank = 4
 
             def __init__(self, scale=2, *, impl=None, name=None):
@@ -35,17 +35,17 @@ FILES = {
                 n, c, h, w = input_shape
                 return (n, c, h * self.scale, w * self.scale)
         ''',
-    "builtin/upsample.py": '''
-        """The upsample family's built-in plugin."""
+    "builtin/tile.py": '''
+        """The tile family's built-in plugin."""
         import numpy as np
 
-        from cnnkit.layers import Upsample2D
+        from cnnkit.layers import Tile2D
         from cnnkit.plugins import hookimpl
 
-        __all__ = ["Upsample2dNumpy"]
+        __all__ = ["Tile2dNumpy"]
 
 
-        class Upsample2dNumpy:
+        class Tile2dNumpy:
             @staticmethod
             def forward(x, params, config, need_backward):
                 s = config["scale"]
@@ -60,23 +60,23 @@ FILES = {
 
         @hookimpl
         def cnnkit_register_layers(register):
-            register("upsample2d", Upsample2D)
+            register("tile2d", Tile2D)
 
 
         @hookimpl
         def cnnkit_register_variants(register):
-            register("upsample2d", "numpy", Upsample2dNumpy, capabilities=Upsample2D.FEATURES)
+            register("tile2d", "numpy", Tile2dNumpy, capabilities=Tile2D.FEATURES)
         ''',
-    "testing/upsample.py": '''
-        """Conformance cases and loop reference of the upsample family."""
+    "testing/tile.py": '''
+        """Conformance cases and loop reference of the tile family."""
         import numpy as np
 
         from cnnkit.testing._cases import Case
 
-        CASES = {"upsample2d": [Case({"scale": 2}, (2, 3, 2, 3)), Case({"scale": 3}, (1, 1, 2, 2))]}
+        CASES = {"tile2d": [Case({"scale": 2}, (2, 3, 2, 3)), Case({"scale": 3}, (1, 1, 2, 2))]}
 
 
-        def loop_upsample(x, params, kwargs, config):
+        def loop_tile(x, params, kwargs, config):
             s = kwargs["scale"]
             n, c, h, w = x.shape
             y = np.empty((n, c, h * s, w * s))
@@ -86,7 +86,7 @@ FILES = {
             return y
 
 
-        LOOP_REFERENCES = {"upsample2d": loop_upsample}
+        LOOP_REFERENCES = {"tile2d": loop_tile}
         ''',
 }
 
@@ -94,13 +94,13 @@ CHECK = '''
 import numpy as np
 import cnnkit as ck
 from cnnkit.testing import builtin_cases, check_variant
-layer = ck.layers.Upsample2D(2)
+layer = ck.layers.Tile2D(2)
 x = np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3)
 y = layer.forward(x)
 assert y.shape == (1, 1, 4, 6) and y[0, 0, 3, 5] == 5, y
 assert layer.variant(np.float32).name == "numpy"
-assert len(builtin_cases("upsample2d")) == 2
-report = check_variant("upsample2d", "numpy")
+assert len(builtin_cases("tile2d")) == 2
+report = check_variant("tile2d", "numpy")
 assert report.ok, report
 print("ok", report.checks_run)
 '''

@@ -1,5 +1,6 @@
 """The activation family's built-in plugin: ``relu``, ``sigmoid``, ``tanh``, ``leakyrelu``,
-``elu``, ``gelu``, ``scaledtanh``, ``softmax`` and ``logsoftmax``, each with
+``elu``, ``gelu``, ``scaledtanh``, ``softmax``, ``logsoftmax`` (and ``clip``, ``relu6``: NumPy
+only, numpy.clip is one SIMD pass already), each with
 
 - ``"numpy"``: the reference, plain elementwise NumPy;
 - ``"cython"``: ``cnnkit._ext.activation`` on flat views (softmax: an (outer, C, inner) view).
@@ -19,8 +20,8 @@ import numpy as np
 from cnnkit._ext import activation as _act
 from cnnkit.builtin._kernel_args import (ISA_FEATURES, config_int, contiguous, grad_like,
                                          isa_build)
-from cnnkit.layers import (ELU, GELU, LeakyReLU, LogSoftmax, ReLU, ScaledTanh, Sigmoid, Softmax,
-                           Tanh)
+from cnnkit.layers import (ELU, GELU, Clip, LeakyReLU, LogSoftmax, ReLU, ReLU6, ScaledTanh,
+                           Sigmoid, Softmax, Tanh)
 from cnnkit.plugins import hookimpl
 
 #: Priority of the "cython-<isa>" variants (the "cython" kernels compiled per instruction set)
@@ -33,7 +34,7 @@ ISA_PRIORITY_STEP = {"avx2": -1, "avx512": -1}
 __all__ = ["ReluNumpy", "ReluCython", "SigmoidNumpy", "SigmoidCython", "TanhNumpy", "TanhCython",
            "LeakyReluNumpy", "LeakyReluCython", "EluNumpy", "EluCython", "GeluNumpy",
            "GeluCython", "ScaledTanhNumpy", "ScaledTanhCython", "SoftmaxNumpy", "SoftmaxCython",
-           "LogSoftmaxNumpy", "LogSoftmaxCython"]
+           "LogSoftmaxNumpy", "LogSoftmaxCython", "ClipNumpy"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,6 +52,27 @@ class ReluNumpy:
     def backward(dy, ctx):
         y = ctx
         return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False), {}
+
+
+class ClipNumpy:
+    """``clip`` and ``relu6``: numpy.clip (NaN propagates); the gradient passes strictly inside
+    the bounds."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        lo, hi = config["min"], config["max"]
+        y = np.clip(x, lo, hi) if lo is not None or hi is not None else x.copy()
+        return y.astype(x.dtype, copy=False), ((x, lo, hi) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x, lo, hi = ctx
+        inside = ~np.isnan(x)
+        if lo is not None:
+            inside &= x > lo
+        if hi is not None:
+            inside &= x < hi
+        return np.where(inside, dy, 0).astype(dy.dtype, copy=False), {}
 
 
 def _sigmoid(x):
@@ -318,7 +340,8 @@ class LogSoftmaxCython(_softmax_variant(True)):
 # ---------------------------------------------------------------------------------------------
 @hookimpl
 def cnnkit_register_layers(register):
-    for cls in (ReLU, Sigmoid, Tanh, LeakyReLU, ELU, GELU, ScaledTanh, Softmax, LogSoftmax):
+    for cls in (ReLU, Sigmoid, Tanh, LeakyReLU, ELU, GELU, ScaledTanh, Softmax, LogSoftmax, Clip,
+                ReLU6):
         register(cls.layer_type, cls)
 
 
@@ -365,6 +388,11 @@ def cnnkit_register_variants(register):
              description="NumPy, max-shifted log-sum-exp")
     register("logsoftmax", "cython", LogSoftmaxCython, **slow, capabilities=LogSoftmax.FEATURES,
              description="Cython, (outer, C, inner) view, sums in double")
+    # numpy.clip is one SIMD pass already: no compiled kernel
+    register("clip", "numpy", ClipNumpy, **ref, capabilities=Clip.FEATURES,
+             description="numpy.clip")
+    register("relu6", "numpy", ClipNumpy, **ref, capabilities=ReLU6.FEATURES,
+             description="numpy.clip to [0, 6]")
     # the same kernels compiled per instruction set; refused on a CPU without the features
     for isa, cpu in ISA_FEATURES.items():
         for layer_cls, cython, opts in (

@@ -1,21 +1,25 @@
 """The pool family's built-in plugin: ``maxpool2d``, ``avgpool2d`` (PyTorch's rules: padding,
-ceil_mode, count_include_pad, max-pool ties to the first maximum), ``globalavgpool2d`` and
-LeNet-5's trainable ``subsampling``, each with
+ceil_mode, count_include_pad, max-pool ties to the first maximum), ``globalavgpool2d``,
+``globalmaxpool2d`` and LeNet-5's trainable ``subsampling``, each with
 
-- ``"numpy"``: the reference, on ``sliding_window_view`` windows of the padded input;
+- ``"numpy"``: the reference, on strided views of the padded input (one per window tap);
 - ``"cython"``: ``cnnkit._ext.pool`` (priority 100), direct loops, OpenMP over (image, channel);
-  dedicated row loops for 2x2 and 3x3 windows at stride 2.
+  dedicated row loops for 2x2 and 3x3 windows at stride 2 (``globalmaxpool2d`` has none: it
+  is one reduction, NumPy's own loop).
+
+Padding that differs between the sides and dilated windows (what ONNX models and TensorFlow's
+"SAME" padding use) are served by the NumPy variants only: automatic selection keeps the
+compiled kernels for everything else.
 """
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from cnnkit._ext import pool as _pool
 from cnnkit._shapes import pool_output_size, pool_overhang
 from cnnkit.builtin._kernel_args import (INT32_MAX, ISA_FEATURES, config_ints, contiguous,
                                          grad_like, isa_build, weight_and_bias)
-from cnnkit.layers import AvgPool2D, GlobalAvgPool2D, MaxPool2D, Subsampling
+from cnnkit.layers import AvgPool2D, GlobalAvgPool2D, GlobalMaxPool2D, MaxPool2D, Subsampling
 from cnnkit.plugins import hookimpl
 
 #: Priority of the "cython-<isa>" variants (the "cython" kernels compiled per instruction set)
@@ -26,117 +30,141 @@ from cnnkit.plugins import hookimpl
 ISA_PRIORITY = {"avx2": 99, "avx512": 99}
 
 __all__ = ["MaxPool2dNumpy", "MaxPool2dCython", "AvgPool2dNumpy", "AvgPool2dCython",
-           "GlobalAvgPool2dNumpy", "GlobalAvgPool2dCython", "SubsamplingNumpy",
-           "SubsamplingCython"]
+           "GlobalAvgPool2dNumpy", "GlobalAvgPool2dCython", "GlobalMaxPool2dNumpy",
+           "SubsamplingNumpy", "SubsamplingCython"]
 
 
 # ---------------------------------------------------------------------------------------------
 # the reference (numpy)
 # ---------------------------------------------------------------------------------------------
 def _window_geometry(x, config):
-    kh, kw = config["kernel_size"]
-    sh, sw = config["stride"]
-    ph, pw = config["padding"]
-    ceil_mode = config["ceil_mode"]
-    h, w = x.shape[2:]
-    oh = pool_output_size(h, kh, sh, ph, ceil_mode)
-    ow = pool_output_size(w, kw, sw, pw, ceil_mode)
-    extra_h = pool_overhang(h, oh, kh, sh, ph)
-    extra_w = pool_overhang(w, ow, kw, sw, pw)
-    pads = ((0, 0), (0, 0), (ph, extra_h), (pw, extra_w))
-    return kh, kw, sh, sw, ph, pw, oh, ow, pads
+    """The pooling geometry of ``config`` on input ``x``: a dict with the kernel, stride and
+    dilation pairs, the output size and the ``np.pad`` widths (the padding before the input,
+    the padding after it plus any ceil-mode overhang)."""
+    kernel, stride = config["kernel_size"], config["stride"]
+    before = config["padding"]
+    after = config.get("padding_after", before)
+    dilation = config.get("dilation", (1, 1))
+    out = tuple(pool_output_size(size, k, s, p, config["ceil_mode"], pa, d)
+                for size, k, s, p, pa, d in zip(x.shape[2:], kernel, stride, before, after,
+                                                dilation))
+    extra = tuple(max(pa, pool_overhang(size, o, k, s, p, d))
+                  for size, o, k, s, p, pa, d in zip(x.shape[2:], out, kernel, stride, before,
+                                                     after, dilation))
+    pads = ((0, 0), (0, 0), (before[0], extra[0]), (before[1], extra[1]))
+    return {"kernel": kernel, "stride": stride, "dilation": dilation, "out": out,
+            "pads": pads, "after": after}
 
 
-def _pool_windows(xp, kh, kw, sh, sw, oh, ow):
+def _window_slices(g, i, j):
+    """The slices of the padded input read by tap (i, j) of every window."""
+    (sh, sw), (dh, dw), (oh, ow) = g["stride"], g["dilation"], g["out"]
+    return (slice(i * dh, i * dh + (oh - 1) * sh + 1, sh),
+            slice(j * dw, j * dw + (ow - 1) * sw + 1, sw))
+
+
+def _pool_windows(xp, g):
     """(N, C, oh, ow, kh*kw) copy of every pooling window of the padded input."""
-    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
-    return win.reshape(*win.shape[:4], kh * kw)
+    kh, kw = g["kernel"]
+    return np.stack([xp[(..., *_window_slices(g, i, j))] for i in range(kh) for j in range(kw)],
+                    axis=-1)
 
 
-def _scatter_windows(dwin, xp_shape, kh, kw, sh, sw, oh, ow):
+def _scatter_windows(dwin, xp_shape, g):
     """Sum per-window gradients (N, C, oh, ow, kh*kw) back into a padded-input gradient."""
+    kh, kw = g["kernel"]
     dxp = np.zeros(xp_shape, dtype=dwin.dtype)
     for i in range(kh):
         for j in range(kw):
-            dxp[:, :, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw] += dwin[..., i * kw + j]
+            dxp[(..., *_window_slices(g, i, j))] += dwin[..., i * kw + j]
     return dxp
 
 
+def _unpad(dxp, x_shape, g):
+    top, left = g["pads"][2][0], g["pads"][3][0]
+    h, w = x_shape[2:]
+    return np.ascontiguousarray(dxp[:, :, top:top + h, left:left + w])
+
+
 class MaxPool2dNumpy:
-    """Max pooling, PyTorch semantics: -inf padding, ceil_mode, ties go to the first maximum."""
+    """Max pooling, PyTorch semantics: -inf padding, ceil_mode, ties go to the first maximum;
+    any padding per side and dilation."""
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        kh, kw, sh, sw, ph, pw, oh, ow, pads = _window_geometry(x, config)
-        xp = np.pad(x, pads, constant_values=-np.inf)
-        win = _pool_windows(xp, kh, kw, sh, sw, oh, ow)
+        g = _window_geometry(x, config)
+        xp = np.pad(x, g["pads"], constant_values=-np.inf)
+        win = _pool_windows(xp, g)
         arg = np.argmax(win, axis=-1)  # first occurrence: PyTorch's tie rule (and NaN wins)
         y = np.ascontiguousarray(np.take_along_axis(win, arg[..., None], axis=-1)[..., 0])
         # a window of -inf only: PyTorch routes its gradient to the first in-input position,
         # where argmax would pick the first position, maybe padding
-        inside = _pool_windows(np.pad(np.ones((1, 1, *x.shape[2:])), pads), kh, kw, sh, sw,
-                               oh, ow)
+        inside = _pool_windows(np.pad(np.ones((1, 1, *x.shape[2:])), g["pads"]), g)
         arg = np.where(y == -np.inf, np.argmax(inside, axis=-1), arg)
-        ctx = (x.shape, xp.shape, arg, (kh, kw, sh, sw, ph, pw, oh, ow)) if need_backward else None
+        ctx = (x.shape, xp.shape, arg, g) if need_backward else None
         return y, ctx
 
     @staticmethod
     def backward(dy, ctx):
-        x_shape, xp_shape, arg, (kh, kw, sh, sw, ph, pw, oh, ow) = ctx
+        x_shape, xp_shape, arg, g = ctx
+        kh, kw = g["kernel"]
         dwin = np.zeros((*dy.shape, kh * kw), dtype=dy.dtype)
         np.put_along_axis(dwin, arg[..., None], dy[..., None], axis=-1)
-        dxp = _scatter_windows(dwin, xp_shape, kh, kw, sh, sw, oh, ow)
-        h, w = x_shape[2:]
-        return np.ascontiguousarray(dxp[:, :, ph : ph + h, pw : pw + w]), {}
-
-
-def _avg_divisor(size, out, kernel, stride, padding, count_include_pad):
-    """Per-output-position window size along one axis, PyTorch's avg_pool2d rule.
-
-    With count_include_pad the window is clipped to the padded input (so a ceil-mode overhang
-    beyond the right padding is not counted); without it, to the input itself.
-    """
-    start = np.arange(out) * stride - padding
-    if count_include_pad:
-        end = np.minimum(start + kernel, size + padding)
-    else:
-        end = np.minimum(start + kernel, size)
-        start = np.maximum(start, 0)
-    return end - start
+        return _unpad(_scatter_windows(dwin, xp_shape, g), x_shape, g), {}
 
 
 class AvgPool2dNumpy:
-    """Average pooling, PyTorch semantics (zero padding, count_include_pad, ceil_mode)."""
+    """Average pooling, PyTorch semantics (zero padding, count_include_pad, ceil_mode); any
+    padding per side and dilation.  The divisor of a window counts its taps inside the padded
+    input (``count_include_pad``, a ceil-mode overhang beyond the padding not counted) or
+    inside the input."""
 
     @staticmethod
-    def _divisor(x_shape, geometry, config, dtype):
-        kh, kw, sh, sw, ph, pw, oh, ow = geometry
-        include = config.get("count_include_pad", True)
-        dh = _avg_divisor(x_shape[2], oh, kh, sh, ph, include)
-        dw = _avg_divisor(x_shape[3], ow, kw, sw, pw, include)
-        return np.outer(dh, dw).astype(dtype)
+    def _divisor(x_shape, g, include, dtype):
+        h, w = x_shape[2:]
+        (top, extra_h), (left, extra_w) = g["pads"][2:]
+        counted = np.zeros((1, 1, top + h + extra_h, left + w + extra_w))
+        if include:  # the padded input, without the ceil-mode overhang beyond its padding
+            bottom, right = g["after"]
+            counted[..., :top + h + bottom, :left + w + right] = 1
+        else:
+            counted[..., top:top + h, left:left + w] = 1
+        return _pool_windows(counted, g).sum(axis=-1)[0, 0].astype(dtype)
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        kh, kw, sh, sw, ph, pw, oh, ow, pads = _window_geometry(x, config)
-        geometry = (kh, kw, sh, sw, ph, pw, oh, ow)
-        xp = np.pad(x, pads)
-        win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
-        div = AvgPool2dNumpy._divisor(x.shape, geometry, config, x.dtype)
-        y = np.ascontiguousarray(win.sum(axis=(4, 5)) / div, dtype=x.dtype)
-        ctx = (x.shape, xp.shape, geometry, div) if need_backward else None
+        g = _window_geometry(x, config)
+        xp = np.pad(x, g["pads"])
+        div = AvgPool2dNumpy._divisor(x.shape, g, config.get("count_include_pad", True),
+                                      x.dtype)
+        y = np.ascontiguousarray(_pool_windows(xp, g).sum(axis=-1) / div, dtype=x.dtype)
+        ctx = (x.shape, xp.shape, g, div) if need_backward else None
         return y, ctx
 
     @staticmethod
     def backward(dy, ctx):
-        x_shape, xp_shape, (kh, kw, sh, sw, ph, pw, oh, ow), div = ctx
-        g = dy / div
-        dxp = np.zeros(xp_shape, dtype=dy.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                dxp[:, :, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw] += g
-        h, w = x_shape[2:]
-        return np.ascontiguousarray(dxp[:, :, ph : ph + h, pw : pw + w]), {}
+        x_shape, xp_shape, g, div = ctx
+        kh, kw = g["kernel"]
+        dwin = np.broadcast_to((dy / div)[..., None], (*dy.shape, kh * kw))
+        return _unpad(_scatter_windows(dwin, xp_shape, g), x_shape, g), {}
+
+
+class GlobalMaxPool2dNumpy:
+    """Maximum over H and W: (N, C, H, W) -> (N, C); the gradient goes to the first maximum."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        flat = x.reshape(*x.shape[:2], -1)
+        arg = np.argmax(flat, axis=-1)  # first occurrence, NaN wins
+        y = np.ascontiguousarray(np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0])
+        return y, ((x.shape, arg) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        shape, arg = ctx
+        dx = np.zeros((*shape[:2], shape[2] * shape[3]), dtype=dy.dtype)
+        np.put_along_axis(dx, arg[..., None], dy[..., None], axis=-1)
+        return dx.reshape(shape), {}
 
 
 class GlobalAvgPool2dNumpy:
@@ -202,6 +230,10 @@ class SubsamplingNumpy:
 def _checked_geometry(x, config):
     if x.ndim != 4:
         raise ValueError(f"pooling expects (N, C, H, W), got {x.shape}")
+    if (tuple(config.get("padding_after", config["padding"])) != tuple(config["padding"])
+            or tuple(config.get("dilation", (1, 1))) != (1, 1)):
+        raise ValueError(f"pooling: the compiled kernels take symmetric padding and no "
+                         f"dilation, got {config}")
     kh, kw = config_ints(config, "kernel_size", 2, "pooling")
     sh, sw = config_ints(config, "stride", 2, "pooling")
     ph, pw = config_ints(config, "padding", 2, "pooling")
@@ -342,26 +374,32 @@ def cnnkit_register_layers(register):
     register("maxpool2d", MaxPool2D)
     register("avgpool2d", AvgPool2D)
     register("globalavgpool2d", GlobalAvgPool2D)
+    register("globalmaxpool2d", GlobalMaxPool2D)
     register("subsampling", Subsampling)
 
 
 @hookimpl
 def cnnkit_register_variants(register):
     dtypes = ("float32", "float64")
+    # the compiled kernels pad symmetrically and read contiguous windows
+    compiled = {cls: tuple(f for f in cls.FEATURES if f not in ("asymmetric_padding", "dilation"))
+                for cls in (MaxPool2D, AvgPool2D, GlobalAvgPool2D, Subsampling)}
     register("maxpool2d", "numpy", MaxPool2dNumpy, priority=0, dtypes=dtypes,
              capabilities=MaxPool2D.FEATURES, description="NumPy window views + argmax; the reference")
     register("maxpool2d", "cython", MaxPool2dCython, priority=100, dtypes=dtypes,
-             capabilities=MaxPool2D.FEATURES,
+             capabilities=compiled[MaxPool2D],
              description="Cython direct loops, OpenMP over (image, channel), uint8 argmax")
     register("avgpool2d", "numpy", AvgPool2dNumpy, priority=0, dtypes=dtypes,
              capabilities=AvgPool2D.FEATURES, description="NumPy window views + sum; the reference")
     register("avgpool2d", "cython", AvgPool2dCython, priority=100, dtypes=dtypes,
-             capabilities=AvgPool2D.FEATURES,
+             capabilities=compiled[AvgPool2D],
              description="Cython direct loops, OpenMP over (image, channel)")
     register("globalavgpool2d", "numpy", GlobalAvgPool2dNumpy, priority=0, dtypes=dtypes,
              capabilities=GlobalAvgPool2D.FEATURES, description="NumPy mean over H, W")
     register("globalavgpool2d", "cython", GlobalAvgPool2dCython, priority=100, dtypes=dtypes,
              capabilities=GlobalAvgPool2D.FEATURES, description="Cython, OpenMP over (image, channel)")
+    register("globalmaxpool2d", "numpy", GlobalMaxPool2dNumpy, priority=0, dtypes=dtypes,
+             capabilities=GlobalMaxPool2D.FEATURES, description="NumPy argmax over H*W")
     register("subsampling", "numpy", SubsamplingNumpy, priority=0, dtypes=dtypes,
              capabilities=Subsampling.FEATURES, description="NumPy window reshape + sum")
     register("subsampling", "cython", SubsamplingCython, priority=100, dtypes=dtypes,
@@ -372,7 +410,7 @@ def cnnkit_register_variants(register):
                                   (GlobalAvgPool2D, GlobalAvgPool2dCython),
                                   (Subsampling, SubsamplingCython)):
             register(layer_cls.layer_type, f"cython-{isa}", isa_build(cython, "pool", isa),
-                     priority=ISA_PRIORITY[isa], dtypes=dtypes, capabilities=layer_cls.FEATURES,
+                     priority=ISA_PRIORITY[isa], dtypes=dtypes, capabilities=compiled[layer_cls],
                      cpu_features=cpu, description=f"as cython, compiled for {', '.join(cpu)}")
 
 

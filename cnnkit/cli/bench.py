@@ -93,6 +93,7 @@ DEFAULT_SHAPES = {
     "maxpool2d": _POOL_SHAPES,
     "avgpool2d": _POOL_SHAPES,
     "globalavgpool2d": _MAP_SHAPES,
+    "globalmaxpool2d": _MAP_SHAPES,
     "subsampling": (
         BenchShape("lenet-s2", (64, 6, 28, 28), {"kernel_size": 2}),
         BenchShape("lenet-s4", (64, 16, 10, 10), {"kernel_size": 2}),
@@ -107,6 +108,14 @@ DEFAULT_SHAPES = {
         BenchShape("pad2", (64, 32, 32, 32), {"padding": 2}),
         BenchShape("pad1-wide", (32, 128, 16, 16), {"padding": 1}),
     ),
+    "pad2d": (
+        BenchShape("reflect2", (64, 32, 32, 32), {"padding": 2, "mode": "reflect"}),
+        BenchShape("edge-1x2", (32, 128, 16, 16), {"padding": (1, 2), "mode": "replicate"}),
+    ),
+    "upsample2d": (
+        BenchShape("x2", (64, 32, 16, 16), {"scale_factor": 2}),
+        BenchShape("x2-wide", (32, 128, 8, 8), {"scale_factor": 2}),
+    ),
     "softmax": _ROW_SHAPES,
     "logsoftmax": _ROW_SHAPES,
     "dense": (
@@ -114,7 +123,7 @@ DEFAULT_SHAPES = {
         BenchShape("mlp-1024", (256, 1024), {"out_features": 1024}),
     ),
     **{t: _ELEMENTWISE_SHAPES for t in ("relu", "leakyrelu", "sigmoid", "tanh", "elu", "gelu",
-                                        "scaledtanh")},
+                                        "scaledtanh", "clip", "relu6")},
 }
 
 #: Batch cap of the default shapes under ``--quick`` (a smoke run, not a measurement).

@@ -1,13 +1,13 @@
 """Activation layers, element-wise or along one axis (variants: ``cnnkit.builtin``, layer types
 ``relu``, ``sigmoid``, ``tanh``, ``leakyrelu``, ``elu``, ``gelu``, ``scaledtanh``, ``softmax``,
-``logsoftmax``)."""
+``logsoftmax``, ``clip``, ``relu6``)."""
 from __future__ import annotations
 
 from .._checks import is_int, real
 from .base import _axis, _Elementwise
 
 __all__ = ["ReLU", "Sigmoid", "Tanh", "LeakyReLU", "ELU", "GELU", "ScaledTanh", "Softmax",
-           "LogSoftmax"]
+           "LogSoftmax", "Clip", "ReLU6"]
 
 
 class ReLU(_Elementwise):
@@ -117,3 +117,36 @@ class LogSoftmax(_SoftmaxBase):
     """x - logsumexp(x) along ``axis`` (default 1), max-shifted."""
 
     layer_type = "logsoftmax"
+
+
+class Clip(_Elementwise):
+    """x limited to [``min_value``, ``max_value``] (either bound may be None: no limit), as
+    ``torch.clamp`` and ONNX's Clip.  The gradient passes where the input lies strictly inside
+    the bounds (PyTorch's ``hardtanh`` rule: 0 at a bound); NaN propagates."""
+
+    layer_type = "clip"
+
+    def __init__(self, min_value=None, max_value=None, *, impl=None, name=None):
+        super().__init__(impl=impl, name=name)
+        owner = f"{self.name} ({type(self).__name__})"
+        self.min_value = None if min_value is None else real(min_value, "min_value", owner)
+        self.max_value = None if max_value is None else real(max_value, "max_value", owner)
+        if None not in (self.min_value, self.max_value) and self.min_value > self.max_value:
+            raise ValueError(f"{owner}: min_value {self.min_value} is larger than max_value "
+                             f"{self.max_value}")
+        self.config = {"min": self.min_value, "max": self.max_value}
+
+    def get_config(self):
+        return {"min_value": self.min_value, "max_value": self.max_value}
+
+
+class ReLU6(Clip):
+    """min(max(x, 0), 6) (MobileNet's activation; ``torch.nn.ReLU6``)."""
+
+    layer_type = "relu6"
+
+    def __init__(self, *, impl=None, name=None):
+        super().__init__(0.0, 6.0, impl=impl, name=name)
+
+    def get_config(self):
+        return {}

@@ -1,5 +1,9 @@
-"""ONNX interchange: ``cnnkit.onnx.export(model, "model.onnx")``.  Needs the ``onnx`` package
-(``pip install "cnnkit[onnx]"``), imported only when a function here is called."""
-from .export import export
+"""ONNX interchange: ``cnnkit.onnx.export(model, "model.onnx")`` writes a model as ONNX and
+``cnnkit.onnx.load(path)`` imports an ONNX file as a trainable model.  Both need the ``onnx``
+package (``pip install "cnnkit[onnx]"``), imported only when a function here is called."""
+from __future__ import annotations
 
-__all__ = ["export"]
+from .export import export
+from .load import ONNXImportError, load
+
+__all__ = ["export", "load", "ONNXImportError"]

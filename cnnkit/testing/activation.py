@@ -1,5 +1,6 @@
 """Conformance cases and loop references of the activation family: ``relu``, ``sigmoid``,
-``tanh``, ``leakyrelu``, ``elu``, ``gelu``, ``scaledtanh``, ``softmax``, ``logsoftmax``.
+``tanh``, ``leakyrelu``, ``elu``, ``gelu``, ``scaledtanh``, ``softmax``, ``logsoftmax``,
+``clip``, ``relu6``.
 
 Hyper-parameters come from the case's constructor arguments with PyTorch's (and LeCun's, for
 scaledtanh) defaults written out here.
@@ -28,6 +29,12 @@ CASES = {
     "scaledtanh": _PLAIN + [Case({"amplitude": 2.0, "slope": 0.5}, (3, 4))],
     "softmax": _SOFTMAX,
     "logsoftmax": _SOFTMAX,
+    # bounds between the inputs' values (distinct, so no input lies on a bound)
+    "clip": [Case({"min_value": -0.5, "max_value": 0.7}, (4, 7)),
+             Case({"min_value": 0.1}, (2, 3, 4, 5)), Case({"max_value": -0.2}, (3, 4)),
+             Case({}, (2, 3))],
+    "relu6": [Case({}, (4, 7)),
+              Case({}, (2, 3, 4, 5), lambda rng, shape: rng.uniform(-3, 9, shape))],
 }
 
 
@@ -48,6 +55,14 @@ def _loop_gelu(x, kwargs):
     return np.vectorize(lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))))(x)
 
 
+def _loop_clip(v, lo, hi):
+    if lo is not None and v < lo:
+        return lo
+    if hi is not None and v > hi:
+        return hi
+    return v
+
+
 def _loop_sigmoid(x):
     with np.errstate(over="ignore"):
         return 1.0 / (1.0 + np.exp(-x))
@@ -66,4 +81,9 @@ LOOP_REFERENCES = {
         kwargs.get("amplitude", 1.7159) * np.tanh(kwargs.get("slope", 2.0 / 3.0) * x)),
     "softmax": lambda x, params, kwargs, config: _loop_softmax(x, kwargs, False),
     "logsoftmax": lambda x, params, kwargs, config: _loop_softmax(x, kwargs, True),
+    "clip": lambda x, params, kwargs, config: np.vectorize(
+        lambda v: _loop_clip(v, kwargs.get("min_value"), kwargs.get("max_value")),
+        otypes=[float])(x),
+    "relu6": lambda x, params, kwargs, config: np.vectorize(lambda v: _loop_clip(v, 0, 6),
+                                                            otypes=[float])(x),
 }

@@ -1,5 +1,5 @@
 """Conformance cases and loop references of the pool family: ``maxpool2d``, ``avgpool2d``,
-``globalavgpool2d``, ``subsampling``.
+``globalavgpool2d``, ``globalmaxpool2d``, ``subsampling``.
 
 Windows are walked one output position at a time with PyTorch's rules written out here
 (stride defaults to the kernel, ceil_mode windows must start inside the input or the left
@@ -67,6 +67,18 @@ _FAST_SPECIAL = [
     Case(dict(kernel_size=3, stride=2, padding=1), (2, 2, 9, 40), nan_inputs, gradcheck=False),
 ]
 
+# padding that differs between the sides and dilation (ONNX's pads, TensorFlow's "SAME"):
+# served by the NumPy variants only
+_ASYMMETRIC_DILATED = [
+    Case(dict(kernel_size=3, stride=2, padding=((0, 1), (1, 0))), (2, 2, 7, 6)),
+    Case(dict(kernel_size=2, stride=1, padding=((0, 1), (0, 1))), (1, 2, 5, 4)),
+    Case(dict(kernel_size=3, stride=2, padding=((1, 0), (0, 1)), ceil_mode=True), (1, 2, 8, 9)),
+    Case(dict(kernel_size=3, stride=1, dilation=2), (2, 1, 7, 8)),
+    Case(dict(kernel_size=(2, 3), stride=(1, 2), dilation=(2, 1), padding=1, ceil_mode=True),
+         (1, 2, 6, 7)),
+    Case(dict(kernel_size=3, stride=2, dilation=2, padding=((2, 1), (0, 2))), (1, 1, 9, 8)),
+]
+
 _POOL = [
     Case(dict(kernel_size=2), (2, 3, 6, 6)),
     Case(dict(kernel_size=3, stride=1), (1, 2, 5, 6)),
@@ -77,7 +89,7 @@ _POOL = [
 ]
 
 CASES = {
-    "maxpool2d": _POOL + _FAST + _FAST_SPECIAL + [
+    "maxpool2d": _POOL + _FAST + _FAST_SPECIAL + _ASYMMETRIC_DILATED + [
         # ties: the gradient must reach the first maximum (no finite differences at a tie)
         Case(dict(kernel_size=3, stride=2, padding=1), (2, 3, 7, 6), tied_inputs,
              gradcheck=False),
@@ -85,7 +97,11 @@ CASES = {
         Case(dict(kernel_size=3, stride=2, padding=1), (1, 2, 9, 41), neg_inf_inputs,
              gradcheck=False),
     ],
-    "avgpool2d": _POOL + _FAST + _FAST_SPECIAL + [
+    "avgpool2d": _POOL + _FAST + _FAST_SPECIAL + _ASYMMETRIC_DILATED + [
+        Case(dict(kernel_size=3, stride=2, padding=((0, 1), (1, 1)), ceil_mode=True,
+                  count_include_pad=False), (2, 1, 8, 7)),
+        Case(dict(kernel_size=2, stride=2, dilation=2, padding=((1, 0), (0, 1)), ceil_mode=True),
+             (1, 2, 7, 8)),
         Case(dict(kernel_size=2, padding=1, count_include_pad=False), (1, 2, 7, 38)),
         Case(dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
              (2, 1, 8, 41)),
@@ -94,6 +110,9 @@ CASES = {
              (1, 2, 6, 6)),
     ],
     "globalavgpool2d": [Case({}, (2, 3, 4, 5)), Case({}, (1, 1, 1, 1)), Case({}, (3, 2, 1, 7))],
+    "globalmaxpool2d": [Case({}, (2, 3, 4, 5)), Case({}, (1, 1, 1, 1)), Case({}, (3, 2, 1, 7)),
+                        Case({}, (2, 3, 5, 4), tied_inputs, gradcheck=False),
+                        Case({}, (2, 2, 4, 4), nan_inputs, gradcheck=False)],
     "subsampling": [
         Case({"channels": 3}, (2, 3, 4, 6)),
         Case({"channels": 2, "mode": "average", "bias": False}, (2, 2, 5, 7)),
@@ -106,40 +125,59 @@ def _two(v):
     return (v, v) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
 
 
-def _windows(size, kernel, stride, padding, ceil_mode):
-    """(start, end) of every window along one axis, in input coordinates (the left padding is
-    negative), ``end`` clipped to the right padding.  A window that does not fit is kept only
-    in ceil mode, only if it starts inside the input and the previous one did not reach the
-    end of the padded input."""
-    windows, start = [], -padding
-    while start + kernel <= size + padding or (
-            ceil_mode and start < size and start - stride + kernel < size + padding):
-        windows.append((start, min(start + kernel, size + padding)))
+def _padding(kwargs):
+    """((top, bottom), (left, right)) from the case's ``padding`` argument."""
+    p = kwargs.get("padding", 0)
+    if isinstance(p, (tuple, list)) and all(isinstance(v, (tuple, list)) for v in p):
+        return tuple(_two(v) for v in p)
+    ph, pw = _two(p)
+    return (ph, ph), (pw, pw)
+
+
+def _windows(size, kernel, stride, pads, dilation, ceil_mode):
+    """The input positions of every window's taps along one axis (the left padding is
+    negative), and the end of the padded input.  A window whose last tap lies beyond the
+    padding is kept only in ceil mode, only if it starts inside the input or the left padding
+    and the previous window did not reach the end of the padded input."""
+    before, after = pads
+    end = size + after
+    span = dilation * (kernel - 1) + 1
+    windows, start = [], -before
+    while start + span <= end or (ceil_mode and start < size and start - stride + span < end):
+        windows.append([start + t * dilation for t in range(kernel)])
         start += stride
-    return windows
+    return windows, end
 
 
 def _geometry(kwargs, h, w):
     kh, kw = _two(kwargs["kernel_size"])
     stride = kwargs.get("stride")
     sh, sw = (kh, kw) if stride is None else _two(stride)
-    ph, pw = _two(kwargs.get("padding", 0))
+    dh, dw = _two(kwargs.get("dilation", 1))
+    pads_h, pads_w = _padding(kwargs)
     ceil_mode = kwargs.get("ceil_mode", False)
-    return (_windows(h, kh, sh, ph, ceil_mode), _windows(w, kw, sw, pw, ceil_mode))
+    return (_windows(h, kh, sh, pads_h, dh, ceil_mode), _windows(w, kw, sw, pads_w, dw, ceil_mode))
 
 
 def _loop_pool(x, kwargs, kind):
     n, c, h, w = x.shape
-    rows, cols = _geometry(kwargs, h, w)
+    (rows, end_h), (cols, end_w) = _geometry(kwargs, h, w)
+    (top, _), (left, _) = _padding(kwargs)
     include = kwargs.get("count_include_pad", True)
     y = np.empty((n, c, len(rows), len(cols)))
-    for i, (r0, r1) in enumerate(rows):
-        for j, (c0, c1) in enumerate(cols):
-            win = x[:, :, max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
+    for i, row_taps in enumerate(rows):
+        for j, col_taps in enumerate(cols):
+            r_in = [r for r in row_taps if 0 <= r < h]
+            c_in = [q for q in col_taps if 0 <= q < w]
+            win = x[:, :, r_in][:, :, :, c_in]
             if kind == "max":
                 y[:, :, i, j] = win.max(axis=(2, 3))
             else:
-                count = (r1 - r0) * (c1 - c0) if include else win.shape[2] * win.shape[3]
+                if include:
+                    count = (sum(-top <= r < end_h for r in row_taps)
+                             * sum(-left <= q < end_w for q in col_taps))
+                else:
+                    count = len(r_in) * len(c_in)
                 y[:, :, i, j] = win.sum(axis=(2, 3)) / count
     return y
 
@@ -148,21 +186,33 @@ def loop_maxpool2d_backward(x, params, kwargs, config, dy):
     """Each output's gradient added to the first maximum of its window (row-major scan); a
     NaN beats every number, the first NaN of the window winning."""
     n, c, h, w = x.shape
-    rows, cols = _geometry(kwargs, h, w)
+    (rows, _), (cols, _) = _geometry(kwargs, h, w)
     dx = np.zeros_like(x, dtype=np.float64)
     for b in range(n):
         for ch in range(c):
-            for i, (r0, r1) in enumerate(rows):
-                for j, (c0, c1) in enumerate(cols):
+            for i, row_taps in enumerate(rows):
+                for j, col_taps in enumerate(cols):
                     best = None
-                    for r in range(max(r0, 0), min(r1, h)):
-                        for q in range(max(c0, 0), min(c1, w)):
+                    for r in (r for r in row_taps if 0 <= r < h):
+                        for q in (q for q in col_taps if 0 <= q < w):
                             v, top = x[b, ch, r, q], (None if best is None
                                                       else x[b, ch, best[0], best[1]])
                             if (best is None or v > top
                                     or (np.isnan(v) and not np.isnan(top))):
                                 best = (r, q)
                     dx[b, ch, best[0], best[1]] += dy[b, ch, i, j]
+    return dx
+
+
+def loop_globalmaxpool2d_backward(x, params, kwargs, config, dy):
+    """The gradient of each plane goes to its first maximum (row-major), a NaN winning."""
+    dx = np.zeros_like(x, dtype=np.float64)
+    for b in range(x.shape[0]):
+        for ch in range(x.shape[1]):
+            plane = x[b, ch]
+            nan = np.argwhere(np.isnan(plane))
+            r, q = nan[0] if len(nan) else np.argwhere(plane == plane.max())[0]
+            dx[b, ch, r, q] = dy[b, ch]
     return dx
 
 
@@ -185,7 +235,11 @@ LOOP_REFERENCES = {
     "avgpool2d": lambda x, params, kwargs, config: _loop_pool(x, kwargs, "avg"),
     "globalavgpool2d": lambda x, params, kwargs, config: np.array(
         [[x[i, ch].sum() / x[i, ch].size for ch in range(x.shape[1])] for i in range(x.shape[0])]),
+    "globalmaxpool2d": lambda x, params, kwargs, config: np.array(
+        [[np.nan if np.isnan(x[i, ch]).any() else max(x[i, ch].ravel())
+          for ch in range(x.shape[1])] for i in range(x.shape[0])]),
     "subsampling": loop_subsampling,
 }
 
-LOOP_BACKWARD = {"maxpool2d": loop_maxpool2d_backward}
+LOOP_BACKWARD = {"maxpool2d": loop_maxpool2d_backward,
+                 "globalmaxpool2d": loop_globalmaxpool2d_backward}
