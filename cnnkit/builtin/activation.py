@@ -442,6 +442,15 @@ def export_gelu_onnx(ctx, layer, inputs, input_shapes):
     return ctx.node("Mul", [ctx.node("Mul", [x, one_plus]), ctx.constant(0.5, "half")])
 
 
+def export_clip_onnx(ctx, layer, inputs, input_shapes):
+    """Clip with its bounds as inputs (opset 11 on); a missing bound stays an empty input."""
+    bounds = [ctx.constant(np.array(v), hint) if v is not None else ""
+              for v, hint in ((layer.min_value, "min"), (layer.max_value, "max"))]
+    while bounds and not bounds[-1]:
+        bounds.pop()
+    return ctx.node("Clip", [inputs[0]] + bounds)
+
+
 @hookimpl
 def cnnkit_register_onnx_exporters(register):
     register("relu", _onnx_op("Relu"))
@@ -453,3 +462,5 @@ def cnnkit_register_onnx_exporters(register):
     register("scaledtanh", export_scaledtanh_onnx)
     register("softmax", _onnx_op("Softmax", axis="axis"))
     register("logsoftmax", _onnx_op("LogSoftmax", axis="axis"))
+    register("clip", export_clip_onnx)
+    register("relu6", export_clip_onnx)

@@ -425,40 +425,57 @@ def _onnx_pool_geometry(layer, input_shape):
     stride 3, padding 1: onnx infers 3 outputs, onnxruntime computes 2), so ceil mode is
     written as floor mode with the overhang of the last window as extra end padding."""
     begin, end, extra = [], [], []
-    for size, k, s, p in zip(input_shape[2:], layer.kernel_size, layer.stride, layer.padding):
-        out = pool_output_size(size, k, s, p, layer.ceil_mode)
-        e = max(0, (out - 1) * s + k - (size + 2 * p))
+    after = getattr(layer, "padding_after", layer.padding)
+    dilation = getattr(layer, "dilation", (1, 1))
+    for size, k, s, p, q, d in zip(input_shape[2:], layer.kernel_size, layer.stride,
+                                   layer.padding, after, dilation):
+        out = pool_output_size(size, k, s, p, layer.ceil_mode, q, d)
+        e = max(0, (out - 1) * s + d * (k - 1) + 1 - (size + p + q))
         begin.append(p)
-        end.append(p + e)
+        end.append(q + e)
         extra.append(e)
     return begin, end, extra
+
+
+def _onnx_dilations(layer):
+    dilation = tuple(getattr(layer, "dilation", (1, 1)))
+    return {} if dilation == (1, 1) else {"dilations": list(dilation)}
 
 
 def export_maxpool2d_onnx(ctx, layer, inputs, input_shapes):
     begin, end, _ = _onnx_pool_geometry(layer, input_shapes[0])
     return ctx.node("MaxPool", inputs[:1], kernel_shape=layer.kernel_size, strides=layer.stride,
-                    pads=begin + end)
+                    pads=begin + end, **_onnx_dilations(layer))
 
 
 def export_avgpool2d_onnx(ctx, layer, inputs, input_shapes):
     begin, end, extra = _onnx_pool_geometry(layer, input_shapes[0])
     x = inputs[0]
     include_pad = layer.count_include_pad
-    if any(extra) and include_pad and any(begin):
+    if any(extra) and include_pad and (any(begin) or any(e - x for e, x in zip(end, extra))):
         # PyTorch's divisor counts the padding but not a ceil-mode overhang: pad with zeros
         # explicitly, then average over what lies inside the padded input
-        x = ctx.node("Pad", [x, ctx.constant(np.array([0, 0] + begin + [0, 0] + begin,
+        after = [e - x for e, x in zip(end, extra)]
+        x = ctx.node("Pad", [x, ctx.constant(np.array([0, 0] + begin + [0, 0] + after,
                                                       dtype=np.int64), "pads")], mode="constant")
         begin, end = [0, 0], extra
         include_pad = False
     elif any(extra):
         include_pad = False  # no padding: only the overhang, which the divisor never counts
+    dilations = _onnx_dilations(layer)
+    if dilations and ctx.opset < 19:
+        raise ValueError(f"{layer.name} (AvgPool2D): a dilated average pooling needs ONNX opset "
+                         f"19 or later (AveragePool has no dilations before), got opset {ctx.opset}")
     return ctx.node("AveragePool", [x], kernel_shape=layer.kernel_size, strides=layer.stride,
-                    pads=begin + end, count_include_pad=int(include_pad))
+                    pads=begin + end, count_include_pad=int(include_pad), **dilations)
 
 
 def export_globalavgpool2d_onnx(ctx, layer, inputs, input_shapes):
     return ctx.node("Flatten", [ctx.node("GlobalAveragePool", inputs[:1])], axis=1)
+
+
+def export_globalmaxpool2d_onnx(ctx, layer, inputs, input_shapes):
+    return ctx.node("Flatten", [ctx.node("GlobalMaxPool", inputs[:1])], axis=1)
 
 
 def export_subsampling_onnx(ctx, layer, inputs, input_shapes):
@@ -483,4 +500,5 @@ def cnnkit_register_onnx_exporters(register):
     register("maxpool2d", export_maxpool2d_onnx)
     register("avgpool2d", export_avgpool2d_onnx)
     register("globalavgpool2d", export_globalavgpool2d_onnx)
+    register("globalmaxpool2d", export_globalmaxpool2d_onnx)
     register("subsampling", export_subsampling_onnx)

@@ -123,7 +123,27 @@ def export_zeropad2d_onnx(ctx, layer, inputs, input_shapes):
     return ctx.node("Pad", [inputs[0], ctx.constant(pads, "pads")], mode="constant")
 
 
+def export_pad2d_onnx(ctx, layer, inputs, input_shapes):
+    top, bottom, left, right = layer.config["padding"]
+    pads = np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64)
+    mode = {"replicate": "edge"}.get(layer.mode, layer.mode)
+    args = [inputs[0], ctx.constant(pads, "pads")]
+    if mode == "constant":
+        args.append(ctx.constant(np.array(layer.value), "value"))
+    return ctx.node("Pad", args, mode=mode)
+
+
+def export_upsample2d_onnx(ctx, layer, inputs, input_shapes):
+    """Resize, nearest, with the coordinate rule that repeats each pixel scale times."""
+    scales = np.array([1, 1, *layer.scale_factor], dtype=np.float32)
+    return ctx.node("Resize", [inputs[0], "", ctx.constant(scales, "scales", np.float32)],
+                    mode="nearest", coordinate_transformation_mode="asymmetric",
+                    nearest_mode="floor")
+
+
 @hookimpl
 def cnnkit_register_onnx_exporters(register):
     register("flatten", export_flatten_onnx)
     register("zeropad2d", export_zeropad2d_onnx)
+    register("pad2d", export_pad2d_onnx)
+    register("upsample2d", export_upsample2d_onnx)
