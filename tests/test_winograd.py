@@ -309,7 +309,7 @@ def test_explain_says_why_float64_is_not_automatic():
     res = layer.resolution((1, 32, 8, 8))
     winner, _, reasons = reg.explain("conv2d", dtype="float64", features=res.features,
                                      config=res.config)
-    assert winner.name == "cython"
+    assert winner.name != "winograd"
     assert "not picked automatically for float64" in reasons["winograd"]
     assert "float32 5e-05" in reasons["winograd"] and "impl=" in reasons["winograd"]
     narrow = L.Conv2D(3, 32, 3, padding=1).resolution((1, 3, 8, 8))
