@@ -485,24 +485,34 @@ cdef extern from *:
     }                                                                                           \\
     static void ck_direct_dw_##SUF(const T* xp, long c, long plane, long wp, const T* dyx,       \\
                                   long o4, long kh, long kw, long p2, T* dwt) {                 \\
-        const long nv = ck_nv_##SUF;                                                            \\
+        /* 4 output channels x 2 taps per pass: 8 accumulators share each load of dy */        \\
+        const long nv = ck_nv_##SUF, taps = c * kh * kw;                                        \\
         for (long oc = 0; oc < o4; oc += 4) {                                                   \\
             const T* d0 = dyx + oc * p2;                                                        \\
             const T* d1 = d0 + p2;                                                              \\
             const T* d2 = d1 + p2;                                                              \\
             const T* d3 = d2 + p2;                                                              \\
-            for (long t = 0; t < c * kh * kw; t++) {                                            \\
-                long ch = t / (kh * kw), i = (t / kw) % kh, j = t % kw;                         \\
-                const T* src = xp + ch * plane + i * wp + j;                                    \\
+            for (long t = 0; t < taps; t += 2) {                                                \\
+                long u = t + 1 < taps ? t + 1 : t;                                              \\
+                const T* sa = xp + (t / (kh * kw)) * plane + ((t / kw) % kh) * wp + t % kw;     \\
+                const T* sb = xp + (u / (kh * kw)) * plane + ((u / kw) % kh) * wp + u % kw;     \\
                 VT a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                      \\
+                VT b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                      \\
                 for (long p = 0; p < p2; p += nv) {                                             \\
-                    VT s = ck_ld_##SUF(src + p);                                                \\
-                    a0 += ck_ld_##SUF(d0 + p) * s; a1 += ck_ld_##SUF(d1 + p) * s;               \\
-                    a2 += ck_ld_##SUF(d2 + p) * s; a3 += ck_ld_##SUF(d3 + p) * s;               \\
+                    VT x0 = ck_ld_##SUF(sa + p), x1 = ck_ld_##SUF(sb + p);                      \\
+                    VT e0 = ck_ld_##SUF(d0 + p), e1 = ck_ld_##SUF(d1 + p);                      \\
+                    VT e2 = ck_ld_##SUF(d2 + p), e3 = ck_ld_##SUF(d3 + p);                      \\
+                    a0 += e0 * x0; a1 += e1 * x0; a2 += e2 * x0; a3 += e3 * x0;                 \\
+                    b0 += e0 * x1; b1 += e1 * x1; b2 += e2 * x1; b3 += e3 * x1;                 \\
                 }                                                                               \\
                 T* out = dwt + t * o4 + oc;                                                     \\
                 out[0] += ck_hsum_##SUF(a0); out[1] += ck_hsum_##SUF(a1);                       \\
                 out[2] += ck_hsum_##SUF(a2); out[3] += ck_hsum_##SUF(a3);                       \\
+                if (u != t) {                                                                   \\
+                    out = dwt + u * o4 + oc;                                                    \\
+                    out[0] += ck_hsum_##SUF(b0); out[1] += ck_hsum_##SUF(b1);                   \\
+                    out[2] += ck_hsum_##SUF(b2); out[3] += ck_hsum_##SUF(b3);                   \\
+                }                                                                               \\
             }                                                                                   \\
         }                                                                                       \\
     }

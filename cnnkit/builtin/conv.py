@@ -380,6 +380,14 @@ class Conv2dDirect:
     _kernels = _conv
 
     @classmethod
+    def unavailable(cls):
+        """Why this build cannot run the direct kernels (a compiler without vector
+        extensions), or None."""
+        if cls._kernels.direct_available():
+            return None
+        return "not built: the compiler has no vector extensions for the direct kernels"
+
+    @classmethod
     def _geometry(cls, x, w, b, config):
         if not cls._kernels.direct_available():
             raise RuntimeError("conv2d (direct): this build has no direct kernels")
