@@ -6,6 +6,8 @@ import pytest
 import threadpoolctl
 
 import cnnkit as ck
+from cnnkit._cpu import missing_cpu_features
+from cnnkit._ext import ISA_FEATURES
 from cnnkit import _threads
 from cnnkit.builtin.conv import Conv2dCython
 from cnnkit.layers import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
@@ -15,10 +17,23 @@ from cnnkit.plugins import PluginWarning, get_registry, hookimpl, reset_registry
 
 @pytest.fixture(autouse=True)
 def _fusion_default(monkeypatch):
+    """Fusion at its default, and conv2d on its im2col variant (the one most of these tests are
+    about; which variant automatic selection picks for small layers depends on the CPU)."""
     monkeypatch.delenv("CNNKIT_FUSION", raising=False)
     ck.set_fusion(None)
-    yield
+    with ck.use(conv2d="cython"):
+        yield
     ck.set_fusion(None)
+
+
+#: conv2d variants the conv2d+relu fusions stand in for: im2col and the direct loops (the
+#: portable build; the instruction-set builds where this CPU has their features)
+FUSED_CONVS = ["cython", "direct"] + [
+    f"direct-{isa}" for isa in ISA_FEATURES if not missing_cpu_features(ISA_FEATURES[isa])]
+
+
+def _conv_relu_fusion(conv):
+    return "conv2d+relu" if conv == "cython" else f"conv2d[{conv}]+relu"
 
 
 @pytest.fixture
@@ -133,7 +148,7 @@ def test_blas_limit_is_set_once_per_pass(two_threads, limit_calls, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(Conv2dCython, "forward", staticmethod(forward))
-    model = ck.models.lenet5(rng=0)
+    model = ck.models.lenet5(rng=0, impl={"conv2d": "cython"})  # the BLAS-calling variant
     before = _blas_threads()
     x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
     y = model.forward(x, training=True)
@@ -237,14 +252,16 @@ def _fused_names(plan):
     return [tuple(n.name for n in s.nodes) for s in plan if s.fusion is not None]
 
 
+@pytest.mark.parametrize("conv", FUSED_CONVS)
 @pytest.mark.parametrize("build", [_sequential, _dag], ids=["sequential", "dag"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_conv_relu_is_bitwise_the_unfused_pair(build, training, dtype):
-    fused, plan = _run(build, dtype, training, True)
-    plain, plain_plan = _run(build, dtype, training, False)
+def test_fused_conv_relu_is_bitwise_the_unfused_pair(build, training, dtype, conv):
+    with ck.use(conv2d=conv):
+        fused, plan = _run(build, dtype, training, True)
+        plain, plain_plan = _run(build, dtype, training, False)
     assert _fused_names(plan)  # the fused run really fused
-    assert all(s.fusion.name == "conv2d+relu" for s in plan if s.fusion)
+    assert all(s.fusion.name == _conv_relu_fusion(conv) for s in plan if s.fusion)
     assert not _fused_names(plain_plan)
     _bitwise_equal(fused, plain)
 
@@ -331,16 +348,19 @@ def _conv_bn(relu, track=True):
     return ck.Sequential(layers, input_shape=(2, 7, 7))
 
 
+@pytest.mark.parametrize("conv", FUSED_CONVS)
 @pytest.mark.parametrize("relu", [False, True])
-def test_batchnorm_is_folded_in_inference_within_rounding(relu):
+def test_batchnorm_is_folded_in_inference_within_rounding(relu, conv):
     x = np.random.default_rng(7).standard_normal((4, 2, 7, 7)).astype(np.float32)
     model = _conv_bn(relu).eval()
-    plan = model.execution_plan()
-    assert [s.fusion.name for s in plan if s.fusion] == [
-        "conv2d+batchnorm2d+relu" if relu else "conv2d+batchnorm2d"]
-    folded = model.forward(x)
-    ck.set_fusion(False)
-    plain = model.forward(x)
+    with ck.use(conv2d=conv):
+        plan = model.execution_plan()
+        name = "conv2d" if conv == "cython" else f"conv2d[{conv}]"
+        assert [s.fusion.name for s in plan if s.fusion] == [
+            f"{name}+batchnorm2d+relu" if relu else f"{name}+batchnorm2d"]
+        folded = model.forward(x)
+        ck.set_fusion(False)
+        plain = model.forward(x)
     np.testing.assert_allclose(folded, plain, rtol=1e-5, atol=1e-5)
     # and the float64 reference of the same maths
     m64 = _conv_bn(relu).astype(np.float64).eval()

@@ -151,11 +151,6 @@ def builtin_impls(layer_type):
                   if v.plugin.startswith("cnnkit.builtin") and v.unavailable() is None)
 
 
-def is_cython(name):
-    """The portable Cython variant or one of its instruction-set builds (``cython-avx2``)."""
-    return name == "cython" or name.startswith("cython-")
-
-
 @contextlib.contextmanager
 def column_paths(data):
     """Sometimes shrink the conv column workspace (columns rebuilt in backward, in bands of one
@@ -1257,12 +1252,12 @@ def _hostile_dy(draw, y, x):
 
 
 #: compiled variants: held to the strict contract (every invalid call refused cleanly)
-COMPILED = ("cython", "winograd")
+COMPILED = ("cython", "winograd", "direct")
 
 
 def is_compiled(name):
     """A compiled variant: the portable build, an instruction-set build of it, or winograd."""
-    return name in COMPILED or is_cython(name)
+    return name in COMPILED or name.rpartition("-")[0] in COMPILED
 
 
 def _call_variant(variant, x, params, config, dy_draw):

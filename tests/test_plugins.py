@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import cnnkit as ck
-from cnnkit.plugins import PluginError, PluginWarning, SelectionError, get_registry, reset_registry
+from cnnkit.plugins import (PluginError, PluginWarning, Registry, SelectionError, get_registry,
+                            reset_registry)
 
 
 def load(**env):
@@ -154,7 +155,11 @@ def test_selection_precedence(plugin_env, monkeypatch):
     assert ck.layers.ReLU().variant(np.float32).name == "cython"
     conv = ck.layers.Conv2D(3, 4, 3)
     assert conv.variant(np.float32).name == "demo_fast"      # priority 500
-    assert conv.variant(np.float64).name == "cython"         # demo_fast is float32 only
+    builtins = Registry()
+    builtins.load(entry_points=False)
+    res = conv.resolution((1, 3, 8, 8))
+    assert conv.variant(np.float64, (1, 3, 8, 8)).name == builtins.select(  # demo_fast: float32
+        "conv2d", dtype=np.float64, features=res.features, config=res.config).name
     dilated = ck.layers.Conv2D(3, 4, 3, dilation=2)
     winner, how, reasons = reg.explain("conv2d", dtype=np.float32, features=dilated.features())
     assert winner.name == "cython" and "dilation" in reasons["demo_fast"]

@@ -281,12 +281,14 @@ def test_bad_registration_options_are_refused(options, message):
 def test_automatic_selection_float32_3x3_wide_layers_only():
     wide = L.Conv2D(16, 16, 3, padding=1)
     assert wide.variant(np.float32, (2, 16, 8, 8)).name == "winograd"
-    assert wide.variant(np.float64, (2, 16, 8, 8)).name == "cython"  # never automatic
+    # never automatic in float64; the others go to im2col or, for few taps, a direct build
+    not_winograd = ("cython", "direct-avx2", "direct-avx512")
+    assert wide.variant(np.float64, (2, 16, 8, 8)).name in not_winograd
     narrow = L.Conv2D(3, 16, 3, padding=1)
-    assert narrow.variant(np.float32, (2, 3, 8, 8)).name == "cython"
+    assert narrow.variant(np.float32, (2, 3, 8, 8)).name in not_winograd
     for other in (L.Conv2D(16, 16, 5, padding=2), L.Conv2D(16, 16, 3, stride=2),
                   L.Conv2D(16, 16, 3, dilation=2), L.Conv2D(16, 16, 3, groups=2)):
-        assert other.variant(np.float32, (2, 16, 12, 12)).name == "cython"
+        assert other.variant(np.float32, (2, 16, 12, 12)).name in not_winograd
 
 
 def test_explicit_choice_serves_float64_and_narrow_layers():
@@ -307,7 +309,7 @@ def test_explain_says_why_float64_is_not_automatic():
     res = layer.resolution((1, 32, 8, 8))
     winner, _, reasons = reg.explain("conv2d", dtype="float64", features=res.features,
                                      config=res.config)
-    assert winner.name == "cython"
+    assert winner.name != "winograd"
     assert "not picked automatically for float64" in reasons["winograd"]
     assert "float32 5e-05" in reasons["winograd"] and "impl=" in reasons["winograd"]
     narrow = L.Conv2D(3, 32, 3, padding=1).resolution((1, 3, 8, 8))

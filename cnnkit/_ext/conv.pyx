@@ -423,3 +423,248 @@ def channel_sums(const floating[:, :, :, ::1] a, floating[::1] out, int num_thre
             for n in range(n_img):
                 acc = acc + _sum(&a[n, ch, 0, 0], plane)
             out[ch] = acc
+
+
+# ------------------------------------------------------------------------------------------------
+# direct convolution (stride 1, dilation 1, groups 1) for the "direct" variants
+#
+# The output is computed on the padded-width grid: position p = r * wp + s of an image padded to
+# (hp, wp) = (oh + kh - 1, ow + kw - 1), for which tap (i, j) reads xp[p + i * wp + j], one
+# contiguous run per tap over all output rows at once.  Columns s >= ow of that grid are
+# computed and dropped.  The micro-kernel holds a block of 4 output channels x 2 vectors of
+# positions in registers across every tap of every input channel (no im2col matrix, no GEMM
+# packing), so it runs near the FMA units' rate on the small channel counts where BLAS spends
+# its time packing.  The vectors are GCC/Clang vector extensions, as wide as the build's
+# instruction set (16 bytes in the portable build, 32 with AVX, 64 with AVX-512F): the ISA
+# builds of this module are what make it fast.  Compilers without vector extensions build it
+# without the direct kernels (``direct_available()`` is false).
+# ------------------------------------------------------------------------------------------------
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define CK_DIRECT_AVAILABLE 1
+    #if defined(__AVX512F__)
+    #define CK_VBYTES 64
+    #elif defined(__AVX__)
+    #define CK_VBYTES 32
+    #else
+    #define CK_VBYTES 16
+    #endif
+    #define CK_DEFINE_DIRECT(T, VT, SUF)                                                          \\
+    typedef T VT __attribute__((vector_size(CK_VBYTES)));                                       \\
+    enum { ck_nv_##SUF = CK_VBYTES / (int)sizeof(T) };                                           \\
+    static inline VT ck_ld_##SUF(const T* p) { VT v; __builtin_memcpy(&v, p, sizeof v); return v; } \\
+    static inline void ck_st_##SUF(T* p, VT v) { __builtin_memcpy(p, &v, sizeof v); }          \\
+    static inline T ck_hsum_##SUF(VT v) {                                                       \\
+        T s = 0; for (int l = 0; l < ck_nv_##SUF; l++) s += v[l]; return s; }                  \\
+    static void ck_direct_fwd_##SUF(const T* xp, long c, long plane, long wp, const T* wt,       \\
+                                   long o4, long kh, long kw, long p2, T* acc) {                \\
+        const long nv = ck_nv_##SUF;                                                            \\
+        for (long oc = 0; oc < o4; oc += 4)                                                     \\
+        for (long p = 0; p < p2; p += 2 * nv) {                                                 \\
+            VT a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};                                      \\
+            VT a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};                                      \\
+            for (long ch = 0; ch < c; ch++)                                                     \\
+            for (long i = 0; i < kh; i++) {                                                     \\
+                const T* row = xp + ch * plane + i * wp + p;                                    \\
+                const T* wr = wt + ((ch * kh + i) * kw) * o4 + oc;                              \\
+                for (long j = 0; j < kw; j++) {                                                 \\
+                    VT s0 = ck_ld_##SUF(row + j), s1 = ck_ld_##SUF(row + j + nv);               \\
+                    T w0 = wr[j * o4], w1 = wr[j * o4 + 1];                                     \\
+                    T w2 = wr[j * o4 + 2], w3 = wr[j * o4 + 3];                                 \\
+                    a00 += w0 * s0; a01 += w0 * s1; a10 += w1 * s0; a11 += w1 * s1;             \\
+                    a20 += w2 * s0; a21 += w2 * s1; a30 += w3 * s0; a31 += w3 * s1;             \\
+                }                                                                               \\
+            }                                                                                   \\
+            T* d = acc + oc * p2 + p;                                                           \\
+            ck_st_##SUF(d, a00); ck_st_##SUF(d + nv, a01); d += p2;                             \\
+            ck_st_##SUF(d, a10); ck_st_##SUF(d + nv, a11); d += p2;                             \\
+            ck_st_##SUF(d, a20); ck_st_##SUF(d + nv, a21); d += p2;                             \\
+            ck_st_##SUF(d, a30); ck_st_##SUF(d + nv, a31);                                      \\
+        }                                                                                       \\
+    }                                                                                           \\
+    static void ck_direct_dw_##SUF(const T* xp, long c, long plane, long wp, const T* dyx,       \\
+                                  long o4, long kh, long kw, long p2, T* dwt) {                 \\
+        /* 4 output channels x 2 taps per pass: 8 accumulators share each load of dy */        \\
+        const long nv = ck_nv_##SUF, taps = c * kh * kw;                                        \\
+        for (long oc = 0; oc < o4; oc += 4) {                                                   \\
+            const T* d0 = dyx + oc * p2;                                                        \\
+            const T* d1 = d0 + p2;                                                              \\
+            const T* d2 = d1 + p2;                                                              \\
+            const T* d3 = d2 + p2;                                                              \\
+            for (long t = 0; t < taps; t += 2) {                                                \\
+                long u = t + 1 < taps ? t + 1 : t;                                              \\
+                const T* sa = xp + (t / (kh * kw)) * plane + ((t / kw) % kh) * wp + t % kw;     \\
+                const T* sb = xp + (u / (kh * kw)) * plane + ((u / kw) % kh) * wp + u % kw;     \\
+                VT a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                      \\
+                VT b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                      \\
+                for (long p = 0; p < p2; p += nv) {                                             \\
+                    VT x0 = ck_ld_##SUF(sa + p), x1 = ck_ld_##SUF(sb + p);                      \\
+                    VT e0 = ck_ld_##SUF(d0 + p), e1 = ck_ld_##SUF(d1 + p);                      \\
+                    VT e2 = ck_ld_##SUF(d2 + p), e3 = ck_ld_##SUF(d3 + p);                      \\
+                    a0 += e0 * x0; a1 += e1 * x0; a2 += e2 * x0; a3 += e3 * x0;                 \\
+                    b0 += e0 * x1; b1 += e1 * x1; b2 += e2 * x1; b3 += e3 * x1;                 \\
+                }                                                                               \\
+                T* out = dwt + t * o4 + oc;                                                     \\
+                out[0] += ck_hsum_##SUF(a0); out[1] += ck_hsum_##SUF(a1);                       \\
+                out[2] += ck_hsum_##SUF(a2); out[3] += ck_hsum_##SUF(a3);                       \\
+                if (u != t) {                                                                   \\
+                    out = dwt + u * o4 + oc;                                                    \\
+                    out[0] += ck_hsum_##SUF(b0); out[1] += ck_hsum_##SUF(b1);                   \\
+                    out[2] += ck_hsum_##SUF(b2); out[3] += ck_hsum_##SUF(b3);                   \\
+                }                                                                               \\
+            }                                                                                   \\
+        }                                                                                       \\
+    }
+    CK_DEFINE_DIRECT(float, ck_vf, f)
+    CK_DEFINE_DIRECT(double, ck_vd, d)
+    #else
+    #define CK_DIRECT_AVAILABLE 0
+    #define CK_VBYTES 16
+    static void ck_direct_fwd_f(const float* xp, long c, long plane, long wp, const float* wt, long o4, long kh, long kw, long p2, float* acc) {}
+    static void ck_direct_fwd_d(const double* xp, long c, long plane, long wp, const double* wt, long o4, long kh, long kw, long p2, double* acc) {}
+    static void ck_direct_dw_f(const float* xp, long c, long plane, long wp, const float* dyx, long o4, long kh, long kw, long p2, float* dwt) {}
+    static void ck_direct_dw_d(const double* xp, long c, long plane, long wp, const double* dyx, long o4, long kh, long kw, long p2, double* dwt) {}
+    #endif
+    """
+    int CK_DIRECT_AVAILABLE
+    int CK_VBYTES
+    void ck_direct_fwd_f(const float* xp, long c, long plane, long wp, const float* wt,
+                         long o4, long kh, long kw, long p2, float* acc) noexcept nogil
+    void ck_direct_fwd_d(const double* xp, long c, long plane, long wp, const double* wt,
+                         long o4, long kh, long kw, long p2, double* acc) noexcept nogil
+    void ck_direct_dw_f(const float* xp, long c, long plane, long wp, const float* dyx,
+                        long o4, long kh, long kw, long p2, float* dwt) noexcept nogil
+    void ck_direct_dw_d(const double* xp, long c, long plane, long wp, const double* dyx,
+                        long o4, long kh, long kw, long p2, double* dwt) noexcept nogil
+
+
+def direct_available():
+    """Whether this build has the direct kernels (its compiler has vector extensions)."""
+    return bool(CK_DIRECT_AVAILABLE)
+
+
+def direct_layout(Py_ssize_t c, Py_ssize_t o, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh,
+                  Py_ssize_t kw, Py_ssize_t itemsize):
+    """(p2, padded-image size, per-thread workspace size) of a direct convolution of ``c`` input
+    maps into ``o`` output maps of (oh, ow) with a (kh, kw) kernel: p2 is the padded-width grid
+    rounded up to whole register blocks; the padded image has slack so that the last block's
+    taps read inside it; the workspace holds the image and the (O rounded to 4, p2) outputs."""
+    cdef Py_ssize_t nv = CK_VBYTES // itemsize
+    cdef Py_ssize_t wp = ow + kw - 1, hp = oh + kh - 1
+    cdef Py_ssize_t grid = oh * wp
+    cdef Py_ssize_t p2 = (grid + 2 * nv - 1) // (2 * nv) * (2 * nv)
+    cdef Py_ssize_t xsize = c * hp * wp + (p2 - grid) + kw + 2 * nv
+    return p2, xsize, xsize + (o + 3) // 4 * 4 * p2
+
+
+cdef void _pad_image(const floating* x, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
+                     Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t hp, Py_ssize_t wp,
+                     Py_ssize_t total, floating* xp) noexcept nogil:
+    """xp (c, hp, wp) + slack, zeroed, with x (c, h, w) at row pt, column pl (0 <= pl,
+    pl + w <= wp)."""
+    cdef Py_ssize_t ch, r, src_r
+    memset(xp, 0, total * sizeof(floating))
+    for ch in range(c):
+        for r in range(hp):
+            src_r = r - pt
+            if src_r >= 0 and src_r < h:
+                memcpy(xp + (ch * hp + r) * wp + pl, x + (ch * h + src_r) * w, w * sizeof(floating))
+
+
+def conv2d_direct_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
+                          const floating[::1] bias, floating[:, :, :, ::1] y,
+                          floating[:, ::1] workspace, int pt, int pl, int kh, int kw,
+                          int num_threads, bint fuse_relu=False):
+    """y = conv2d(x, w) + bias, stride 1, dilation 1, groups 1, padding (pt, pl) at the top and
+    left (the bottom and right follow from y's shape); ``bias`` may be None.
+
+    ``wt`` is the weight as (C*kh*kw, O4): ``w.reshape(O, -1).T`` with zero columns up to a
+    multiple of 4 output channels.  ``workspace`` is (threads, >= direct_layout(...)[2]).
+    The caller checks 0 <= pt, pl and that the padding does not exceed kernel - 1 per side.
+    """
+    cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t o = y.shape[1], oh = y.shape[2], ow = y.shape[3], o4 = wt.shape[1]
+    cdef Py_ssize_t hp = oh + kh - 1, wp = ow + kw - 1
+    cdef Py_ssize_t n, oc, r, s, p2, xsize, need
+    cdef floating* xp = NULL
+    cdef floating* acc = NULL
+    cdef floating* yo
+    cdef const floating* ao
+    cdef floating bv, v
+    cdef bint has_bias = bias is not None
+    cdef int tid = 0
+    if not CK_DIRECT_AVAILABLE:
+        raise RuntimeError("this build has no direct convolution kernels")
+    p2, xsize, need = direct_layout(c, o, oh, ow, kh, kw, sizeof(floating))
+    if (wt.shape[0] != c * kh * kw or o4 != (o + 3) // 4 * 4 or o4 < 4 or y.shape[0] != n_img
+            or hp < h + pt or wp < w + pl or pt < 0 or pl < 0 or workspace.shape[1] < need
+            or workspace.shape[0] < num_threads or (has_bias and bias.shape[0] != o)):
+        raise ValueError("conv2d_direct_forward: inconsistent shapes or workspace")
+    if n_img == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        note_team()
+        tid = threadid()
+        xp = &workspace[tid, 0]
+        acc = xp + xsize
+        for n in prange(n_img, schedule="static"):
+            _pad_image(&x[n, 0, 0, 0], c, h, w, pt, pl, hp, wp, xsize, xp)
+            if floating is float:
+                ck_direct_fwd_f(xp, c, hp * wp, wp, &wt[0, 0], o4, kh, kw, p2, acc)
+            else:
+                ck_direct_fwd_d(xp, c, hp * wp, wp, &wt[0, 0], o4, kh, kw, p2, acc)
+            for oc in range(o):
+                bv = bias[oc] if has_bias else 0
+                for r in range(oh):
+                    yo = &y[n, oc, r, 0]
+                    ao = acc + oc * p2 + r * wp
+                    if fuse_relu:
+                        for s in range(ow):
+                            v = ao[s] + bv
+                            yo[s] = 0 if v <= 0 else v
+                    else:
+                        for s in range(ow):
+                            yo[s] = ao[s] + bv
+
+
+def conv2d_direct_weight_grad(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
+                              floating[:, :, ::1] dw_partial, floating[:, ::1] workspace,
+                              int pt, int pl, int kh, int kw, int num_threads):
+    """Per-thread partial weight gradients dw_partial[t] (C*kh*kw, O4), added to (the caller
+    zeroes them and sums over threads), of the direct convolution above.
+
+    The products run over the padded-width grid with dy zero outside its (oh, ow) part, so the
+    dropped columns add exact zeros, provided x is finite: the caller routes non-finite inputs
+    elsewhere (0 * inf is NaN)."""
+    cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t o = dy.shape[1], oh = dy.shape[2], ow = dy.shape[3], o4 = dw_partial.shape[2]
+    cdef Py_ssize_t hp = oh + kh - 1, wp = ow + kw - 1
+    cdef Py_ssize_t n, oc, r, p2, xsize, need
+    cdef floating* xp = NULL
+    cdef floating* dyx = NULL
+    cdef int tid = 0
+    if not CK_DIRECT_AVAILABLE:
+        raise RuntimeError("this build has no direct convolution kernels")
+    p2, xsize, need = direct_layout(c, o, oh, ow, kh, kw, sizeof(floating))
+    if (dy.shape[0] != n_img or dw_partial.shape[1] != c * kh * kw or o4 != (o + 3) // 4 * 4
+            or hp < h + pt or wp < w + pl or pt < 0 or pl < 0 or workspace.shape[1] < need
+            or dw_partial.shape[0] < num_threads or workspace.shape[0] < num_threads):
+        raise ValueError("conv2d_direct_weight_grad: inconsistent shapes or workspace")
+    if n_img == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        note_team()
+        tid = threadid()
+        xp = &workspace[tid, 0]
+        dyx = xp + xsize
+        for n in prange(n_img, schedule="static"):
+            _pad_image(&x[n, 0, 0, 0], c, h, w, pt, pl, hp, wp, xsize, xp)
+            memset(dyx, 0, o4 * p2 * sizeof(floating))
+            for oc in range(o):
+                for r in range(oh):
+                    memcpy(dyx + oc * p2 + r * wp, &dy[n, oc, r, 0], ow * sizeof(floating))
+            if floating is float:
+                ck_direct_dw_f(xp, c, hp * wp, wp, dyx, o4, kh, kw, p2, &dw_partial[tid, 0, 0])
+            else:
+                ck_direct_dw_d(xp, c, hp * wp, wp, dyx, o4, kh, kw, p2, &dw_partial[tid, 0, 0])

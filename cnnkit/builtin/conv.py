@@ -33,7 +33,7 @@ from cnnkit.plugins import hookimpl
 
 __all__ = ["COL_WORKSPACE_BYTES", "SERIAL_MACS", "Conv2dNumpy", "Conv2dCython",
            "ConvTranspose2dNumpy", "ConvTranspose2dCython", "Conv2dWinograd",
-           "WINOGRAD_FLOAT32_BOUND"]
+           "WINOGRAD_FLOAT32_BOUND", "Conv2dDirect", "DIRECT_AUTO_MAX_TAPS"]
 
 #: Upper bound of the im2col workspace of one convolution call, all threads together.  Each
 #: thread holds the columns of one band of output rows of one image; bands are as tall as fit
@@ -50,6 +50,11 @@ SERIAL_MACS = 1 << 18
 #: interleaved, ratios 0.95-1.12: BLAS already dispatches on the CPU, the rest is memory
 #: bound); the AVX-512 build is not measured yet.
 ISA_PRIORITY = {"avx2": 99, "avx512": 99}
+
+#: Priority of the "direct" variants (None: the portable build).  The portable build's 16-byte
+#: vectors leave it behind im2col, so it is chosen only on request; the AVX2 and AVX-512 builds
+#: rank above "cython" (and below Winograd) where ``direct_auto_refusal`` lets them.
+DIRECT_PRIORITY = {None: 50, "avx2": 105, "avx512": 106}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,6 +312,148 @@ class Conv2dCython:
         return dx, grads
 
 
+def direct_refusal(config, dtype=None):
+    """Why the direct variants cannot serve ``config`` (None if they can): stride 1,
+    dilation 1, groups 1, and padding of at most kernel - 1 on each side (the input gradient is
+    the full correlation of the output gradient with the turned kernel)."""
+    problems = []
+    ks = config.get("kernel_size")
+    if ks is None:
+        problems.append("a configuration without kernel_size")
+    for key in ("stride", "dilation"):
+        value = config.get(key, (1, 1))
+        if tuple(value) != (1, 1):
+            problems.append(f"{key} {tuple(value)}")
+    if config.get("groups", 1) != 1:
+        problems.append(f"groups={config['groups']}")
+    pad = config.get("padding", (0, 0, 0, 0))
+    if isinstance(pad, str):
+        if pad != "valid":
+            problems.append(f"padding {pad!r} unresolved")
+    elif ks is not None:
+        top, bottom, left, right = tuple(pad) if len(pad) == 4 else (pad[0], pad[0], pad[1], pad[1])
+        if max(top, bottom) > ks[0] - 1 or max(left, right) > ks[1] - 1:
+            problems.append(f"padding {tuple(pad)} beyond kernel - 1 ({ks[0] - 1}, {ks[1] - 1})")
+    if problems:
+        return ("the direct kernels compute stride 1, dilation 1, groups 1, padding <= kernel - 1,"
+                f" not {', '.join(problems)}")
+    return None
+
+
+#: Automatic selection picks a direct variant only up to this many multiply-adds per output
+#: value (input channels x kernel area): above it, BLAS's GEMM amortises its packing and the
+#: register-blocked loop has no edge left.
+DIRECT_AUTO_MAX_TAPS = 512
+
+
+def direct_auto_refusal(config, dtype=None):
+    """Why automatic selection should not pick a direct variant for ``config``, or None."""
+    channels, ks = config.get("channels"), config.get("kernel_size")
+    if channels is None or ks is None:
+        return "a configuration without channels or kernel_size"
+    taps = channels[0] * ks[0] * ks[1]
+    if taps > DIRECT_AUTO_MAX_TAPS:
+        return (f"slower than im2col + GEMM above {DIRECT_AUTO_MAX_TAPS} input channels x "
+                f"kernel taps (has {taps})")
+    return None
+
+
+def _direct_weights(w):
+    """(O, C, kh, kw) -> the kernels' (C*kh*kw, O4) layout, zero columns up to 4 | O4."""
+    o = w.shape[0]
+    wt = np.zeros((w[0].size, -(-o // 4) * 4), dtype=w.dtype)
+    wt[:, :o] = w.reshape(o, -1).T
+    return wt
+
+
+def _direct_threads(n, macs):
+    threads = max(1, get_num_threads())
+    return 1 if macs < SERIAL_MACS else max(1, min(threads, n))
+
+
+class Conv2dDirect:
+    """Stride-1 cross-correlation without im2col or GEMM: register-blocked loops over every tap
+    (``cnnkit._ext.conv``'s direct kernels), forward and weight gradient; the input gradient is
+    the same loop on the output gradient padded by kernel - 1 - padding, with the kernel turned
+    180 degrees and its channel axes swapped."""
+
+    _kernels = _conv
+
+    @classmethod
+    def unavailable(cls):
+        """Why this build cannot run the direct kernels (a compiler without vector
+        extensions), or None."""
+        if cls._kernels.direct_available():
+            return None
+        return "not built: the compiler has no vector extensions for the direct kernels"
+
+    @classmethod
+    def _geometry(cls, x, w, b, config):
+        if not cls._kernels.direct_available():
+            raise RuntimeError("conv2d (direct): this build has no direct kernels")
+        (sh, sw, top, left, dh, dw, groups), oh, ow, _ = Conv2dCython._check(x, w, b, config)
+        kh, kw = w.shape[2:]
+        bottom = oh + kh - 1 - x.shape[2] - top
+        right = ow + kw - 1 - x.shape[3] - left
+        if ((sh, sw, dh, dw, groups) != (1, 1, 1, 1, 1)
+                or max(top, bottom) > kh - 1 or max(left, right) > kw - 1):
+            raise ValueError("conv2d (direct): " + (direct_refusal(
+                dict(config, kernel_size=(kh, kw))) or "unsupported configuration"))
+        return top, left, bottom, right, oh, ow
+
+    @classmethod
+    def forward(cls, x, params, config, need_backward, *, fuse_relu=False):
+        x = contiguous(x)
+        w, b = weight_and_bias(params, x.dtype)
+        top, left, bottom, right, oh, ow = cls._geometry(x, w, b, config)
+        n, c = x.shape[:2]
+        o, _, kh, kw = w.shape
+        y = np.empty((n, o, oh, ow), dtype=x.dtype)
+        threads = _direct_threads(n, n * o * oh * ow * w[0].size)
+        size = cls._kernels.direct_layout(c, o, oh, ow, kh, kw, x.itemsize)[2]
+        ws = workspace((threads, size), x.dtype)
+        cls._kernels.conv2d_direct_forward(x, _direct_weights(w), b, y, ws, top, left, kh, kw,
+                                           threads, bool(fuse_relu))
+        ctx = (x, w, b is not None, (top, left, bottom, right), oh, ow) if need_backward else None
+        return y, ctx
+
+    @classmethod
+    def backward(cls, dy, ctx, need_input_grad=True):
+        x, w, has_bias, (top, left, bottom, right), oh, ow = ctx
+        n, c, h, wd = x.shape
+        o, _, kh, kw = w.shape
+        dy = grad_like(dy, x.dtype, (n, o, oh, ow), "conv2d")
+        if not np.isfinite(x).all():
+            # the weight-gradient loop multiplies the dropped grid columns by zero, which turns
+            # an inf or NaN of the input into NaN where the reference has none
+            geom = (1, 1, top, left, 1, 1, 1)
+            one_by_one = (kh, kw, top, bottom, left, right) == (1, 1, 0, 0, 0, 0)
+            return Conv2dCython.backward(
+                dy, (x, w, has_bias, geom, oh, ow, one_by_one, None, oh), need_input_grad)
+        macs = n * o * oh * ow * w[0].size
+        threads = _direct_threads(n, macs)
+        size = cls._kernels.direct_layout(c, o, oh, ow, kh, kw, x.itemsize)[2]
+        ws = workspace((threads, size), x.dtype)
+        dw_part = np.zeros((threads, w[0].size, -(-o // 4) * 4), dtype=x.dtype)
+        cls._kernels.conv2d_direct_weight_grad(x, dy, dw_part, ws, top, left, kh, kw, threads)
+        dwt = dw_part[0] if threads == 1 else dw_part.sum(axis=0)
+        grads = {"weight": np.ascontiguousarray(dwt[:, :o].T).reshape(w.shape)}
+        if has_bias:
+            db = np.empty(o, dtype=x.dtype)
+            cls._kernels.channel_sums(dy, db, threads)
+            grads["bias"] = db
+        dx = None
+        if need_input_grad:
+            # dx = full correlation of dy with the turned kernel, channels swapped
+            turned = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+            dx = np.empty_like(x)
+            size = cls._kernels.direct_layout(o, c, h, wd, kh, kw, x.itemsize)[2]
+            ws = workspace((threads, size), x.dtype)
+            cls._kernels.conv2d_direct_forward(dy, _direct_weights(turned), None, dx, ws,
+                                               kh - 1 - top, kw - 1 - left, kh, kw, threads)
+        return dx, grads
+
+
 class ConvTranspose2dCython:
     """Transposed convolution.  Forward: per image and group one GEMM ``W_g^T @ x_g`` and a
     scatter into the output (``cnnkit._ext.conv``).  Backward reuses the convolution kernels:
@@ -559,8 +706,17 @@ def cnnkit_register_variants(register):
              capabilities=("padding", "bias"), supports=winograd_refusal,
              description="Winograd F(4x4,3x3): tile transforms + 36 BLAS GEMMs; 3x3/s1/d1/g1 "
                          f"only; float32 error <= {WINOGRAD_FLOAT32_BOUND:g} of the output scale")
+    register("conv2d", "direct", Conv2dDirect, priority=DIRECT_PRIORITY[None], dtypes=dtypes,
+             capabilities=("padding", "asymmetric_padding", "bias"), supports=direct_refusal,
+             auto_supports=direct_auto_refusal,
+             description="register-blocked direct loops, no im2col/GEMM; stride 1, groups 1")
     # the same kernels compiled per instruction set; refused on a CPU without the features
     for isa, cpu in ISA_FEATURES.items():
+        register("conv2d", f"direct-{isa}", isa_build(Conv2dDirect, "conv", isa),
+                 priority=DIRECT_PRIORITY[isa], dtypes=dtypes,
+                 capabilities=("padding", "asymmetric_padding", "bias"),
+                 supports=direct_refusal, auto_supports=direct_auto_refusal, cpu_features=cpu,
+                 description=f"as direct, compiled for {', '.join(cpu)}")
         register("conv2d", f"cython-{isa}", isa_build(Conv2dCython, "conv", isa),
                  priority=ISA_PRIORITY[isa], dtypes=dtypes, capabilities=Conv2D.FEATURES,
                  cpu_features=cpu, description=f"as cython, compiled for {', '.join(cpu)}")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from cnnkit._ext import activation as _act
-from cnnkit.builtin.conv import Conv2dCython
+from cnnkit.builtin._kernel_args import ISA_FEATURES, isa_build
+from cnnkit.builtin.conv import Conv2dCython, Conv2dDirect
 from cnnkit.plugins import hookimpl
 
 __all__ = ["ConvRelu", "ConvBatchNormFold"]
@@ -32,19 +33,22 @@ def _relu_mask(dy, y):
 
 
 class ConvRelu:
-    """relu(conv2d(x)) in one call of the Cython convolution."""
+    """relu(conv2d(x)) in one call of the Cython convolution (``conv``: the wrapper of the
+    variant it stands in for)."""
 
-    @staticmethod
-    def forward(x, layers, configs, need_backward):
-        y, ctx = Conv2dCython.forward(x, layers[0].params, configs[0], need_backward,
-                                      fuse_relu=True)
+    conv = Conv2dCython
+
+    @classmethod
+    def forward(cls, x, layers, configs, need_backward):
+        y, ctx = cls.conv.forward(x, layers[0].params, configs[0], need_backward,
+                                  fuse_relu=True)
         return y, ((ctx, y) if need_backward else None)
 
-    @staticmethod
-    def backward(dy, ctx, need_input_grad=True):
+    @classmethod
+    def backward(cls, dy, ctx, need_input_grad=True):
         conv_ctx, y = ctx
-        dx, grads = Conv2dCython.backward(_relu_mask(dy, y), conv_ctx,
-                                          need_input_grad=need_input_grad)
+        dx, grads = cls.conv.backward(_relu_mask(dy, y), conv_ctx,
+                                      need_input_grad=need_input_grad)
         return dx, [grads, {}]
 
 
@@ -73,10 +77,12 @@ class ConvBatchNormFold:
     """Inference only: conv2d followed by batchnorm2d (and optionally relu), as one convolution
     with folded parameters."""
 
-    @staticmethod
-    def forward(x, layers, configs, need_backward):
+    conv = Conv2dCython
+
+    @classmethod
+    def forward(cls, x, layers, configs, need_backward):
         params = _folded(layers[0], layers[1], x.dtype)
-        y, _ = Conv2dCython.forward(x, params, configs[0], False, fuse_relu=len(layers) == 3)
+        y, _ = cls.conv.forward(x, params, configs[0], False, fuse_relu=len(layers) == 3)
         return y, None
 
     @staticmethod
@@ -96,3 +102,16 @@ def cnnkit_register_fusions(register):
     register("conv2d+batchnorm2d+relu", ("conv2d", "batchnorm2d", "relu"), ConvBatchNormFold,
              variants=("cython", None, "cython"), **fold,
              description="batch norm folded into the convolution, ReLU in its output loop")
+    # the same chains on the direct convolution (its portable build and each ISA build)
+    for name, conv in [("direct", Conv2dDirect)] + [
+            (f"direct-{isa}", isa_build(Conv2dDirect, "conv", isa)) for isa in ISA_FEATURES]:
+        relu = type(f"ConvRelu_{name}", (ConvRelu,), {"conv": conv})
+        folded = type(f"ConvBatchNormFold_{name}", (ConvBatchNormFold,), {"conv": conv})
+        register(f"conv2d[{name}]+relu", ("conv2d", "relu"), relu, variants=(name, "cython"),
+                 priority=100, description=f"as conv2d+relu, on conv2d's {name!r} variant")
+        register(f"conv2d[{name}]+batchnorm2d", ("conv2d", "batchnorm2d"), folded,
+                 variants=(name, None), **fold,
+                 description=f"as conv2d+batchnorm2d, on conv2d's {name!r} variant")
+        register(f"conv2d[{name}]+batchnorm2d+relu", ("conv2d", "batchnorm2d", "relu"), folded,
+                 variants=(name, None, "cython"), **fold,
+                 description=f"as conv2d+batchnorm2d+relu, on conv2d's {name!r} variant")
