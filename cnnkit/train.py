@@ -386,9 +386,10 @@ def evaluate(model, data, *, loss: Loss | None = None, batch_size: int = 256,
         total += loss.forward(out, yb) * len(yb)
         loss._ctx = None
         if _is_classification(out, yb):
-            correct += int(np.sum(np.argmax(out, axis=1) == yb))
+            class_scores = loss.class_scores(out)
+            correct += int(np.sum(np.argmax(class_scores, axis=1) == yb))
             if extra:
-                scores.append(np.array(out, copy=True))
+                scores.append(np.array(class_scores, copy=True))
         else:
             classify = False
         n += len(yb)
@@ -479,13 +480,17 @@ class _batch_source:
 
 
 # ---------------------------------------------------------------------------------- the loop
+#: Training images ``fit(..., init_data=True)`` hands the data-driven initializers.
+INIT_DATA_IMAGES = 2048
+
+
 def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: int = 10,
         batch_size: int = 64, shuffle: bool = True, rng=None, seed: int | None = None,
         callbacks=(), early_stopping=None, checkpoint=None, checkpoint_every: int = 1,
         scheduler=None, regularizer=None, initial_epoch: int = 0, resume_from=None,
         verbose: bool = True, stream=None, check_finite: bool = False,
         transform=None, clip_grad_norm: float | None = None,
-        clip_grad_value: float | None = None) -> History:
+        clip_grad_value: float | None = None, init_data: bool = False) -> History:
     """Train ``model`` on ``train`` up to epoch ``epochs``; report metrics on ``val``.
 
     * ``train`` is a pair ``(x, y)`` of arrays (shuffled and cut into ``batch_size`` batches
@@ -512,6 +517,10 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
 
     * ``clip_grad_norm`` / ``clip_grad_value``: clip the gradients after every backward pass,
       before the step (:func:`cnnkit.optim.clip_grad_norm`, :func:`~cnnkit.optim.clip_grad_value`).
+    * ``init_data``: before the first epoch (not when resuming), re-initialise the parameters
+      whose initializer needs data (``weight_init=("kmeans_patches", {...})``) from the first
+      :data:`INIT_DATA_IMAGES` training images (:func:`cnnkit.init.initialize_from_data`, with
+      a generator spawned from the shuffling one, so the seed decides it too).
     * ``check_finite``: stop at the first NaN/Inf that any layer produces (in its output or a
       gradient) with a ``FloatingPointError`` naming that layer; off by default (it costs one
       pass over every array).
@@ -570,6 +579,14 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
                                                  scheduler=scheduler, rng=rng,
                                                  callbacks=callbacks)
     steps = math.ceil(len(x) / batch_size) if y is not None else x.steps
+    if not isinstance(init_data, (bool, np.bool_)):
+        raise TypeError(f"fit: init_data must be True or False, got {init_data!r}")
+    if init_data and resume_from is None:
+        if y is None:
+            raise ValueError("fit: init_data needs the training data as an (x, y) pair of arrays")
+        from .init import initialize_from_data
+
+        initialize_from_data(model, x[:INIT_DATA_IMAGES], rng=rng.spawn(1)[0])
     state = TrainState(model, optimizer, scheduler, history, epochs, steps)
     for cb in callbacks:
         cb.set_trainer(state)
@@ -640,7 +657,7 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
             total += value * len(yb)
             seen += len(yb)
             if _is_classification(out, yb):
-                correct += int(np.sum(np.argmax(out, axis=1) == yb))
+                correct += int(np.sum(np.argmax(loss.class_scores(out), axis=1) == yb))
             else:
                 classify = False
             if bar:

@@ -14,7 +14,8 @@ from ._locator import ConfigError, _Locator
 from .model import _tuples
 
 _TRAIN_KEYS = ("optimizer", "loss", "epochs", "batch_size", "seed", "schedule", "data",
-               "early_stopping", "regularizer", "shuffle", "checkpoint_every", "output", "augment")
+               "early_stopping", "regularizer", "shuffle", "checkpoint_every", "output", "augment",
+               "init_data")
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TrainingSpec:
     checkpoint_every: int = 1
     output: str | None = None
     augment: Any = None
+    init_data: bool = False
 
 
 def _named(value, what, err, key):
@@ -70,6 +72,8 @@ def training_from_config(cfg) -> TrainingSpec:
                                                 # "npz" (path = "FILE.npz")
         augment = [{name = "random_crop", padding = 4}, "random_horizontal_flip"]
                                                 # cnnkit.transforms, applied to training batches
+        init_data = true                        # data-driven initializers (kmeans_patches)
+                                                # draw from the training images of `data`
     """
     loc = _Locator(cfg)
     section = cfg.get("training", {}) if isinstance(cfg, dict) else {}
@@ -93,7 +97,7 @@ def training_from_config(cfg) -> TrainingSpec:
         elif key == "seed":
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 err(f"must be an int >= 0, got {value!r}", key)
-        elif key == "shuffle":
+        elif key in ("shuffle", "init_data"):
             if not isinstance(value, bool):
                 err(f"must be true or false, got {value!r}", key)
         elif key in ("optimizer", "loss", "data"):
