@@ -36,7 +36,7 @@ from ._runtime import tune_malloc as _tune_malloc  # noqa: E402
 _tune_malloc()
 
 from . import (config, datasets, init, io, layers, losses, metrics, models, optim,  # noqa: E402
-               schedules, train, transforms)
+               plot, schedules, train, transforms)
 from ._random import seed  # noqa: E402
 from .fusion import fusion_enabled, set_fusion  # noqa: E402
 from .graph import Graph, Input, Model, Parameter, Sequential  # noqa: E402
@@ -47,7 +47,7 @@ from .autotuning import AutotuneWarning, autotune  # noqa: E402
 
 __all__ = [
     "__version__", "config", "datasets", "init", "io", "layers", "losses", "models", "optim",
-    "metrics", "schedules", "train", "transforms", "seed", "get_num_threads", "num_threads",
+    "metrics", "plot", "schedules", "train", "transforms", "seed", "get_num_threads", "num_threads",
     "set_num_threads", "Graph", "Input", "Model", "Parameter", "Sequential", "hookimpl", "hookspec", "use", "get_registry",
     "SelectionError", "PluginError", "load_model", "autotune", "AutotuneWarning",
     "set_fusion", "fusion_enabled",
