@@ -150,7 +150,8 @@ def test_the_1998_example_is_the_published_network():
     from cnnkit.layers import LENET5_C3_TABLE
 
     model = C.load_model(EXAMPLE)
-    assert model.get_layer("pad32").output_shape((None, 1, 28, 28)) == (None, 1, 32, 32)
+    c1 = model.get_layer("C1")  # the 28x28 image padded to 32x32, then 5x5 -> 28x28
+    assert c1.padding == (2, 2) and c1.output_shape((None, 1, 28, 28)) == (None, 6, 28, 28)
     assert np.array_equal(model.get_layer("C3").connections, LENET5_C3_TABLE)
     assert isinstance(model.layers[-1], RBFOutput)
     spec = C.training_from_config(C.load_config(EXAMPLE))
