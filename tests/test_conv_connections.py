@@ -98,9 +98,11 @@ def test_connections_equal_masked_dense_convolution(impl, plan, flip, geometry, 
 def test_the_cython_plan_skips_block_tables_and_not_lenets_c3():
     cost = builtin_conv.RUN_PRODUCT_COST
     as_tuple = lambda t: tuple(map(tuple, np.asarray(t).tolist()))  # noqa: E731
-    assert builtin_conv._connection_runs(as_tuple(LENET5_C3_TABLE), 25, cost) is None
+    runs, mask = builtin_conv._connection_runs(as_tuple(LENET5_C3_TABLE), 25, cost)
+    assert runs is None and np.array_equal(mask[:, :, 0, 0], LENET5_C3_TABLE)
     blocks = np.kron(np.eye(4, dtype=bool), np.ones((16, 16), dtype=bool))
-    runs = builtin_conv._connection_runs(as_tuple(blocks), 9, cost)
+    runs, mask = builtin_conv._connection_runs(as_tuple(blocks), 9, cost)
+    assert mask is None
     # identical rows are merged: one product per block of 16 outputs
     assert runs.tolist() == [[0, 16, 0, 16], [16, 16, 16, 16], [32, 16, 32, 16],
                              [48, 16, 48, 16]]

@@ -118,11 +118,11 @@ RUN_PRODUCT_COST = 1024
 
 @functools.lru_cache(maxsize=64)
 def _connection_runs(table, kernel_area, product_cost):
-    """The Cython kernels' plan for a connection table (tuple of rows of bools, out x in):
-    int32 rows (first output, output count, first input, input count), consecutive outputs
-    with the same inputs merged into one block, one row per run of consecutive connected
-    inputs; or None when one dense product over zeroed weights is cheaper
-    (:data:`RUN_PRODUCT_COST`)."""
+    """The Cython kernels' plan for a connection table (tuple of rows of bools, out x in), as
+    (runs, None) or (None, mask).  Runs: int32 rows (first output, output count, first input,
+    input count), consecutive outputs with the same inputs merged into one block, one row per
+    run of consecutive connected inputs.  Mask (out, in, 1, 1) instead when one dense product
+    over zeroed weights is cheaper (``product_cost``: :data:`RUN_PRODUCT_COST`)."""
     runs = []
     o, c = len(table), len(table[0])
     oc = 0
@@ -140,10 +140,12 @@ def _connection_runs(table, kernel_area, product_cost):
         oc = end
     computed = sum(ob * ci for _, ob, _, ci in runs) * kernel_area
     if computed + (len(runs) - 1) * product_cost >= o * c * kernel_area:
-        return None
+        mask = np.array(table, dtype=bool)[:, :, None, None]
+        mask.setflags(write=False)
+        return None, mask
     out = np.array(runs, dtype=np.int32).reshape(-1, 4)
     out.setflags(write=False)
-    return out
+    return out, None
 
 
 class Conv2dNumpy:
@@ -305,10 +307,9 @@ def _kernel_weight_and_runs(w, config):
     table = config.get("connections")
     runs = mask = None
     if table is not None:
-        runs = _connection_runs(table, w.shape[2] * w.shape[3], RUN_PRODUCT_COST)
-        if runs is None:
-            mask = np.asarray(table, dtype=bool)[:, :, None, None]
-            w = np.where(mask, w, 0).astype(w.dtype, copy=False)
+        runs, mask = _connection_runs(table, w.shape[2] * w.shape[3], RUN_PRODUCT_COST)
+        if mask is not None:
+            w = np.where(mask, w, w.dtype.type(0))
     return np.ascontiguousarray(w), runs, mask
 
 
@@ -385,7 +386,7 @@ class Conv2dCython:
                                          threads, bool(need_input_grad), cols, runs)
         dw_ = (dw_part[0] if threads == 1 else dw_part.sum(axis=0)).reshape(w.shape)
         if mask is not None:
-            dw_ = np.where(mask, dw_, 0).astype(dw_.dtype, copy=False)
+            dw_ = np.where(mask, dw_, dw_.dtype.type(0))
         grads = {"weight": np.ascontiguousarray(dw_[:, :, ::-1, ::-1]) if flipped else dw_}
         if has_bias:
             grads["bias"] = db_part[0] if threads == 1 else db_part.sum(axis=0)
