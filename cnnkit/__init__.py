@@ -36,7 +36,7 @@ from ._runtime import tune_malloc as _tune_malloc  # noqa: E402
 _tune_malloc()
 
 from . import (config, datasets, init, io, layers, losses, metrics, models, onnx,  # noqa: E402
-               optim, schedules, train, transforms)
+               optim, plot, schedules, train, transforms)
 from . import boosting  # noqa: E402  (after train: it builds on fit)
 from ._random import seed  # noqa: E402
 from .fusion import fusion_enabled, set_fusion  # noqa: E402
@@ -48,7 +48,7 @@ from .autotuning import AutotuneWarning, autotune  # noqa: E402
 
 __all__ = [
     "__version__", "config", "datasets", "init", "io", "layers", "losses", "models", "onnx", "optim",
-    "metrics", "schedules", "train", "transforms", "boosting", "seed", "get_num_threads",
+    "metrics", "plot", "schedules", "train", "transforms", "boosting", "seed", "get_num_threads",
     "num_threads",
     "set_num_threads", "Graph", "Input", "Model", "Parameter", "Sequential", "hookimpl", "hookspec", "use", "get_registry",
     "SelectionError", "PluginError", "load_model", "autotune", "AutotuneWarning",

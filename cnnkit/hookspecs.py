@@ -298,6 +298,14 @@ def cnnkit_register_initializers(register: Callable[..., None]) -> None:
     of ``shape`` and ``dtype`` drawn with the ``numpy.random.Generator`` ``rng``.  ``fan_in`` and
     ``fan_out`` follow PyTorch's convention (for a conv weight (out, in/groups, kh, kw):
     ``in/groups*kh*kw`` and ``out*kh*kw``).  Names are unique across plugins.  Returns nothing.
+
+    A data-driven initializer sets the function attribute ``needs_data = True`` and takes a
+    ``data=None`` keyword: called without data (when the layer is built) it returns a
+    data-free start, then ``cnnkit.init.initialize_from_data(model, x)`` (also
+    ``fit(..., init_data=True)`` and ``init_data = true`` in a config's training section) calls
+    it again with ``data=`` the training images as the layer receives them, (N, C, H, W) for a
+    convolution, and writes the result into the parameter in place.  Layers record the fans
+    they drew with as ``layer.init_fans = (fan_in, fan_out)``.
     """
 
 @hookspec

@@ -29,7 +29,16 @@ a)``
 ``lecun_normal``                    N(0, 1/fan_in) (not truncated)
 ``orthogonal(gain=1)``              (semi-)orthogonal matrix over (shape[0], rest) (``orthogonal_``)
 ``gabor(...)``                      deterministic bank of Gabor filters, see ``gabor``
+``kmeans_patches(...)``             k-means centroids of normalised image patches (needs
+                                    data: see below and ``kmeans_patches``)
 ==================================  =========================================================
+
+Data-driven initializers declare ``needs_data = True`` (a function attribute).  Built without
+data (when the layer is constructed) they draw from their ``fallback``; then
+:func:`initialize_from_data` (or ``fit(..., init_data=True)``, or ``init_data = true`` in a
+config's ``[training]`` section) runs the model on training images and calls them again with
+``data=`` the images as the layer receives them (N, C, H, W), writing the result into the
+parameter in place.
 
 For ``he_*``: ``mode`` is ``"fan_in"`` (default) or ``"fan_out"``, ``gain =
 calculate_gain(nonlinearity, a)`` with ``nonlinearity="relu"`` by default and ``a`` the
@@ -46,7 +55,8 @@ from .plugins import get_registry
 
 __all__ = ["calculate_gain", "gain", "zeros", "constant", "uniform", "normal", "xavier_uniform",
            "xavier_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal",
-           "orthogonal", "gabor", "initialize", "available"]
+           "orthogonal", "gabor", "kmeans_patches", "initialize", "initialize_from_data",
+           "needs_data", "available"]
 
 _LINEAR = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
            "conv_transpose3d", "conv", "sigmoid")
@@ -310,6 +320,169 @@ def gabor(shape, *, fan_in, fan_out, rng=None, dtype=np.float32, n_orientations=
                              f"use longer wavelengths")
         bank[c] = f * math.sqrt(target_ms / ms)
     return np.ascontiguousarray(np.broadcast_to(bank[:, None], shape)).astype(dtype)
+
+
+def _normalised_patches(name, data, shape, n_patches, rng, eps):
+    """``n_patches`` random (C, kh, kw) patches of ``data`` (N, C, H, W), each flattened,
+    centred and scaled to unit variance (contrast normalisation), as float64 rows."""
+    _, cin, kh, kw = shape
+    data = np.asarray(data)
+    if data.ndim != 4 or data.shape[1] != cin or data.dtype.kind not in "fiu":
+        raise ValueError(f"initializer {name}: data must be real images (N, {cin}, H, W) "
+                         f"matching the kernel's {cin} input channels, got "
+                         f"{data.dtype} {data.shape}")
+    n, _, h, w = data.shape
+    if n == 0 or h < kh or w < kw:
+        raise ValueError(f"initializer {name}: data {data.shape} has no {kh}x{kw} patch")
+    img = rng.integers(0, n, n_patches)
+    r = rng.integers(0, h - kh + 1, n_patches)
+    c = rng.integers(0, w - kw + 1, n_patches)
+    rows = r[:, None] + np.arange(kh)[None, :]
+    cols = c[:, None] + np.arange(kw)[None, :]
+    patches = data[img[:, None, None, None], np.arange(cin)[None, :, None, None],
+                   rows[:, None, :, None], cols[:, None, None, :]]
+    x = patches.reshape(n_patches, -1).astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"initializer {name}: data contains NaN or Inf")
+    x -= x.mean(axis=1, keepdims=True)
+    x /= np.sqrt(x.var(axis=1, keepdims=True) + eps)
+    return x
+
+
+def _kmeans(x, k, iterations, rng):
+    """Lloyd's k-means on the rows of x from a k-means++ start; an emptied cluster restarts
+    at the row farthest from its centroid."""
+    sq = np.einsum("ij,ij->i", x, x)
+    centres = np.empty((k, x.shape[1]))
+    centres[0] = x[rng.integers(len(x))]
+    d2 = np.maximum(sq - 2 * x @ centres[0] + centres[0] @ centres[0], 0)
+    for j in range(1, k):
+        total = d2.sum()
+        i = rng.choice(len(x), p=d2 / total) if total > 0 else rng.integers(len(x))
+        centres[j] = x[i]
+        d2 = np.minimum(d2, np.maximum(sq - 2 * x @ centres[j] + centres[j] @ centres[j], 0))
+    for _ in range(iterations):
+        dist = sq[:, None] - 2 * x @ centres.T + np.einsum("ij,ij->i", centres, centres)[None]
+        assign = np.argmin(dist, axis=1)
+        best = dist[np.arange(len(x)), assign]
+        moved = False
+        for j in range(k):
+            members = assign == j
+            if members.any():
+                new = x[members].mean(axis=0)
+            else:
+                far = int(np.argmax(best))
+                new, best[far] = x[far], -np.inf
+            moved |= not np.array_equal(new, centres[j])
+            centres[j] = new
+        if not moved:
+            break
+    return centres
+
+
+def kmeans_patches(shape, *, fan_in, fan_out, rng=None, dtype=np.float32, data=None,
+                   n_patches=10000, iterations=30, seed=None, eps=10.0 / 255 ** 2,
+                   gain=math.sqrt(2.0), fallback="he_uniform"):
+    """Convolution kernels (out, in, kh, kw) set to the k-means centroids (k = out) of random
+    image patches from ``data`` (N, in, H, W), the patches first centred and scaled to unit
+    variance each (Coates and Ng's single-layer recipe, without whitening).  Each kernel is
+    then centred and scaled so that the mean of its squared weights is ``gain² / fan_in``
+    (He's variance by default, as the Gabor bank has), so only the shapes come from the data.
+
+    Seeded and reproducible: the patches and the k-means++ start are drawn from ``seed`` when
+    given, else from ``rng``.  ``data=None`` (the layer being constructed, before any data):
+    the ``fallback`` initializer draws the kernels instead.  ``eps`` keeps flat patches from
+    being blown up by the normalisation.
+    """
+    name = "kmeans_patches"
+    shape, dtype = _check(name, shape, fan_in, fan_out, dtype)
+    if len(shape) != 4:
+        raise ValueError(f"initializer {name}: needs a conv weight shape (out, in, kh, kw), "
+                         f"got {shape}")
+    if data is None:
+        if fallback == name:
+            raise ValueError(f"initializer {name}: fallback must be another initializer")
+        return initialize(fallback, shape, fan_in=fan_in, fan_out=fan_out, rng=rng, dtype=dtype)
+    for opt, value in (("n_patches", n_patches), ("iterations", iterations)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"initializer {name}: {opt} must be a positive int, got {value!r}")
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)
+                             or seed < 0):
+        raise ValueError(f"initializer {name}: seed must be an int >= 0, got {seed!r}")
+    eps = _option(name, "eps", eps, low=0.0)
+    g = _option(name, "gain", gain, low=0.0, low_open=True)
+    out = shape[0]
+    if n_patches < out:
+        raise ValueError(f"initializer {name}: n_patches ({n_patches}) must be at least the "
+                         f"number of kernels ({out})")
+    gen = np.random.default_rng(seed) if seed is not None else _random.generator(rng)
+    x = _normalised_patches(name, data, shape, int(n_patches), gen, eps)
+    centres = _kmeans(x, out, int(iterations), gen)
+    centres -= centres.mean(axis=1, keepdims=True)
+    ms = np.mean(centres * centres, axis=1, keepdims=True)
+    # a constant centroid (flat patches) has no shape to give: a random unit direction instead
+    flat = ms[:, 0] <= 1e-12
+    if flat.any():
+        centres[flat] = gen.standard_normal((int(flat.sum()), centres.shape[1]))
+        centres[flat] -= centres[flat].mean(axis=1, keepdims=True)
+        ms[flat] = np.mean(centres[flat] ** 2, axis=1, keepdims=True)
+    centres *= np.sqrt(g * g / fan_in / ms)
+    return np.ascontiguousarray(centres.reshape(shape), dtype=dtype)
+
+
+kmeans_patches.needs_data = True
+
+
+def needs_data(init) -> bool:
+    """Whether ``init`` (a registered name, (name, options) or a callable) is a data-driven
+    initializer (declares ``needs_data = True``)."""
+    if isinstance(init, (tuple, list)) and len(init) == 2 and isinstance(init[1], dict):
+        init = init[0]
+    if isinstance(init, str):
+        try:
+            init = get_registry().initializer(init)
+        except (KeyError, ValueError):
+            return False
+    return bool(getattr(init, "needs_data", False))
+
+
+def initialize_from_data(model, x, *, rng=None) -> list[str]:
+    """Run ``model`` (inference mode) on the images ``x`` and re-initialise, in model order,
+    every parameter whose initializer needs data (``needs_data``), passing it ``data=`` the
+    images as that layer receives them.  Parameters are overwritten in place, so an optimizer
+    built before keeps working; a convolution's connection table is applied again.  ``rng``:
+    the generator for initializers without their own ``seed`` (default: seed 0, so a run
+    repeats).  Returns the names of the layers initialised."""
+    from ._walk import run_layers
+
+    rng = _random.generator(0 if rng is None else rng)
+    registry = get_registry()
+    done = []
+
+    def init_layer(layer, data):
+        fans = getattr(layer, "init_fans", None)
+        for key, attr in (("weight", "weight_init"), ("bias", "bias_init")):
+            init, param = getattr(layer, attr, None), layer.params.get(key)
+            if param is None or fans is None or not needs_data(init):
+                continue
+            if isinstance(init, (tuple, list)):
+                fn, options = registry.initializer(init[0]), dict(init[1])
+            else:
+                fn, options = (init if callable(init) else registry.initializer(init)), {}
+            new = np.asarray(fn(param.shape, fan_in=fans[0], fan_out=fans[1], rng=rng,
+                                dtype=param.dtype, data=data, **options))
+            if new.shape != param.shape or not np.all(np.isfinite(new)):
+                raise ValueError(f"initialize_from_data: {layer.name}: initializer {init!r} "
+                                 f"returned shape {new.shape} (expected {param.shape}) or "
+                                 "non-finite values")
+            param[...] = new
+            table = getattr(layer, "connections", None)
+            if key == "weight" and table is not None:
+                param *= table[:, :, None, None]
+            done.append(layer.name)
+
+    run_layers(model, x, init_layer, who="initialize_from_data")
+    return list(dict.fromkeys(done))
 
 
 def initialize(name: str, shape, *, fan_in, fan_out, rng=None, dtype=np.float32, **options):

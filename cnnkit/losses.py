@@ -17,9 +17,18 @@ from .layers import FLOAT_DTYPES
 
 class Loss:
     name = "loss"
+    #: the prediction is a distance (as RBF output units give): the predicted class is the
+    #: arg-min of a row, not the arg-max (see :meth:`class_scores`)
+    lower_is_better = False
 
     def __init__(self):
         self._ctx = None
+
+    def class_scores(self, prediction):
+        """Class scores of a (N, classes) prediction, higher meaning more likely: the
+        prediction itself, negated for a loss of distances (``lower_is_better``).  Accuracy
+        and the class metrics during training and evaluation take the arg-max of these."""
+        return -prediction if self.lower_is_better else prediction
 
     def __call__(self, prediction, target, sample_weight=None):
         if sample_weight is None:  # a subclass's forward may predate sample weights
@@ -314,6 +323,62 @@ class MSE(Loss):
         return grad
 
 
+class RBFEuclideanLoss(Loss):
+    """The Euclidean criterion of LeNet-5's RBF output units (LeCun et al. 1998, eq. 8): the
+    mean over the batch of the output at the correct class, which for
+    :class:`~cnnkit.layers.RBFOutput` is the squared distance to that class's code.  The
+    outputs are distances, so the predicted class is the arg-min (``lower_is_better``)."""
+
+    lower_is_better = True
+
+    def forward(self, distances, labels):
+        self._check_prediction(distances, ndim=2)
+        n, k = distances.shape
+        labels = self._check_labels(labels, n, k)
+        self._ctx = (distances.shape, distances.dtype, labels)
+        return float(distances[np.arange(n), labels].mean())
+
+    def _grad(self):
+        shape, dtype, labels = self._ctx
+        grad = np.zeros(shape, dtype=dtype)
+        grad[np.arange(shape[0]), labels] = 1.0 / shape[0]
+        return grad
+
+
+class RBFMAPLoss(RBFEuclideanLoss):
+    """The paper's MAP criterion (LeCun et al. 1998, eq. 9) for RBF outputs y (distances):
+    mean over the batch of ``y[label] + log(exp(-j) + sum_i exp(-y[i]))``.  Besides pulling
+    the correct output down it pushes the others up (the plain Euclidean criterion alone lets
+    every code collapse onto the input's); ``j`` > 0 keeps the penalty of outputs already large
+    from growing further."""
+
+    def __init__(self, j: float = 1.0):
+        super().__init__()
+        if (isinstance(j, bool) or not isinstance(j, (int, float, np.integer, np.floating))
+                or not np.isfinite(j)):
+            raise ValueError(f"RBFMAPLoss: j must be a finite number, got {j!r}")
+        self.j = float(j)
+
+    def forward(self, distances, labels):
+        self._check_prediction(distances, ndim=2)
+        n, k = distances.shape
+        labels = self._check_labels(labels, n, k)
+        # log(e^-j + sum_i e^-y_i), stably: shift by the largest exponent
+        neg = np.concatenate([np.full((n, 1), -self.j), -distances.astype(np.float64)], axis=1)
+        top = neg.max(axis=1, keepdims=True)
+        exp = np.exp(neg - top)
+        sums = exp.sum(axis=1, keepdims=True)
+        lse = (top + np.log(sums))[:, 0]
+        self._ctx = ((exp[:, 1:] / sums), distances.dtype, labels)
+        return float((distances[np.arange(n), labels] + lse).mean())
+
+    def _grad(self):
+        soft, dtype, labels = self._ctx
+        grad = -soft
+        grad[np.arange(len(labels)), labels] += 1.0
+        return (grad / len(labels)).astype(dtype, copy=False)
+
+
 class L2Penalty:
     """Weight decay as a loss term: ``forward(model)`` returns ``0.5 * weight_decay * sum(w^2)``
     and ``backward(model)`` adds its gradient ``weight_decay * w`` into each weight's
@@ -387,6 +452,9 @@ def accuracy(logits, labels) -> float:
 LOSSES = {"bcewithlogits": BCEWithLogits, "mse": MSE, "nllloss": NLLLoss,
           "softmaxcrossentropy": SoftmaxCrossEntropy, "crossentropy": SoftmaxCrossEntropy,
           "ce": SoftmaxCrossEntropy}
+
+#: the criteria of RBF output units (:class:`cnnkit.layers.RBFOutput`)
+LOSSES.update({"rbfeuclidean": RBFEuclideanLoss, "rbfmap": RBFMAPLoss})
 
 #: Weight penalties by the name a config gives them (``regularizer = {name = "l2", ...}``),
 #: keyed as :data:`LOSSES` is.

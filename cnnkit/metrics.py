@@ -13,7 +13,7 @@ import re
 import numpy as np
 
 __all__ = ["accuracy", "top_k_accuracy", "confusion_matrix", "per_class_accuracy", "METRICS",
-           "parse_metric"]
+           "parse_metric", "predict_classes"]
 
 
 def _labels(y, who):
@@ -54,6 +54,21 @@ def top_k_accuracy(y_true, scores, k: int = 5) -> float:
     idx = np.arange(s.shape[1])[None, :]
     ahead = (s > true) | ((s == true) & (idx < y[:, None]))
     return float(np.mean(ahead.sum(axis=1) < k))
+
+
+def predict_classes(model, x, batch_size: int = 256) -> np.ndarray:
+    """The predicted class of each input: the arg-max of ``model.predict(x)``, or the arg-min
+    when the output layer gives distances (it declares ``lower_is_better``, as
+    :class:`cnnkit.layers.RBFOutput` does: the nearest code wins)."""
+    out = model.predict(x, batch_size=batch_size)
+    if out.ndim != 2:
+        raise ValueError(f"predict_classes: expected (N, classes) outputs, got shape {out.shape}")
+    last = model.outputs[0].layer if getattr(model, "outputs", None) else None
+    if last is None and getattr(model, "layers", None):
+        last = model.layers[-1]
+    if getattr(last, "lower_is_better", False):
+        return np.argmin(out, axis=1)
+    return np.argmax(out, axis=1)
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:

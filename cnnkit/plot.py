@@ -1,5 +1,6 @@
-"""Pictures of a training run: loss and accuracy curves, and the first convolution layer's
-filters, as PNG files (matplotlib's Agg renderer, no display needed; files written atomically).
+"""Pictures of a training run: loss and accuracy curves, the first convolution layer's
+filters, and the feature maps every convolution and pooling layer makes of one image, as PNG
+files (matplotlib's Agg renderer, no display needed; files written atomically).
 
 matplotlib is optional: ``pip install "cnnkit[plot]"``.  Without it every function here raises
 :class:`MissingDependencyError` saying so.
@@ -13,7 +14,10 @@ import os
 import numpy as np
 
 __all__ = ["MissingDependencyError", "require_matplotlib", "plot_curves", "plot_filters",
-           "first_conv_layer", "plot_training"]
+           "first_conv_layer", "plot_training", "feature_maps", "FEATURE_MAP_LAYER_TYPES"]
+
+#: The layer types :func:`feature_maps` draws: the convolutions and the poolings.
+FEATURE_MAP_LAYER_TYPES = ("conv2d", "convtranspose2d", "maxpool2d", "avgpool2d", "subsampling")
 
 INSTALL_HINT = 'pip install "cnnkit[plot]"'
 
@@ -133,9 +137,65 @@ def plot_filters(model_or_layer, path, *, max_filters: int = 64) -> str:
     return _save(fig, Canvas, path)
 
 
-def plot_training(history, model, folder) -> list[str]:
+def _norm_tile(a):
+    lo, hi = a.min(), a.max()
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a) + 0.5
+
+
+def _maps_figure(Figure, layer, maps, max_maps):
+    """One grid of a layer's output maps (C, H, W) for one image, each tile scaled to its own
+    range, with the range in the tile's title."""
+    c = min(len(maps), max_maps)
+    ncols = min(c, 8)
+    nrows = math.ceil(c / ncols)
+    fig = Figure(figsize=(max(ncols, 2) * 1.2, nrows * 1.35 + 0.5))
+    fig.suptitle(f"{layer.name} ({type(layer).__name__}): {len(maps)} maps "
+                 f"{maps.shape[1]}x{maps.shape[2]}", fontsize=9)
+    for i in range(c):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        m = np.asarray(maps[i], dtype=np.float64)
+        ax.imshow(_norm_tile(m), cmap="gray", interpolation="nearest")
+        ax.set_title(f"{i}: [{m.min():.2g}, {m.max():.2g}]", fontsize=6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+def feature_maps(model, x, path, *, max_maps: int = 64) -> list[str]:
+    """For one input image ``x`` (C, H, W, or a batch of one (1, C, H, W)), one PNG per
+    convolution and pooling layer (:data:`FEATURE_MAP_LAYER_TYPES`) in the folder ``path``
+    (created if needed), ``featuremaps_<NN>_<layer name>.png`` in model order: the grid of the
+    maps the layer outputs (up to ``max_maps``), each scaled to its own range (grey: low is
+    dark; the tile title gives the range).  The model runs in inference mode.  Returns the
+    paths written."""
+    Figure, Canvas = require_matplotlib()
+    from ._walk import run_layers
+
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"feature_maps: expected one image (C, H, W) or (1, C, H, W), got "
+                         f"shape {x.shape}")
+    if not isinstance(max_maps, int) or isinstance(max_maps, bool) or max_maps < 1:
+        raise ValueError(f"feature_maps: max_maps must be a positive int, got {max_maps!r}")
+    outputs = [(layer, y) for layer, y in run_layers(model, x, who="feature_maps")
+               if layer.layer_type in FEATURE_MAP_LAYER_TYPES and np.ndim(y) == 4]
+    if not outputs:
+        raise ValueError("feature_maps: the model has no convolution or pooling layer")
+    os.makedirs(path, exist_ok=True)
+    paths = []
+    for i, (layer, y) in enumerate(outputs, 1):
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in layer.name)
+        fig = _maps_figure(Figure, layer, y[0], max_maps)
+        paths.append(_save(fig, Canvas, os.path.join(path, f"featuremaps_{i:02d}_{safe}.png")))
+    return paths
+
+
+def plot_training(history, model, folder, x=None) -> list[str]:
     """``loss.png``, ``accuracy.png`` (when recorded) and ``filters.png`` (when the model has a
-    convolution) in ``folder`` (created if needed); returns the paths written."""
+    convolution) in ``folder`` (created if needed), and with an image ``x`` its feature maps
+    (:func:`feature_maps`); returns the paths written."""
     require_matplotlib()
     os.makedirs(folder, exist_ok=True)
     paths = [plot_curves(history, os.path.join(folder, "loss.png"), "loss")]
@@ -144,4 +204,6 @@ def plot_training(history, model, folder) -> list[str]:
         paths.append(plot_curves(history, os.path.join(folder, "accuracy.png"), "accuracy"))
     if first_conv_layer(model) is not None:
         paths.append(plot_filters(model, os.path.join(folder, "filters.png")))
+        if x is not None:
+            paths += feature_maps(model, x, folder)
     return paths

@@ -431,9 +431,10 @@ def evaluate(model, data, *, loss: Loss | None = None, batch_size: int = 256,
         total += loss.forward(out, yb, **kw) * size
         loss._ctx = None
         if _is_classification(out, yb):
-            correct += _hits(out, yb, wb)
+            class_scores = loss.class_scores(out)
+            correct += _hits(class_scores, yb, wb)
             if extra:
-                scores.append(np.array(out, copy=True))
+                scores.append(np.array(class_scores, copy=True))
         else:
             classify = False
         n += size
@@ -534,6 +535,10 @@ class _batch_source:
 
 
 # ---------------------------------------------------------------------------------- the loop
+#: Training images ``fit(..., init_data=True)`` hands the data-driven initializers.
+INIT_DATA_IMAGES = 2048
+
+
 def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: int = 10,
         batch_size: int = 64, shuffle: bool = True, rng=None, seed: int | None = None,
         callbacks=(), early_stopping=None, checkpoint=None, checkpoint_every: int = 1,
@@ -541,7 +546,7 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
         verbose: bool = True, stream=None, check_finite: bool = False,
         transform=None, clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None, sample_weight=None, distributed=False,
-        sync_batchnorm: bool = False) -> History:
+        sync_batchnorm: bool = False, init_data: bool = False) -> History:
     """Train ``model`` on ``train`` up to epoch ``epochs``; report metrics on ``val``.
 
     * ``train`` is a pair ``(x, y)`` of arrays (shuffled and cut into ``batch_size`` batches
@@ -573,6 +578,10 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
       ``loss`` / ``accuracy`` are weighted means; a batch whose weights are all zero is
       skipped.  The array is read batch by batch, not copied (when it is float64), so a
       callback may re-weight the samples between epochs (:mod:`cnnkit.boosting` does).
+    * ``init_data``: before the first epoch (not when resuming), re-initialise the parameters
+      whose initializer needs data (``weight_init=("kmeans_patches", {...})``) from the first
+      :data:`INIT_DATA_IMAGES` training images (:func:`cnnkit.init.initialize_from_data`, with
+      a generator spawned from the shuffling one, so the seed decides it too).
     * ``check_finite``: stop at the first NaN/Inf that any layer produces (in its output or a
       gradient) with a ``FloatingPointError`` naming that layer; off by default (it costs one
       pass over every array).
@@ -662,6 +671,14 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
             stream.write(line + "\n")
             stream.flush()
     steps = math.ceil(len(x) / batch_size) if y is not None else x.steps
+    if not isinstance(init_data, (bool, np.bool_)):
+        raise TypeError(f"fit: init_data must be True or False, got {init_data!r}")
+    if init_data and resume_from is None:
+        if y is None:
+            raise ValueError("fit: init_data needs the training data as an (x, y) pair of arrays")
+        from .init import initialize_from_data
+
+        initialize_from_data(model, x[:INIT_DATA_IMAGES], rng=rng.spawn(1)[0])
     state = TrainState(model, optimizer, scheduler, history, epochs, steps)
     for cb in callbacks:
         cb.set_trainer(state)
@@ -781,7 +798,7 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
                 optimizer.step()
             batch_correct, batch_classify = 0, out is None or _is_classification(out, yb)
             if out is not None and batch_classify:
-                batch_correct = _hits(out, yb, wb)
+                batch_correct = _hits(loss.class_scores(out), yb, wb)
             if dist is not None:
                 size = dist.total
                 batch_correct, batch_classify = dist.step_end(batch_correct, batch_classify)

@@ -44,7 +44,8 @@ def test_builtin_variants_cover_every_builtin_layer_type():
         "conv2d", "maxpool2d", "avgpool2d", "relu", "sigmoid", "tanh", "dense",
         "leakyrelu", "elu", "gelu", "scaledtanh", "softmax", "logsoftmax", "dropout",
         "batchnorm1d", "batchnorm2d", "globalavgpool2d", "subsampling", "zeropad2d",
-        "convtranspose2d", "globalmaxpool2d", "clip", "relu6", "pad2d", "upsample2d"}
+        "convtranspose2d", "globalmaxpool2d", "clip", "relu6", "pad2d", "upsample2d",
+        "rbfoutput"}
     assert ("conv2d", "cython") in BUILTIN_VARIANTS and ("conv2d", "numpy") in BUILTIN_VARIANTS
 
 
@@ -172,7 +173,8 @@ def test_undeclared_features_and_dtypes_are_refused(registry):
     assert any("does not support" in r and "dilation" in r for r in reasons)
     assert any("does not support" in r and "groups" in r for r in reasons)
     refused_float32 = {case for case, dtype, _ in report.skipped if dtype == "float32"}
-    assert refused_float32 and all(("dilation" in c or "groups" in c or "same" in c)
+    assert refused_float32 and all(("dilation" in c or "groups" in c or "same" in c
+                                    or "connections" in c or "flip_kernel" in c)
                                    for c in refused_float32)
 
 
@@ -192,7 +194,8 @@ def test_plugin_cases_dtypes_and_rtol_are_used(registry):
     for report in (both, only32):
         assert {f.check for f in report.failures} == {"capabilities"}
         assert {f.output for f in report.failures} == {
-            "stride", "padding", "asymmetric_padding", "dilation", "groups"}
+            "stride", "padding", "asymmetric_padding", "dilation", "groups", "connections",
+            "flip_kernel"}
     # a tolerance of zero makes float32 results fail against the float64 reference
     strict = check_variant("conv2d", "cython", registry=registry, rtol={"float32": 0.0})
     assert {(f.check, f.dtype) for f in strict.failures} <= {("forward", "float32"),

@@ -1079,6 +1079,12 @@ def _expected_shape(layer_type, x, params, config):
                 or (b is not None and b.shape != (w.shape[0],)):
             return None
         return (x.shape[0], w.shape[0])
+    if layer_type == "rbfoutput":
+        codes = params["codes"]
+        if not _float_ok(x, codes) or x.ndim != 2 or codes.ndim != 2 \
+                or codes.shape[1] != x.shape[1]:
+            return None
+        return (x.shape[0], codes.shape[0])
     if layer_type == "zeropad2d":
         pad = _ints(config["padding"], 4)
         if x.ndim != 4 or pad is None or min(pad) < 0:
@@ -1137,7 +1143,7 @@ def kernel_calls(draw, layer_type):
         plane = geometry(3, 4, 5, 6, bad=(0, 1))
         c = draw(geometry(1, 2, bad=(0,)), label="channels per group") * max(g, 1)
         shape = (draw(side), c, draw(plane), draw(plane))
-    elif layer_type == "dense" and draw(st.integers(0, 9), label="rank 2") != 9:
+    elif layer_type in ("dense", "rbfoutput") and draw(st.integers(0, 9), label="rank 2") != 9:
         shape = (draw(side), draw(side))
     else:
         shape = draw(shapes(0, 5, 4))
@@ -1220,6 +1226,10 @@ def kernel_calls(draw, layer_type):
     elif layer_type in ("clip", "relu6"):
         config = {"min": draw(mostly(real(-0.5, 0.0), st.none())),
                   "max": draw(mostly(real(0.5, 6.0), st.none()))}
+    elif layer_type == "rbfoutput":
+        fin = _near(draw, shape[1] if len(shape) > 1 else 1, "in_features")
+        params = {"codes": _param(draw, (draw(geometry(1, 2, 3, bad=(0,))), fin), x.dtype,
+                                  "codes")}
     if isinstance(params.get("bias"), str):
         size = out_c if params["bias"] == "ok" else out_c + 1
         params["bias"] = _param(draw, (max(size, 0),), x.dtype, "bias")
@@ -1324,7 +1334,7 @@ LAYER_TYPES = ("conv2d", "convtranspose2d", "maxpool2d", "avgpool2d", "relu", "s
                "tanh", "leakyrelu", "elu", "gelu", "scaledtanh", "softmax", "logsoftmax",
                "dropout", "batchnorm1d", "batchnorm2d", "globalavgpool2d", "subsampling",
                "dense", "zeropad2d", "globalmaxpool2d", "clip", "relu6", "pad2d",
-               "upsample2d")
+               "upsample2d", "rbfoutput")
 
 
 def test_every_builtin_variant_is_fuzzed():

@@ -143,6 +143,32 @@ cdef void col2im_band(const floating* col, Py_ssize_t c, Py_ssize_t h, Py_ssize_
                             dst[s * sw] += src[s]
 
 
+cdef _check_runs(const int[:, ::1] runs, Py_ssize_t o, Py_ssize_t c, int groups):
+    """A connection table's runs: rows (first output, output count, first input, input count),
+    sorted by output block; the blocks tile [0, o) in order, every run lies inside [0, c)."""
+    cdef Py_ssize_t q, end = 0
+    if runs is None:
+        return
+    if groups != 1:
+        raise ValueError("a connection table needs groups=1")
+    if runs.shape[1] != 4:
+        raise ValueError(f"runs must be shaped (R, 4), got {tuple(runs.shape)[:2]}")
+    for q in range(runs.shape[0]):
+        if runs[q, 1] < 1 or runs[q, 2] < 0 or runs[q, 3] < 1 or runs[q, 2] + runs[q, 3] > c:
+            raise ValueError(f"run {q} (outputs {runs[q, 0]}+{runs[q, 1]}, inputs "
+                             f"{runs[q, 2]}+{runs[q, 3]}) is empty or outside the {c} input "
+                             "channels")
+        if q > 0 and runs[q, 0] == runs[q - 1, 0]:
+            if runs[q, 1] != runs[q - 1, 1]:
+                raise ValueError(f"runs {q - 1} and {q} give output block {runs[q, 0]} two sizes")
+            continue
+        if runs[q, 0] != end:
+            raise ValueError(f"run {q} starts output block {runs[q, 0]}, expected {end}")
+        end = runs[q, 0] + runs[q, 1]
+    if end != o:
+        raise ValueError(f"runs cover output channels [0, {end}), expected [0, {o})")
+
+
 cdef _check_cols(const floating[:, :, ::1] cols, Py_ssize_t n, Py_ssize_t k, Py_ssize_t plane):
     if cols is not None and (cols.shape[0] != n or cols.shape[1] != k or cols.shape[2] != plane):
         raise ValueError(f"cols must be shaped (N, C*kh*kw, oh*ow) = ({n}, {k}, {plane}), "
@@ -153,8 +179,14 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                    const floating[::1] bias, floating[:, :, :, ::1] y, floating[:, ::1] workspace,
                    int sh, int sw, int pt, int pl, int dh, int dw, int groups,
                    Py_ssize_t rows_per_band, int num_threads, floating[:, :, ::1] cols=None,
-                   bint fuse_relu=False):
+                   bint fuse_relu=False, const int[:, ::1] runs=None):
     """y = conv2d(x, weight) + bias; ``bias`` may be None; ``workspace`` unused for direct 1x1.
+
+    ``runs`` (a connection table, groups 1): rows (first output, output count, first input,
+    input count): a block of consecutive output channels reading the same input channels, and
+    one run of consecutive input channels it reads.  Each run is one product of the weight's
+    block with the matching rows of the columns, so unconnected pairs cost nothing and their
+    weights are never read.
 
     With ``cols`` (N, C*kh*kw, oh*ow) the columns are built there instead of in the workspace
     and stay for :func:`conv2d_backward` to reuse: the columns of image n, band [r0, r1) are
@@ -172,7 +204,9 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef bint direct = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0
                         and oh == h and ow == w)
     cdef Py_ssize_t n_bands = (oh + rows_per_band - 1) // rows_per_band
-    cdef Py_ssize_t task, n, r0, r1, g, oc, p, band
+    cdef Py_ssize_t task, n, r0, r1, g, oc, p, band, q, kk = kh * kw
+    cdef Py_ssize_t n_runs = 0 if runs is None else runs.shape[0]
+    cdef Py_ssize_t ch_stride, ldb
     cdef bint keep = cols is not None and not direct
     cdef floating* col = NULL
     cdef floating* colb = NULL
@@ -183,6 +217,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     if rows_per_band < 1:
         raise ValueError("rows_per_band must be positive")
     _check_cols(cols, n_img, c * kh * kw, plane)
+    _check_runs(runs, o, c, groups)
     if n_img == 0 or o == 0 or plane == 0:
         return
     with nogil, parallel(num_threads=num_threads):
@@ -200,7 +235,19 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
             colb = (&cols[n, 0, 0] + c * kh * kw * r0 * ow) if keep else col
             if not direct:
                 im2col_band(&x[n, 0, 0, 0], c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, ow, r0, r1, colb)
-            for g in range(groups):
+            if n_runs:
+                bsrc = (&x[n, 0, 0, 0] + r0 * ow) if direct else colb
+                ch_stride = plane if direct else kk * band
+                ldb = plane if direct else band
+                for q in range(n_runs):
+                    oc = runs[q, 0]
+                    # y_block = sum over runs of W[block, run] @ col[run]; the first overwrites
+                    gemm_rm(False, False, runs[q, 1], <int> band, <int> (runs[q, 3] * kk),
+                            <floating> 1.0, &weight[oc, runs[q, 2], 0, 0], <int> kg,
+                            bsrc + runs[q, 2] * ch_stride, <int> ldb,
+                            <floating> (0.0 if q == 0 or runs[q - 1, 0] != oc else 1.0),
+                            &y[n, oc, 0, 0] + r0 * ow, <int> plane)
+            for g in range(groups if n_runs == 0 else 0):
                 if direct:
                     bsrc = &x[n, g * cg, 0, 0] + r0 * ow
                     gemm_rm(False, False, <int> og, <int> band, <int> kg, <floating> 1.0,
@@ -230,7 +277,7 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
                     floating[:, ::1] workspace,
                     int sh, int sw, int pt, int pl, int dh, int dw, int groups,
                     Py_ssize_t rows_per_band, int num_threads, bint compute_dx=True,
-                    const floating[:, :, ::1] cols=None):
+                    const floating[:, :, ::1] cols=None, const int[:, ::1] runs=None):
     """dx (overwritten), and per-thread partial sums dw_partial[t] (O, Kg), db_partial[t] (O,).
 
     The partial sums must be zeroed by the caller, who adds them up over threads.  With
@@ -241,6 +288,8 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     ``cols`` are the columns kept by :func:`conv2d_forward` (same ``rows_per_band``): the
     weight gradient reads them instead of rebuilding them, and ``workspace`` only holds the
     column gradients (it may be (threads, 1) when ``compute_dx`` is false).
+    ``runs``: the connection table as in :func:`conv2d_forward`; the weight gradient of an
+    unconnected pair is never written (stays the caller's zero).
     """
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t o = weight.shape[0], cg = weight.shape[1], kh = weight.shape[2], kw = weight.shape[3]
@@ -250,7 +299,9 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     cdef bint direct = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0
                         and oh == h and ow == w)
     cdef bint keep = cols is not None and not direct
-    cdef Py_ssize_t n, r0, r1, g, oc, band
+    cdef Py_ssize_t n, r0, r1, g, oc, band, q, kk = kh * kw
+    cdef Py_ssize_t n_runs = 0 if runs is None else runs.shape[0]
+    cdef Py_ssize_t ch_stride, ldb
     cdef floating* col = NULL
     cdef floating* dwt = NULL
     cdef const floating* colb = NULL
@@ -260,6 +311,7 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     if rows_per_band < 1:
         raise ValueError("rows_per_band must be positive")
     _check_cols(cols, n_img, c * kh * kw, plane)
+    _check_runs(runs, o, c, groups)
     if compute_dx and (dx is None or dx.shape[0] != n_img or dx.shape[1] != c
                        or dx.shape[2] != h or dx.shape[3] != w):
         raise ValueError("dx must be an array shaped like x when compute_dx is set")
@@ -275,7 +327,7 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
         col = &workspace[tid, 0]
         dwt = &dw_partial[tid, 0, 0]
         for n in prange(n_img, schedule="static"):
-            if compute_dx and not direct:
+            if compute_dx and (not direct or n_runs):
                 memset(&dx[n, 0, 0, 0], 0, c * h * w * sizeof(floating))
             r0 = 0
             while r0 < oh:
@@ -288,6 +340,34 @@ def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
                 elif not direct:
                     im2col_band(&x[n, 0, 0, 0], c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, ow, r0, r1, col)
                     colb = col
+                if n_runs:
+                    bsrc = (&x[n, 0, 0, 0] + r0 * ow) if direct else colb
+                    ch_stride = plane if direct else kk * band
+                    ldb = plane if direct else band
+                    for q in range(n_runs):
+                        oc = runs[q, 0]
+                        # dW[block, run] += dy_block (ob x band) @ col[run]^T
+                        gemm_rm(False, True, runs[q, 1], <int> (runs[q, 3] * kk), <int> band,
+                                <floating> 1.0, &dy[n, oc, 0, 0] + r0 * ow, <int> plane,
+                                bsrc + runs[q, 2] * ch_stride, <int> ldb, <floating> 1.0,
+                                dwt + oc * kg + runs[q, 2] * kk, <int> kg)
+                    if compute_dx:
+                        # dcol[run] += W[block, run]^T dy_block, into zeroed column gradients
+                        # (or straight into dx for a direct 1x1, zeroed above)
+                        if not direct:
+                            memset(col, 0, kg * band * sizeof(floating))
+                        for q in range(n_runs):
+                            oc = runs[q, 0]
+                            gemm_rm(True, False, <int> (runs[q, 3] * kk), <int> band, runs[q, 1],
+                                    <floating> 1.0, &weight[oc, runs[q, 2], 0, 0], <int> kg,
+                                    &dy[n, oc, 0, 0] + r0 * ow, <int> plane, <floating> 1.0,
+                                    ((&dx[n, 0, 0, 0] + r0 * ow) if direct else col)
+                                    + runs[q, 2] * ch_stride, <int> ldb)
+                        if not direct:
+                            col2im_band(col, c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, ow, r0, r1,
+                                        &dx[n, 0, 0, 0])
+                    r0 = r1
+                    continue
                 for g in range(groups):
                     dyg = &dy[n, g * og, 0, 0] + r0 * ow
                     bsrc = (&x[n, g * cg, 0, 0] + r0 * ow) if direct else (colb + g * kg * band)

@@ -18,6 +18,8 @@
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -90,12 +92,74 @@ def _col2im(dcols, xp_shape, kh, kw, sh, sw, dh, dw, oh, ow, groups):
     return dxp
 
 
+def _effective_weight(w, config):
+    """The kernel the cross-correlation applies: unconnected pairs of a connection table zeroed
+    (whatever the stored weight holds there), turned 180 degrees for ``flip_kernel``."""
+    table = config.get("connections")
+    if table is not None:
+        w = w * np.asarray(table, dtype=bool)[:, :, None, None]
+    if config.get("flip_kernel"):
+        w = w[:, :, ::-1, ::-1]
+    return w
+
+
+def _stored_weight_grad(dw, config):
+    """The gradient of the stored weight from that of the kernel applied: turned back for
+    ``flip_kernel``, exactly zero on the unconnected pairs of a connection table."""
+    if config.get("flip_kernel"):
+        dw = dw[:, :, ::-1, ::-1]
+    table = config.get("connections")
+    if table is not None:
+        dw = dw * np.asarray(table, dtype=bool)[:, :, None, None]
+    return np.ascontiguousarray(dw)
+
+
+#: Cost of one extra BLAS product of the skipping plan, in multiply-adds per output pixel:
+#: small products run far below peak (LeNet's C3 as 24 products of 1-6 rows measured 3.5x
+#: slower than one dense product over zeroed weights), so unconnected pairs are skipped only
+#: when that saves more than the extra calls cost (block-structured tables).
+RUN_PRODUCT_COST = 1024
+
+
+@functools.lru_cache(maxsize=64)
+def _connection_runs(table, kernel_area, product_cost):
+    """The Cython kernels' plan for a connection table (tuple of rows of bools, out x in), as
+    (runs, None) or (None, mask).  Runs: int32 rows (first output, output count, first input,
+    input count), consecutive outputs with the same inputs merged into one block, one row per
+    run of consecutive connected inputs.  Mask (out, in, 1, 1) instead when one dense product
+    over zeroed weights is cheaper (``product_cost``: :data:`RUN_PRODUCT_COST`)."""
+    runs = []
+    o, c = len(table), len(table[0])
+    oc = 0
+    while oc < o:
+        end = oc + 1
+        while end < o and table[end] == table[oc]:
+            end += 1
+        start = None
+        for ic, on in enumerate(tuple(table[oc]) + (False,)):
+            if on and start is None:
+                start = ic
+            elif not on and start is not None:
+                runs.append((oc, end - oc, start, ic - start))
+                start = None
+        oc = end
+    computed = sum(ob * ci for _, ob, _, ci in runs) * kernel_area
+    if computed + (len(runs) - 1) * product_cost >= o * c * kernel_area:
+        mask = np.array(table, dtype=bool)[:, :, None, None]
+        mask.setflags(write=False)
+        return None, mask
+    out = np.array(runs, dtype=np.int32).reshape(-1, 4)
+    out.setflags(write=False)
+    return out, None
+
+
 class Conv2dNumpy:
-    """2-D cross-correlation (PyTorch's conv2d) with stride, asymmetric padding, dilation, groups."""
+    """2-D cross-correlation (PyTorch's conv2d) with stride, asymmetric padding, dilation, groups;
+    a connection table masks the weight, ``flip_kernel`` turns it (true convolution)."""
 
     @staticmethod
     def forward(x, params, config, need_backward):
-        w, b = params["weight"], params.get("bias")
+        w, b = _effective_weight(params["weight"], config), params.get("bias")
         sh, sw = config["stride"]
         top, bottom, left, right = config["padding"]
         dh, dw = config["dilation"]
@@ -134,7 +198,7 @@ class Conv2dNumpy:
         dcols = np.matmul(dyg, wmat)  # (g, N*oh*ow, cg*kh*kw)
         dxp = _col2im(dcols, xp_shape, kh, kw, sh, sw, dh, dw, oh, ow, groups)
         dx = np.ascontiguousarray(dxp[:, :, top : top + x.shape[2], left : left + x.shape[3]])
-        grads = {"weight": np.ascontiguousarray(dw_, dtype=w.dtype)}
+        grads = {"weight": _stored_weight_grad(dw_.astype(w.dtype, copy=False), config)}
         if has_bias:
             grads["bias"] = dy.sum(axis=(0, 2, 3)).astype(w.dtype, copy=False)
         return dx, grads
@@ -238,8 +302,25 @@ def _kept_columns(x_shape, w_shape, oh, ow, itemsize, direct):
     return (n, k, oh * ow)
 
 
+def _kernel_weight_and_runs(w, config):
+    """The weight the Cython kernels read (turned for ``flip_kernel``), the connection table's
+    runs for the kernels to skip unconnected pairs, and the table as a mask when the plan is
+    one dense product instead (the weight then zeroed on unconnected pairs here, whatever the
+    parameter holds there, and the weight gradient zeroed there after)."""
+    if config.get("flip_kernel"):
+        w = w[:, :, ::-1, ::-1]
+    table = config.get("connections")
+    runs = mask = None
+    if table is not None:
+        runs, mask = _connection_runs(table, w.shape[2] * w.shape[3], RUN_PRODUCT_COST)
+        if mask is not None:
+            w = np.where(mask, w, w.dtype.type(0))
+    return np.ascontiguousarray(w), runs, mask
+
+
 class Conv2dCython:
-    """2-D cross-correlation: im2col/col2im in Cython, one BLAS GEMM per group and image."""
+    """2-D cross-correlation: im2col/col2im in Cython, one BLAS GEMM per group and image; with a
+    connection table one product per output channel and run of connected input channels."""
 
     _kernels = _conv
 
@@ -278,6 +359,7 @@ class Conv2dCython:
         x = contiguous(x)
         w, b = weight_and_bias(params, x.dtype)
         geom, oh, ow, direct = Conv2dCython._check(x, w, b, config)
+        w, runs, mask = _kernel_weight_and_runs(w, config)
         y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
         threads, rows, ws_shape = _conv_plan(x.shape, w.shape, oh, ow, x.itemsize, direct, True)
         kept = _kept_columns(x.shape, w.shape, oh, ow, x.itemsize, direct) if need_backward else None
@@ -285,13 +367,14 @@ class Conv2dCython:
         ws = workspace((threads, 1) if cols is not None else ws_shape, x.dtype)
         with single_threaded_blas():
             cls._kernels.conv2d_forward(x, w, b, y, ws, *geom, rows, threads, cols,
-                                        bool(fuse_relu))
-        ctx = (x, w, b is not None, geom, oh, ow, direct, cols, rows) if need_backward else None
+                                        bool(fuse_relu), runs)
+        ctx = ((x, w, b is not None, geom, oh, ow, direct, cols, rows, runs, mask,
+                bool(config.get("flip_kernel"))) if need_backward else None)
         return y, ctx
 
     @classmethod
     def backward(cls, dy, ctx, need_input_grad=True):
-        x, w, has_bias, geom, oh, ow, direct, cols, fwd_rows = ctx
+        x, w, has_bias, geom, oh, ow, direct, cols, fwd_rows, runs, mask, flipped = ctx
         n, o = x.shape[0], w.shape[0]
         dy = grad_like(dy, x.dtype, (n, o, oh, ow), "conv2d")
         threads, rows, ws_shape = _conv_plan(x.shape, w.shape, oh, ow, x.itemsize, direct, False)
@@ -305,8 +388,11 @@ class Conv2dCython:
         db_part = np.zeros((threads, o), dtype=x.dtype) if has_bias else None
         with single_threaded_blas():
             cls._kernels.conv2d_backward(x, w, dy, dx, dw_part, db_part, ws, *geom, rows,
-                                         threads, bool(need_input_grad), cols)
-        grads = {"weight": (dw_part[0] if threads == 1 else dw_part.sum(axis=0)).reshape(w.shape)}
+                                         threads, bool(need_input_grad), cols, runs)
+        dw_ = (dw_part[0] if threads == 1 else dw_part.sum(axis=0)).reshape(w.shape)
+        if mask is not None:
+            dw_ = np.where(mask, dw_, dw_.dtype.type(0))
+        grads = {"weight": np.ascontiguousarray(dw_[:, :, ::-1, ::-1]) if flipped else dw_}
         if has_bias:
             grads["bias"] = db_part[0] if threads == 1 else db_part.sum(axis=0)
         return dx, grads
@@ -358,6 +444,10 @@ def direct_auto_refusal(config, dtype=None):
     return None
 
 
+#: What the direct variants serve of Conv2D's features (stride 1, dilation 1, groups 1 only)
+DIRECT_FEATURES = ("padding", "asymmetric_padding", "bias", "connections", "flip_kernel")
+
+
 def _direct_weights(w):
     """(O, C, kh, kw) -> the kernels' (C*kh*kw, O4) layout, zero columns up to 4 | O4."""
     o = w.shape[0]
@@ -406,6 +496,7 @@ class Conv2dDirect:
         x = contiguous(x)
         w, b = weight_and_bias(params, x.dtype)
         top, left, bottom, right, oh, ow = cls._geometry(x, w, b, config)
+        w = np.ascontiguousarray(_effective_weight(w, config))
         n, c = x.shape[:2]
         o, _, kh, kw = w.shape
         y = np.empty((n, o, oh, ow), dtype=x.dtype)
@@ -414,12 +505,13 @@ class Conv2dDirect:
         ws = workspace((threads, size), x.dtype)
         cls._kernels.conv2d_direct_forward(x, _direct_weights(w), b, y, ws, top, left, kh, kw,
                                            threads, bool(fuse_relu))
-        ctx = (x, w, b is not None, (top, left, bottom, right), oh, ow) if need_backward else None
+        ctx = ((x, w, b is not None, (top, left, bottom, right), oh, ow, config)
+               if need_backward else None)
         return y, ctx
 
     @classmethod
     def backward(cls, dy, ctx, need_input_grad=True):
-        x, w, has_bias, (top, left, bottom, right), oh, ow = ctx
+        x, w, has_bias, (top, left, bottom, right), oh, ow, config = ctx
         n, c, h, wd = x.shape
         o, _, kh, kw = w.shape
         dy = grad_like(dy, x.dtype, (n, o, oh, ow), "conv2d")
@@ -428,8 +520,10 @@ class Conv2dDirect:
             # an inf or NaN of the input into NaN where the reference has none
             geom = (1, 1, top, left, 1, 1, 1)
             one_by_one = (kh, kw, top, bottom, left, right) == (1, 1, 0, 0, 0, 0)
-            return Conv2dCython.backward(
-                dy, (x, w, has_bias, geom, oh, ow, one_by_one, None, oh), need_input_grad)
+            dx, grads = Conv2dCython.backward(dy, (x, w, has_bias, geom, oh, ow, one_by_one, None,
+                                                   oh, None, None, False), need_input_grad)
+            grads["weight"] = _stored_weight_grad(grads["weight"], config)
+            return dx, grads
         macs = n * o * oh * ow * w[0].size
         threads = _direct_threads(n, macs)
         size = cls._kernels.direct_layout(c, o, oh, ow, kh, kw, x.itemsize)[2]
@@ -437,7 +531,8 @@ class Conv2dDirect:
         dw_part = np.zeros((threads, w[0].size, -(-o // 4) * 4), dtype=x.dtype)
         cls._kernels.conv2d_direct_weight_grad(x, dy, dw_part, ws, top, left, kh, kw, threads)
         dwt = dw_part[0] if threads == 1 else dw_part.sum(axis=0)
-        grads = {"weight": np.ascontiguousarray(dwt[:, :o].T).reshape(w.shape)}
+        grads = {"weight": _stored_weight_grad(
+            np.ascontiguousarray(dwt[:, :o].T).reshape(w.shape), config)}
         if has_bias:
             db = np.empty(o, dtype=x.dtype)
             cls._kernels.channel_sums(dy, db, threads)
@@ -707,14 +802,14 @@ def cnnkit_register_variants(register):
              description="Winograd F(4x4,3x3): tile transforms + 36 BLAS GEMMs; 3x3/s1/d1/g1 "
                          f"only; float32 error <= {WINOGRAD_FLOAT32_BOUND:g} of the output scale")
     register("conv2d", "direct", Conv2dDirect, priority=DIRECT_PRIORITY[None], dtypes=dtypes,
-             capabilities=("padding", "asymmetric_padding", "bias"), supports=direct_refusal,
+             capabilities=DIRECT_FEATURES, supports=direct_refusal,
              auto_supports=direct_auto_refusal,
              description="register-blocked direct loops, no im2col/GEMM; stride 1, groups 1")
     # the same kernels compiled per instruction set; refused on a CPU without the features
     for isa, cpu in ISA_FEATURES.items():
         register("conv2d", f"direct-{isa}", isa_build(Conv2dDirect, "conv", isa),
                  priority=DIRECT_PRIORITY[isa], dtypes=dtypes,
-                 capabilities=("padding", "asymmetric_padding", "bias"),
+                 capabilities=DIRECT_FEATURES,
                  supports=direct_refusal, auto_supports=direct_auto_refusal, cpu_features=cpu,
                  description=f"as direct, compiled for {', '.join(cpu)}")
         register("conv2d", f"cython-{isa}", isa_build(Conv2dCython, "conv", isa),

@@ -1,15 +1,18 @@
-"""The dense family's built-in plugin: ``dense`` (:class:`~cnnkit.layers.Dense`), y = x @ W.T + b.
+"""The dense family's built-in plugin: ``dense`` (:class:`~cnnkit.layers.Dense`), y = x @ W.T + b,
+and ``rbfoutput`` (:class:`~cnnkit.layers.RBFOutput`), squared distances to class codes.
 
-One variant, ``"numpy"``: the product is BLAS already, so a compiled loop would add nothing.
-Small products run on one BLAS thread (:func:`cnnkit._threads.dense_blas_threads`).
+One variant each, ``"numpy"``: the products are BLAS already, so a compiled loop would add
+nothing.  Small products run on one BLAS thread (:func:`cnnkit._threads.dense_blas_threads`).
 """
 from __future__ import annotations
 
 from cnnkit._threads import dense_blas_threads
-from cnnkit.layers import Dense
+import numpy as np
+
+from cnnkit.layers import Dense, RBFOutput
 from cnnkit.plugins import hookimpl
 
-__all__ = ["DenseNumpy"]
+__all__ = ["DenseNumpy", "RBFOutputNumpy"]
 
 
 class DenseNumpy:
@@ -35,15 +38,41 @@ class DenseNumpy:
         return dx, grads
 
 
+class RBFOutputNumpy:
+    """y[n, k] = |x_n - c_k|^2 from the differences themselves (the expansion
+    |x|^2 - 2 x.c + |c|^2 cancels badly for an input near a code, the case training aims at);
+    dx_n = 2 sum_k dy[n, k] (x_n - c_k), dc_k = -2 sum_n dy[n, k] (x_n - c_k)."""
+
+    @staticmethod
+    def forward(x, params, config, need_backward):
+        c = params["codes"]
+        diff = x[:, None, :] - c[None, :, :]
+        y = np.einsum("nkf,nkf->nk", diff, diff)
+        return y, ((x, c) if need_backward else None)
+
+    @staticmethod
+    def backward(dy, ctx):
+        x, c = ctx
+        with dense_blas_threads(x.shape[0] * c.size):
+            dyc = dy @ c
+            dyx = dy.T @ x
+        dx = 2 * (dy.sum(axis=1)[:, None] * x - dyc)
+        dc = -2 * (dyx - dy.sum(axis=0)[:, None] * c)
+        return dx.astype(x.dtype, copy=False), {"codes": dc.astype(c.dtype, copy=False)}
+
+
 @hookimpl
 def cnnkit_register_layers(register):
     register("dense", Dense)
+    register("rbfoutput", RBFOutput)
 
 
 @hookimpl
 def cnnkit_register_variants(register):
     register("dense", "numpy", DenseNumpy, priority=0, dtypes=("float32", "float64"),
              capabilities=Dense.FEATURES, description="BLAS matmul")
+    register("rbfoutput", "numpy", RBFOutputNumpy, priority=0, dtypes=("float32", "float64"),
+             description="squared distances to the class codes from their differences")
 
 
 # ONNX export (cnnkit.onnx.export): Gemm with the weight transposed, as PyTorch writes Linear

@@ -3,7 +3,7 @@ from .. import init
 from ..plugins import hookimpl
 
 _NAMES = ("zeros", "constant", "uniform", "normal", "xavier_uniform", "xavier_normal",
-          "he_uniform", "he_normal", "lecun_uniform", "lecun_normal", "orthogonal", "gabor")
+          "he_uniform", "he_normal", "lecun_uniform", "lecun_normal", "orthogonal", "gabor", "kmeans_patches")
 _ALIASES = {"glorot_uniform": "xavier_uniform", "glorot_normal": "xavier_normal",
             "kaiming_uniform": "he_uniform", "kaiming_normal": "he_normal"}
 

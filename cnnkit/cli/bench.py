@@ -122,6 +122,9 @@ DEFAULT_SHAPES = {
         BenchShape("lenet-fc1", (64, 400), {"out_features": 120}),
         BenchShape("mlp-1024", (256, 1024), {"out_features": 1024}),
     ),
+    "rbfoutput": (
+        BenchShape("lenet-output", (256, 84), {"num_classes": 10}),
+    ),
     **{t: _ELEMENTWISE_SHAPES for t in ("relu", "leakyrelu", "sigmoid", "tanh", "elu", "gelu",
                                         "scaledtanh", "clip", "relu6")},
 }

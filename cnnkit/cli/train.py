@@ -57,8 +57,10 @@ def add_parser(sub) -> None:
     train.add_argument("--resume", metavar="FILE", default=None,
                        help="continue training from a checkpoint (same recipe and seed)")
     train.add_argument("--plot", metavar="DIR", default=None,
-                       help="write PNGs of the loss/accuracy curves and of the first convolution "
-                       "layer's filters to DIR (needs matplotlib: pip install \"cnnkit[plot]\")")
+                       help="write PNGs of the loss/accuracy curves, of the first convolution "
+                       "layer's filters and of every convolution and pooling layer's feature "
+                       "maps for the first test image to DIR (needs matplotlib: pip install "
+                       "\"cnnkit[plot]\")")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel training over MPI: run as mpiexec -n N cnnkit train "
                        "... --distributed; --batch-size is the global batch, shared by the "
@@ -275,7 +277,7 @@ def _reporter(out, err, quiet, resume, overrides):
     return Reporter()
 
 
-def _finish(args, model, history, n_test, t0, out, metadata):
+def _finish(args, model, history, n_test, t0, out, metadata, image=None):
     if not _is_root(args):
         return
     final = history.epochs[-1] if history.epochs else {}
@@ -296,7 +298,7 @@ def _finish(args, model, history, n_test, t0, out, metadata):
     if args.plot:
         from ..plot import plot_training
 
-        for path in plot_training(history, model, args.plot):
+        for path in plot_training(history, model, args.plot, image):
             print(f"plot written to {os.path.abspath(path)}", file=out)
 
 
@@ -345,7 +347,7 @@ def _train_lenet5(args) -> int:
                       verbose=False, callbacks=[report], checkpoint=args.checkpoint,
                       checkpoint_every=args.checkpoint_every or 1, resume_from=args.resume,
                       transform=transform, distributed=args.dist or False)
-    _finish(args, model, history, len(x_test), t0, out, {})
+    _finish(args, model, history, len(x_test), t0, out, {}, x_test[:1])
     return 0
 
 
@@ -417,6 +419,6 @@ def _train_config(args) -> int:
                       checkpoint=args.checkpoint,
                       checkpoint_every=args.checkpoint_every, resume_from=args.resume,
                       transform=transform, distributed=args.dist or False,
-                      sync_batchnorm=args.sync_batchnorm)
-    _finish(args, model, history, len(x_test), t0, out, {})  # model.save stores the config
+                      sync_batchnorm=args.sync_batchnorm, init_data=spec.init_data)
+    _finish(args, model, history, len(x_test), t0, out, {}, x_test[:1])  # model.save stores the config
     return 0

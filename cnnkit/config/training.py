@@ -15,7 +15,7 @@ from .model import _tuples
 
 _TRAIN_KEYS = ("optimizer", "loss", "epochs", "batch_size", "seed", "schedule", "data",
                "early_stopping", "regularizer", "shuffle", "checkpoint_every", "output", "augment",
-               "boosting")
+               "boosting", "init_data")
 
 #: the keys of ``[training.boosting]``: StagewiseBoosting's arguments, then boosting.fit's
 _BOOSTING_KEYS = ("stages", "head", "include_output", "carry_over")
@@ -40,6 +40,7 @@ class TrainingSpec:
     output: str | None = None
     augment: Any = None
     boosting: dict | None = None
+    init_data: bool = False
 
 
 def _named(value, what, err, key):
@@ -78,6 +79,8 @@ def training_from_config(cfg) -> TrainingSpec:
         boosting = {stages = ["pool1", "pool2"], head = "flatten", include_output = true,
                     carry_over = true}          # cnnkit.boosting: a head on each stage's output,
                                                 # a SAMME round after every epoch
+        init_data = true                        # data-driven initializers (kmeans_patches)
+                                                # draw from the training images of `data`
     """
     loc = _Locator(cfg)
     section = cfg.get("training", {}) if isinstance(cfg, dict) else {}
@@ -101,7 +104,7 @@ def training_from_config(cfg) -> TrainingSpec:
         elif key == "seed":
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 err(f"must be an int >= 0, got {value!r}", key)
-        elif key == "shuffle":
+        elif key in ("shuffle", "init_data"):
             if not isinstance(value, bool):
                 err(f"must be true or false, got {value!r}", key)
         elif key in ("optimizer", "loss", "data"):

@@ -425,6 +425,8 @@ def _init_weight_and_bias(layer, weight_shape, bias_shape, fan_in, fan_out, *, b
     _check_bias_flag(bias, owner)
     dtype = _check_dtype(dtype, owner)
     layer.weight_init, layer.bias_init = weight_init, bias_init
+    # kept for initializers that draw again once data is there (cnnkit.init.initialize_from_data)
+    layer.init_fans = (fan_in, fan_out)
     rng = _random.generator(rng)
     layer.params["weight"] = _init_array(weight_init, weight_shape, fan_in, fan_out, rng, dtype,
                                          owner)

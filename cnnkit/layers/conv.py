@@ -15,7 +15,69 @@ def _set_channels_kernel_stride(layer, in_channels, out_channels, kernel_size, s
     layer.kernel_size = pair(kernel_size, "kernel_size", owner)
     layer.stride = pair(stride, "stride", owner)
 
-__all__ = ["Conv2D", "ConvTranspose2D"]
+__all__ = ["Conv2D", "ConvTranspose2D", "LENET5_C3_TABLE", "CONNECTION_TABLES"]
+
+
+def _lenet5_c3_table():
+    # LeCun, Bottou, Bengio, Haffner (1998), Table I: which of S2's 6 maps feed each of C3's 16.
+    # The first six take 3 contiguous maps, the next six 4 contiguous maps, three take 4
+    # non-contiguous maps, the last one all six.
+    table = [[(j + d) % 6 for d in range(3)] for j in range(6)]
+    table += [[(j + d) % 6 for d in range(4)] for j in range(6)]
+    table += [[0, 1, 3, 4], [1, 2, 4, 5], [0, 2, 3, 5], list(range(6))]
+    out = np.zeros((16, 6), dtype=bool)
+    for o, ins in enumerate(table):
+        out[o, ins] = True
+    out.setflags(write=False)
+    return out
+
+
+#: The connection table of LeNet-5's C3 layer (LeCun et al. 1998, Table I), stored as
+#: Conv2D's ``connections`` expects it: (out_channels, in_channels) = (16, 6), True where an
+#: output map reads an input map (60 of the 96 pairs).
+LENET5_C3_TABLE = _lenet5_c3_table()
+
+#: Connection tables by the names configs may give for ``connections``.
+CONNECTION_TABLES = {"lenet5_c3": LENET5_C3_TABLE}
+
+
+def _connection_table(connections, out_channels, in_channels, groups, owner):
+    """``connections`` (a name of :data:`CONNECTION_TABLES`, or a boolean / 0-1 matrix) as a
+    read-only bool array (out_channels, in_channels)."""
+    if isinstance(connections, str):
+        if connections not in CONNECTION_TABLES:
+            raise ValueError(f"{owner}: unknown connection table {connections!r}; known: "
+                             f"{', '.join(sorted(CONNECTION_TABLES))}, or give a boolean "
+                             "(out_channels, in_channels) matrix")
+        table = CONNECTION_TABLES[connections]
+    else:
+        try:
+            arr = np.asarray(connections)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{owner}: connections must be a boolean (out_channels, "
+                            f"in_channels) matrix, got {connections!r}") from exc
+        if arr.dtype == bool:
+            table = arr
+        elif arr.dtype.kind in "iuf" and np.all((arr == 0) | (arr == 1)):
+            table = arr == 1
+        else:
+            raise TypeError(f"{owner}: connections must be a boolean or 0/1 (out_channels, "
+                            f"in_channels) matrix, got dtype {arr.dtype} "
+                            f"{'with other values than 0 and 1' if arr.dtype.kind in 'iuf' else ''}")
+    if table.shape != (out_channels, in_channels):
+        raise ValueError(f"{owner}: connections has shape {table.shape}, expected "
+                         f"(out_channels, in_channels) = ({out_channels}, {in_channels})")
+    empty = np.flatnonzero(~table.any(axis=1))
+    if empty.size:
+        raise ValueError(f"{owner}: output channels {empty.tolist()} have no input in the "
+                         "connection table (each output needs at least one)")
+    if groups != 1:
+        raise ValueError(f"{owner}: connections and groups={groups} cannot be combined "
+                         "(a connection table already says which inputs each output reads; "
+                         "use groups=1)")
+    table = np.array(table, dtype=bool)
+    table.setflags(write=False)
+    return table
 
 
 def _check_groups(layer, owner):
@@ -28,6 +90,14 @@ def _check_groups(layer, owner):
 class Conv2D(Layer):
     """2-D cross-correlation over NCHW input, PyTorch's weight layout (out, in/groups, kh, kw).
 
+    ``connections``: a boolean (out_channels, in_channels) matrix (or 0/1, or a name of
+    :data:`CONNECTION_TABLES` such as ``"lenet5_c3"``) saying which input maps each output map
+    reads (LeNet-5's non-full connection; groups must be 1).  The layer computes the dense
+    convolution with the weights of unconnected pairs held at zero: they start at zero, their
+    gradients are exactly zero, and the variants ignore whatever they hold.
+    ``flip_kernel=True``: true convolution, the kernel turned 180 degrees (padding unchanged);
+    the weight gradient is turned back, so it is the gradient of the stored weight.
+
     ``padding`` is an int, an (h, w) pair, ``"valid"`` (0) or ``"same"`` (output size
     ceil(input / stride); odd padding puts the extra row/column at the bottom/right, as PyTorch
     and TensorFlow do).  ``config["padding"]`` is (top, bottom, left, right); with ``"same"``
@@ -35,12 +105,14 @@ class Conv2D(Layer):
     """
 
     layer_type = "conv2d"
-    FEATURES = ("stride", "padding", "asymmetric_padding", "dilation", "groups", "bias")
+    FEATURES = ("stride", "padding", "asymmetric_padding", "dilation", "groups", "bias",
+                "connections", "flip_kernel")
     input_rank = 4
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, *, weight_init="he_uniform", bias_init="zeros",
-                 dtype=np.float32, rng=None, impl=None, name=None):
+                 groups=1, bias=True, *, connections=None, flip_kernel=False,
+                 weight_init="he_uniform", bias_init="zeros", dtype=np.float32, rng=None,
+                 impl=None, name=None):
         super().__init__(impl=impl, name=name)
         owner = f"{self.name} (Conv2D)"
         _set_channels_kernel_stride(self, in_channels, out_channels, kernel_size, stride, owner)
@@ -54,12 +126,20 @@ class Conv2D(Layer):
             self.padding = padding
         else:
             self.padding = pair(padding, "padding", owner, minimum=0)
+        if not isinstance(flip_kernel, (bool, np.bool_)):
+            raise TypeError(f"{owner}: flip_kernel must be True or False, got {flip_kernel!r}")
+        self.flip_kernel = bool(flip_kernel)
+        self._connections_spec = connections
+        self.connections = (None if connections is None else _connection_table(
+            connections, self.out_channels, self.in_channels, self.groups, owner))
         kh, kw = self.kernel_size
         cin_g = self.in_channels // self.groups
         _init_weight_and_bias(self, (self.out_channels, cin_g, kh, kw), (self.out_channels,),
                               cin_g * kh * kw, self.out_channels * kh * kw, bias=bias,
                               weight_init=weight_init, bias_init=bias_init, dtype=dtype, rng=rng,
                               owner=owner)
+        if self.connections is not None:
+            self.params["weight"] *= self.connections[:, :, None, None]
         ph, pw = (0, 0) if isinstance(self.padding, str) else self.padding
         # kernel size and channels, for the supports() checks of variants limited to some
         # kernels or sizes (winograd: 3x3 only, picked automatically from 16 channels)
@@ -67,12 +147,25 @@ class Conv2D(Layer):
                        "dilation": self.dilation, "groups": self.groups,
                        "kernel_size": self.kernel_size,
                        "channels": (self.in_channels, self.out_channels)}
+        # only when used, so the configuration (and the autotuning keys made from it) of a
+        # plain convolution stays as it was
+        if self.connections is not None:
+            self.config["connections"] = tuple(map(tuple, self.connections.tolist()))
+        if self.flip_kernel:
+            self.config["flip_kernel"] = True
 
     def get_config(self):
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": self.kernel_size, "stride": self.stride,
-                "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
-                "bias": self.params["bias"] is not None}
+        cfg = {"in_channels": self.in_channels, "out_channels": self.out_channels,
+               "kernel_size": self.kernel_size, "stride": self.stride,
+               "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
+               "bias": self.params["bias"] is not None}
+        if self.connections is not None:
+            spec = self._connections_spec
+            cfg["connections"] = (spec if isinstance(spec, str)
+                                  else self.connections.astype(int).tolist())
+        if self.flip_kernel:
+            cfg["flip_kernel"] = True
+        return cfg
 
     def _resolve_padding(self, h, w):
         """(top, bottom, left, right) padding for an h x w input."""
@@ -89,7 +182,9 @@ class Conv2D(Layer):
 
     def _features_for(self, padding):
         pt, pb, pl, pr = padding
-        return _conv_features(self, padding=any(padding), asymmetric_padding=pt != pb or pl != pr)
+        used = _conv_features(self, padding=any(padding), asymmetric_padding=pt != pb or pl != pr)
+        return used + tuple(name for name, on in (("connections", self.connections is not None),
+                                                  ("flip_kernel", self.flip_kernel)) if on)
 
     def features(self):
         return self._features_for(self.config["padding"])

@@ -11,6 +11,13 @@ import numpy as np
 from cnnkit.testing._cases import Case
 
 
+#: connection tables of the cases (out x in), written out: one output reading one input, one
+#: reading all, runs that wrap; and a block table with a repeated row
+_TABLE_4x3 = [[1, 0, 0], [1, 1, 1], [0, 1, 1], [1, 0, 1]]
+_TABLE_BLOCKS = [[1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0],
+                 [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1], [1, 0, 0, 0, 1, 1]]
+
+
 def _conv(cin, cout, k, **kw):
     return dict(in_channels=cin, out_channels=cout, kernel_size=k, **kw)
 
@@ -34,6 +41,15 @@ CASES = {
         Case(_conv(2, 3, 3, padding=(2, 3), bias=False), (1, 2, 4, 7)),               # pad > k/2
         Case(_conv(4, 4, (3, 2), padding=(1, 0), dilation=(1, 2), groups=2), (3, 4, 5, 6)),
         Case(_conv(3, 4, 3, padding="same"), (1, 3, 9, 10)),                          # 3x3 s1 pad
+        Case(_conv(3, 4, 3, connections=_TABLE_4x3), (2, 3, 6, 6)),                   # table
+        Case(_conv(3, 4, (2, 3), stride=2, padding=1, bias=False,
+                   connections=_TABLE_4x3), (2, 3, 7, 6)),                            # table, s2
+        Case(_conv(6, 6, 1, connections=_TABLE_BLOCKS), (2, 6, 4, 5)),                # table 1x1
+        Case(_conv(2, 3, (3, 2), flip_kernel=True), (2, 2, 5, 6)),                    # true conv
+        Case(_conv(2, 4, 3, padding=(1, 2), stride=(1, 2), dilation=(2, 1), groups=2,
+                   flip_kernel=True), (1, 2, 6, 7)),                                  # flip + all
+        Case(_conv(3, 4, 3, padding=1, connections=_TABLE_4x3, flip_kernel=True),
+             (2, 3, 5, 5)),                                                           # both
     ],
     "convtranspose2d": [
         Case(_conv(2, 3, 3, bias=False), (2, 2, 4, 5)),                               # nothing
@@ -68,8 +84,14 @@ def _same_sides(size, kernel, stride, dilation):
 
 
 def loop_conv2d(x, params, kwargs, config):
-    """Cross-correlation as a sum over kernel offsets, one group at a time (no im2col)."""
+    """Cross-correlation as a sum over kernel offsets, one group at a time (no im2col); a
+    connection table zeroes the weight of unconnected pairs, ``flip_kernel`` reads kernel
+    offset (p, q) from (kh-1-p, kw-1-q)."""
     w, b = params["weight"], params.get("bias")
+    if kwargs.get("connections") is not None:
+        w = w * (np.asarray(kwargs["connections"]) != 0)[:, :, None, None]
+    if kwargs.get("flip_kernel"):
+        w = w[:, :, ::-1, ::-1]
     sh, sw = _two(kwargs.get("stride", 1))
     dh, dw = _two(kwargs.get("dilation", 1))
     groups = kwargs.get("groups", 1)

@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 PRIORITY = -100
 
 _DTYPES = ("float32", "float64")
-_CONV_CAPS = ("stride", "padding", "asymmetric_padding", "dilation", "groups", "bias")
+_CONV_CAPS = ("stride", "padding", "asymmetric_padding", "dilation", "groups", "bias",
+              "connections", "flip_kernel")
 _POOL_CAPS = ("stride", "padding", "ceil_mode")
 
 _kernel_module = None

@@ -54,7 +54,15 @@ def conv2d_forward(x, params, config, need_backward):
     groups = int(config["groups"])
     xt, wt = _tensor(x), _tensor(w)
     bt = None if b is None else _tensor(b)
+    table = config.get("connections")
+    mask = None if table is None else torch.tensor(table, dtype=torch.bool)[:, :, None, None]
+    flip = bool(config.get("flip_kernel"))
     with torch.no_grad():
+        # the kernel applied: unconnected pairs zeroed, turned 180 degrees for flip_kernel
+        if mask is not None:
+            wt = torch.where(mask, wt, torch.zeros((), dtype=wt.dtype))
+        if flip:
+            wt = wt.flip(2, 3)
         if top == bottom and left == right:
             xin, padding = xt, (top, left)
         else:  # F.conv2d pads symmetrically only: pad explicitly, undo it in backward
@@ -63,15 +71,21 @@ def conv2d_forward(x, params, config, need_backward):
     if not need_backward:
         return _array(y), None
     crop = None if xin is xt else (top, left, x.shape[2], x.shape[3])
-    return _array(y), (xin, wt, b is not None, stride, padding, dilation, groups, crop)
+    return _array(y), (xin, wt, b is not None, stride, padding, dilation, groups, crop, mask,
+                       flip)
 
 
 def conv2d_backward(dy, ctx, need_input_grad=True):
-    xin, wt, has_bias, stride, padding, dilation, groups, crop = ctx
+    xin, wt, has_bias, stride, padding, dilation, groups, crop, mask, flip = ctx
     with torch.no_grad():
         dx, dw, db = aten.convolution_backward(
             _tensor(dy), xin, wt, [wt.shape[0]] if has_bias else None, stride, padding, dilation,
             False, (0, 0), groups, [bool(need_input_grad), True, has_bias])
+        # the gradient of the stored weight: turned back, exactly zero where unconnected
+        if flip:
+            dw = dw.flip(2, 3)
+        if mask is not None:
+            dw = torch.where(mask, dw, torch.zeros((), dtype=dw.dtype))
     grads = {"weight": _array(dw)}
     if has_bias:
         grads["bias"] = _array(db)
