@@ -79,6 +79,11 @@ class LRSchedule:
         self.optimizer.lr = lr
         self._last_lr = lr
 
+    def refresh(self) -> None:
+        """Set the optimizer's rate again from the schedule's state, after its base rate or
+        its length was changed (``cnnkit train --resume --lr ...`` does)."""
+        self._apply()
+
     def step(self) -> None:
         """Advance one epoch (call once per epoch, after that epoch's optimizer steps)."""
         self.last_epoch += 1

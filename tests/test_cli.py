@@ -263,8 +263,9 @@ def test_train_impl_is_checked_before_loading_data(tmp_path):
     assert res.returncode == 2 and "data:" not in res.stdout
     assert "argument --impl: unknown variant 'nosuch' of conv2d" in res.stderr
     assert "cnnkit.use()" not in res.stderr
-    # (the instruction-set builds "cython-avx2", ... come between the two)
-    assert re.search(r"registered variants: cython, (cython-\w+, )*numpy", res.stderr)
+    # (the instruction-set builds "cython-avx2", ... and the direct ones come between)
+    assert re.search(r"registered variants: cython, (cython-\w+, )*direct, (direct-\w+, )*numpy",
+                     res.stderr)
     res = run_cli("train", "--impl", "relu=cythn", "-o", str(tmp_path / "w.npz"))
     assert res.returncode == 2 and "(did you mean 'cython'?)" in res.stderr
     assert not (tmp_path / "w.npz").exists()

@@ -76,6 +76,9 @@ def test_resume_reports_and_applies_explicit_options(tmp_path, small_data):
     assert f"resumed from {ck} after epoch 1; training epochs 2-3" in res.stdout
     assert "--lr 0.1 overrides the checkpoint's lr 0.05" in res.stdout
     assert "optimizer: SGD lr 0.1, momentum 0.9" in res.stdout
+    # the default recipe's cosine decay is stretched to the new last epoch (3) and decays from
+    # the new base rate: 0.1 * (1 + cos(pi / 3)) / 2 for epoch 2
+    assert "(CosineAnnealingLR: lr 0.075 for the next epoch)" in res.stdout
     assert "epoch   1:" not in res.stdout  # the replayed epoch is not shown as if it ran
     assert "epoch   2:" in res.stdout and "epoch   3:" in res.stdout
     # without --lr the checkpoint's value stays, and nothing claims otherwise

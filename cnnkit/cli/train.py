@@ -233,6 +233,7 @@ def _reporter(out, err, quiet, resume, overrides):
     by the epoch's line on ``out`` when it ends; elsewhere only that line, flushed at once.  On
     resume it says what it resumed and applies the options given explicitly (``overrides``:
     {hyper-parameter: (option, value)}) over the checkpoint's, printing each."""
+    from ..schedules import CosineAnnealingLR
     from ..train import Callback, ProgressBar
 
     class Reporter(Callback):
@@ -248,14 +249,29 @@ def _reporter(out, err, quiet, resume, overrides):
                         else f"epochs {first}-{self.epochs}")
                 print(f"resumed from {resume} after epoch {logs['initial_epoch']}; training "
                       f"{todo}", file=out)
+                sched = self.trainer.scheduler
+                if isinstance(sched, CosineAnnealingLR) and sched.T_max < self.epochs:
+                    sched.T_max = self.epochs  # the decay ends at the new last epoch
+                    sched.refresh()
                 for key, (option, value) in overrides.items():
-                    if key in opt.hyper and opt.hyper[key] != value:
-                        print(f"{option} {value} overrides the checkpoint's {key} "
-                              f"{opt.hyper[key]}", file=out)
-                        setattr(opt, key, value) if key == "lr" else opt.hyper.__setitem__(
-                            key, value)
-                hyper = ", ".join(f"{k} {v}" for k, v in opt.hyper.items()
+                    # with a schedule, --lr sets its base rate (the rate it decays from)
+                    scheduled = key == "lr" and sched is not None
+                    now = sched.base_lr if scheduled else opt.hyper.get(key)
+                    if key in opt.hyper and now != value:
+                        print(f"{option} {value} overrides the checkpoint's {key} {now}",
+                              file=out)
+                        if scheduled:
+                            sched.base_lr = value
+                            sched.refresh()
+                        elif key == "lr":
+                            opt.lr = value
+                        else:
+                            opt.hyper[key] = value
+                shown = dict(opt.hyper, **({"lr": sched.base_lr} if sched is not None else {}))
+                hyper = ", ".join(f"{k} {v}" for k, v in shown.items()
                                   if k in ("lr", "momentum", "weight_decay", "betas"))
+                if sched is not None:
+                    hyper += f" ({type(sched).__name__}: lr {opt.lr:.4g} for the next epoch)"
                 print(f"optimizer: {type(opt).__name__} {hyper}", file=out)
                 out.flush()
 
@@ -309,6 +325,7 @@ def _train_lenet5(args) -> int:
     from ..plugins import _use
     from ..datasets import detect_dataset, load_dataset, load_mnist
     from ..models import lenet5
+    from ..schedules import CosineAnnealingLR
     from ..train import fit
     from ..transforms import from_spec
 
@@ -336,9 +353,14 @@ def _train_lenet5(args) -> int:
         print(model.summary(), file=out)
         opt = optim.SGD(model, lr=args.lr, momentum=args.momentum,
                         weight_decay=args.weight_decay)
+        # the rate decays along a cosine to 0 at the last epoch, so the run settles instead of
+        # ending on whatever step a constant rate took last (a resumed run stretches the decay
+        # to its new last epoch)
+        scheduler = CosineAnnealingLR(opt, T_max=args.epochs)
         if not args.resume:
             print(f"training: {_plural(args.epochs, 'epoch')}, batch {args.batch_size}, SGD lr "
-                  f"{args.lr} momentum {args.momentum}, seed {args.seed}", file=out)
+                  f"{args.lr} momentum {args.momentum} (cosine decay), seed {args.seed}",
+                  file=out)
         out.flush()
         report = _reporter(out, err, args.quiet, args.resume,
                            _overrides(args, args.explicit))
@@ -346,7 +368,8 @@ def _train_lenet5(args) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, rng=rng,
                       verbose=False, callbacks=[report], checkpoint=args.checkpoint,
                       checkpoint_every=args.checkpoint_every or 1, resume_from=args.resume,
-                      transform=transform, distributed=args.dist or False)
+                      transform=transform, distributed=args.dist or False,
+                      scheduler=scheduler)
     _finish(args, model, history, len(x_test), t0, out, {}, x_test[:1])
     return 0
 
