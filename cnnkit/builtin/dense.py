@@ -81,6 +81,20 @@ def export_dense_onnx(ctx, layer, inputs, input_shapes):
     return ctx.node("Gemm", [inputs[0], ctx.param(layer, "weight")] + bias, transB=1)
 
 
+def export_rbfoutput_onnx(ctx, layer, inputs, input_shapes):
+    """sum_f (x - c_k)^2 as |x|^2 + (|c_k|^2 - 2 x . c_k): a MatMul of x*x by ones, plus a Gemm
+    of x by the codes with |c|^2 as its C; only standard operators at every opset."""
+    codes = np.asarray(layer.params["codes"], dtype=np.float64)
+    x = inputs[0]
+    x_sq = ctx.node("MatMul", [ctx.node("Mul", [x, x]),
+                               ctx.constant(np.ones((codes.shape[1], 1)), "ones")])
+    cross = ctx.node("Gemm", [x, ctx.constant(codes, "codes"),
+                              ctx.constant((codes ** 2).sum(axis=1), "codes_sq")],
+                     alpha=-2.0, transB=1)
+    return ctx.node("Add", [x_sq, cross])
+
+
 @hookimpl
 def cnnkit_register_onnx_exporters(register):
     register("dense", export_dense_onnx)
+    register("rbfoutput", export_rbfoutput_onnx)
