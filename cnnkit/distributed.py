@@ -412,6 +412,7 @@ class FitRun:
         self.ctx, self.model = ctx, model
         self.params = list(model.parameters())
         self.start, self.stop, self.total, self.idx = 0, 0, 0, None
+        self.weight_total, self.silent, self._share = None, False, 0.0
         self._x = None
         self._sync_bn: list = []
         self._pinned: dict = {}
@@ -488,20 +489,41 @@ class FitRun:
         self._sync_bn, self._pinned = [], {}
 
     # ------------------------------------------------------------------ batches
-    def batches(self, x, y, index_batches):
-        """This rank's shard of every global batch (index arrays into x and y)."""
+    def batches(self, x, y, index_batches, sample_weight=None):
+        """This rank's shard of every global batch (index arrays into x and y), as
+        ``(x, y, weights)`` triples.
+
+        With ``sample_weight`` (the whole array: every rank holds it, so the global sums need
+        no communication) a rank's share of the gradient is its weight over the batch's, and
+        a shard whose weights are all zero runs unweighted with no share (``silent``: its
+        samples still draw their random numbers, as they do in one process)."""
         for idx in index_batches:
             self.start, self.stop = self.ctx.shard(len(idx))
             self.total, self.idx = len(idx), idx
+            samples = (self.stop - self.start) / self.total if self.total else 0.0
             for sync in self._sync_bn:
-                sync.share = self.share
+                sync.share = samples  # batch statistics count samples, not their weights
             mine = idx[self.start:self.stop]
-            yield x[mine], y[mine]
+            wb, self.silent, self._share = None, False, samples
+            if sample_weight is not None:
+                self.weight_total = float(np.sum(sample_weight[idx]))
+                local = float(np.sum(sample_weight[mine]))
+                self._share = local / self.weight_total if self.weight_total > 0 else 0.0
+                self.silent = local == 0
+                wb = None if self.silent else sample_weight[mine]
+            yield x[mine], y[mine], wb
 
     @property
     def share(self) -> float:
-        """This rank's weight in the global average: its samples over the global batch's."""
-        return (self.stop - self.start) / self.total if self.total else 0.0
+        """This rank's weight in the global average: its samples over the global batch's (or
+        its sample weights over the batch's)."""
+        return self._share
+
+    @property
+    def batch_size(self) -> float:
+        """What the step just taken counts for in the epoch's means: the global batch's
+        samples, or the sum of their weights."""
+        return self.total if self.weight_total is None else self.weight_total
 
     def transform(self, transform, xb, rng):
         if getattr(transform, "supports_part", False):
@@ -535,7 +557,8 @@ class FitRun:
                                          if self.is_root else None, root=0)
             for name, g in gens.items():
                 g.bit_generator.state = states[name]
-        return int(sums[0]), bool(sums[1] == self.ctx.size)
+        correct = int(sums[0]) if self.weight_total is None else float(sums[0])
+        return correct, bool(sums[1] == self.ctx.size)
 
     def agree(self, flag: bool) -> bool:
         """True on every rank when any rank says so (a stop request)."""

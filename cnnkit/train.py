@@ -608,10 +608,6 @@ def fit(model, train, val=None, *, optimizer, loss: Loss | None = None, epochs: 
     if sample_weight is not None and y is None:
         raise TypeError("fit: sample_weight needs train as a pair (x, y) of arrays")
     sw = _sample_weight(sample_weight, len(x), "fit") if y is not None else None
-    if sw is not None and distributed is not False and distributed is not None:
-        raise ValueError("fit: sample_weight is not supported with distributed=True yet (each "
-                         "rank's share of the gradient is its share of the batch's samples, not "
-                         "of their weights)")
     if val is not None:
         _check_data("val", val)
         deterministic = transform.inference() if transform is not None else None
@@ -748,7 +744,7 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
             if dist is None:
                 source = ((x[idx], y[idx], None if sw is None else sw[idx]) for idx in batches)
             else:
-                source = ((xb, yb, None) for xb, yb in dist.batches(x, y, batches))
+                source = dist.batches(x, y, batches, sw)
         else:
             source = ((xb, yb, None) for xb, yb in x.epoch(epoch))
         bar = ProgressBar(steps, f"epoch {epoch}/{epochs}", stream) if verbose else None
@@ -758,7 +754,9 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
         step = -1
         for step, (xb, yb, wb) in enumerate(source):
             kw, size = _weighted(wb, len(yb))
-            if size == 0 and wb is not None:  # all-zero weights (an empty shard still steps)
+            # a batch whose weights are all zero is skipped (on every rank alike: an empty or
+            # weightless shard of a weighted batch still takes part in the step)
+            if (size == 0 and wb is not None) if dist is None else dist.batch_size == 0:
                 continue
             if transform is not None:
                 xb = (transform.apply(xb, rng) if dist is None
@@ -797,10 +795,10 @@ def _fit_loop(model, x, y, val, optimizer, loss, epochs, batch_size, shuffle, rn
             if not _needs_closure(optimizer):
                 optimizer.step()
             batch_correct, batch_classify = 0, out is None or _is_classification(out, yb)
-            if out is not None and batch_classify:
+            if out is not None and batch_classify and not (dist is not None and dist.silent):
                 batch_correct = _hits(loss.class_scores(out), yb, wb)
             if dist is not None:
-                size = dist.total
+                size = dist.batch_size
                 batch_correct, batch_classify = dist.step_end(batch_correct, batch_classify)
             total += value * size
             seen += size

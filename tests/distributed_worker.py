@@ -80,6 +80,11 @@ def run(spec, distributed=False):
         extras = {"transform": T.Compose([T.RandomCrop(8, padding=1),
                                           T.RandomHorizontalFlip()]),
                   "regularizer": 0.01, "clip_grad_norm": 0.5}
+    if spec.get("weights"):  # per-sample weights: uneven, some zero, a whole shard of zeros
+        wrng = np.random.default_rng(3)
+        w = wrng.uniform(0.1, 2.0, len(x))
+        w[wrng.random(len(x)) < 0.6] = 0.0  # often a whole shard (3-4 samples) of zeros
+        extras["sample_weight"] = w
     history = fit(net, (x, y), optimizer=optimizer(spec["optimizer"], net), **extras,
                   epochs=spec["epochs"], batch_size=BATCH + (mismatch == "batch"), seed=5,
                   verbose=distributed, stream=sys.stderr, checkpoint=spec.get("checkpoint"),

@@ -73,7 +73,8 @@ def assert_same(one, many, what):
     {"model": "batchnorm", "optimizer": "sgd", "sync_batchnorm": True},
     {"model": "dropout", "optimizer": "lbfgs"},
     {"model": "dropout", "optimizer": "sgd", "extras": True},
-], ids=["dropout-sgd", "sync-batchnorm", "lbfgs", "augment-l2-clip"])
+    {"model": "dropout", "optimizer": "sgd", "weights": True},
+], ids=["dropout-sgd", "sync-batchnorm", "lbfgs", "augment-l2-clip", "sample-weight"])
 def test_two_ranks_equal_one_process(spec, tmp_path):
     spec = dict(spec, epochs=2)
     one = worker.run(spec)
