@@ -595,6 +595,32 @@ cdef extern from *:
                 }                                                                               \\
             }                                                                                   \\
         }                                                                                       \\
+    }                                                                                           \\
+    static void ck_direct_dx_##SUF(const T* dyx, long o4, long p2, const T* wt, long c,         \\
+                                  long kh, long kw, long plane, long wp, T* dxp) {              \\
+        /* the forward loop transposed: dxp[ch, p + tap offset] += sum_oc w * dy[oc, p]; a      \\
+           block of 4 output channels x 2 vectors of dy held in registers across every tap */ \\
+        const long nv = ck_nv_##SUF;                                                            \\
+        for (long oc = 0; oc < o4; oc += 4)                                                     \\
+        for (long p = 0; p < p2; p += 2 * nv) {                                                 \\
+            const T* d = dyx + oc * p2 + p;                                                     \\
+            VT e00 = ck_ld_##SUF(d), e01 = ck_ld_##SUF(d + nv); d += p2;                        \\
+            VT e10 = ck_ld_##SUF(d), e11 = ck_ld_##SUF(d + nv); d += p2;                        \\
+            VT e20 = ck_ld_##SUF(d), e21 = ck_ld_##SUF(d + nv); d += p2;                        \\
+            VT e30 = ck_ld_##SUF(d), e31 = ck_ld_##SUF(d + nv);                                 \\
+            /* channels innermost: consecutive read-modify-writes land a plane apart, never \\
+               on the vectors just stored (a partial overlap stalls store forwarding) */        \\
+            for (long ij = 0; ij < kh * kw; ij++)                                               \\
+            for (long ch = 0; ch < c; ch++) {                                                   \\
+                long t = ch * kh * kw + ij;                                                     \\
+                T* dst = dxp + ch * plane + (ij / kw) * wp + ij % kw + p;                       \\
+                const T* w = wt + t * o4 + oc;                                                  \\
+                VT s0 = ck_ld_##SUF(dst), s1 = ck_ld_##SUF(dst + nv);                           \\
+                s0 += w[0] * e00 + w[1] * e10 + w[2] * e20 + w[3] * e30;                        \\
+                s1 += w[0] * e01 + w[1] * e11 + w[2] * e21 + w[3] * e31;                        \\
+                ck_st_##SUF(dst, s0); ck_st_##SUF(dst + nv, s1);                                \\
+            }                                                                                   \\
+        }                                                                                       \\
     }
     CK_DEFINE_DIRECT(float, ck_vf, f)
     CK_DEFINE_DIRECT(double, ck_vd, d)
@@ -605,6 +631,8 @@ cdef extern from *:
     static void ck_direct_fwd_d(const double* xp, long c, long plane, long wp, const double* wt, long o4, long kh, long kw, long p2, double* acc) {}
     static void ck_direct_dw_f(const float* xp, long c, long plane, long wp, const float* dyx, long o4, long kh, long kw, long p2, float* dwt) {}
     static void ck_direct_dw_d(const double* xp, long c, long plane, long wp, const double* dyx, long o4, long kh, long kw, long p2, double* dwt) {}
+    static void ck_direct_dx_f(const float* dyx, long o4, long p2, const float* wt, long c, long kh, long kw, long plane, long wp, float* dxp) {}
+    static void ck_direct_dx_d(const double* dyx, long o4, long p2, const double* wt, long c, long kh, long kw, long plane, long wp, double* dxp) {}
     #endif
     """
     int CK_DIRECT_AVAILABLE
@@ -617,6 +645,10 @@ cdef extern from *:
                         long o4, long kh, long kw, long p2, float* dwt) noexcept nogil
     void ck_direct_dw_d(const double* xp, long c, long plane, long wp, const double* dyx,
                         long o4, long kh, long kw, long p2, double* dwt) noexcept nogil
+    void ck_direct_dx_f(const float* dyx, long o4, long p2, const float* wt, long c, long kh,
+                        long kw, long plane, long wp, float* dxp) noexcept nogil
+    void ck_direct_dx_d(const double* dyx, long o4, long p2, const double* wt, long c, long kh,
+                        long kw, long plane, long wp, double* dxp) noexcept nogil
 
 
 def direct_available():
@@ -708,11 +740,15 @@ def conv2d_direct_forward(const floating[:, :, :, ::1] x, const floating[:, ::1]
                             yo[s] = ao[s] + bv
 
 
-def conv2d_direct_weight_grad(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
-                              floating[:, :, ::1] dw_partial, floating[:, ::1] workspace,
-                              int pt, int pl, int kh, int kw, int num_threads):
-    """Per-thread partial weight gradients dw_partial[t] (C*kh*kw, O4), added to (the caller
-    zeroes them and sums over threads), of the direct convolution above.
+def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
+                           const floating[:, ::1] wt, floating[:, :, :, ::1] dx,
+                           floating[:, :, ::1] dw_partial, floating[:, ::1] workspace,
+                           int pt, int pl, int kh, int kw, int num_threads):
+    """Backward of the direct convolution above: per-thread partial weight gradients
+    dw_partial[t] (C*kh*kw, O4), added to (the caller zeroes them and sums over threads), and,
+    unless ``dx`` is None, the input gradient dx (overwritten), by the forward loop transposed
+    (``wt`` as for the forward call).  ``workspace`` is (threads, >= direct_layout(...)[2],
+    plus direct_layout(...)[1] with dx).
 
     The products run over the padded-width grid with dy zero outside its (oh, ow) part, so the
     dropped columns add exact zeros, provided x is finite: the caller routes non-finite inputs
@@ -720,17 +756,24 @@ def conv2d_direct_weight_grad(const floating[:, :, :, ::1] x, const floating[:, 
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t o = dy.shape[1], oh = dy.shape[2], ow = dy.shape[3], o4 = dw_partial.shape[2]
     cdef Py_ssize_t hp = oh + kh - 1, wp = ow + kw - 1
-    cdef Py_ssize_t n, oc, r, p2, xsize, need
+    cdef Py_ssize_t n, oc, r, ch, p2, xsize, need
     cdef floating* xp = NULL
     cdef floating* dyx = NULL
+    cdef floating* dxp = NULL
+    cdef bint want_dx = dx is not None
     cdef int tid = 0
     if not CK_DIRECT_AVAILABLE:
         raise RuntimeError("this build has no direct convolution kernels")
     p2, xsize, need = direct_layout(c, o, oh, ow, kh, kw, sizeof(floating))
+    if want_dx:
+        need += xsize
     if (dy.shape[0] != n_img or dw_partial.shape[1] != c * kh * kw or o4 != (o + 3) // 4 * 4
+            or wt.shape[0] != c * kh * kw or wt.shape[1] != o4
             or hp < h + pt or wp < w + pl or pt < 0 or pl < 0 or workspace.shape[1] < need
-            or dw_partial.shape[0] < num_threads or workspace.shape[0] < num_threads):
-        raise ValueError("conv2d_direct_weight_grad: inconsistent shapes or workspace")
+            or dw_partial.shape[0] < num_threads or workspace.shape[0] < num_threads
+            or (want_dx and (dx.shape[0] != n_img or dx.shape[1] != c or dx.shape[2] != h
+                             or dx.shape[3] != w))):
+        raise ValueError("conv2d_direct_backward: inconsistent shapes or workspace")
     if n_img == 0:
         return
     with nogil, parallel(num_threads=num_threads):
@@ -738,6 +781,7 @@ def conv2d_direct_weight_grad(const floating[:, :, :, ::1] x, const floating[:, 
         tid = threadid()
         xp = &workspace[tid, 0]
         dyx = xp + xsize
+        dxp = dyx + o4 * p2
         for n in prange(n_img, schedule="static"):
             _pad_image(&x[n, 0, 0, 0], c, h, w, pt, pl, hp, wp, xsize, xp)
             memset(dyx, 0, o4 * p2 * sizeof(floating))
@@ -748,3 +792,13 @@ def conv2d_direct_weight_grad(const floating[:, :, :, ::1] x, const floating[:, 
                 ck_direct_dw_f(xp, c, hp * wp, wp, dyx, o4, kh, kw, p2, &dw_partial[tid, 0, 0])
             else:
                 ck_direct_dw_d(xp, c, hp * wp, wp, dyx, o4, kh, kw, p2, &dw_partial[tid, 0, 0])
+            if want_dx:
+                memset(dxp, 0, xsize * sizeof(floating))
+                if floating is float:
+                    ck_direct_dx_f(dyx, o4, p2, &wt[0, 0], c, kh, kw, hp * wp, wp, dxp)
+                else:
+                    ck_direct_dx_d(dyx, o4, p2, &wt[0, 0], c, kh, kw, hp * wp, wp, dxp)
+                for ch in range(c):
+                    for r in range(h):
+                        memcpy(&dx[n, ch, r, 0], dxp + (ch * hp + r + pt) * wp + pl,
+                               w * sizeof(floating))

@@ -399,9 +399,8 @@ class Conv2dCython:
 
 
 def direct_refusal(config, dtype=None):
-    """Why the direct variants cannot serve ``config`` (None if they can): stride 1,
-    dilation 1, groups 1, and padding of at most kernel - 1 on each side (the input gradient is
-    the full correlation of the output gradient with the turned kernel)."""
+    """Why the direct variants cannot serve ``config`` (None if they can): they compute stride
+    1, dilation 1 and groups 1, with any padding."""
     problems = []
     ks = config.get("kernel_size")
     if ks is None:
@@ -412,17 +411,10 @@ def direct_refusal(config, dtype=None):
             problems.append(f"{key} {tuple(value)}")
     if config.get("groups", 1) != 1:
         problems.append(f"groups={config['groups']}")
-    pad = config.get("padding", (0, 0, 0, 0))
-    if isinstance(pad, str):
-        if pad != "valid":
-            problems.append(f"padding {pad!r} unresolved")
-    elif ks is not None:
-        top, bottom, left, right = tuple(pad) if len(pad) == 4 else (pad[0], pad[0], pad[1], pad[1])
-        if max(top, bottom) > ks[0] - 1 or max(left, right) > ks[1] - 1:
-            problems.append(f"padding {tuple(pad)} beyond kernel - 1 ({ks[0] - 1}, {ks[1] - 1})")
+    if isinstance(config.get("padding"), str) and config["padding"] != "valid":
+        problems.append(f"padding {config['padding']!r} unresolved")
     if problems:
-        return ("the direct kernels compute stride 1, dilation 1, groups 1, padding <= kernel - 1,"
-                f" not {', '.join(problems)}")
+        return f"the direct kernels compute stride 1, dilation 1, groups 1, not {', '.join(problems)}"
     return None
 
 
@@ -463,9 +455,9 @@ def _direct_threads(n, macs):
 
 class Conv2dDirect:
     """Stride-1 cross-correlation without im2col or GEMM: register-blocked loops over every tap
-    (``cnnkit._ext.conv``'s direct kernels), forward and weight gradient; the input gradient is
-    the same loop on the output gradient padded by kernel - 1 - padding, with the kernel turned
-    180 degrees and its channel axes swapped."""
+    (``cnnkit._ext.conv``'s direct kernels): forward, weight gradient, and the input gradient as
+    the forward loop transposed (each output gradient block added into every tap's place of the
+    padded input), all on the padded-width grid."""
 
     _kernels = _conv
 
@@ -485,8 +477,7 @@ class Conv2dDirect:
         kh, kw = w.shape[2:]
         bottom = oh + kh - 1 - x.shape[2] - top
         right = ow + kw - 1 - x.shape[3] - left
-        if ((sh, sw, dh, dw, groups) != (1, 1, 1, 1, 1)
-                or max(top, bottom) > kh - 1 or max(left, right) > kw - 1):
+        if (sh, sw, dh, dw, groups) != (1, 1, 1, 1, 1):
             raise ValueError("conv2d (direct): " + (direct_refusal(
                 dict(config, kernel_size=(kh, kw))) or "unsupported configuration"))
         return top, left, bottom, right, oh, ow
@@ -512,7 +503,7 @@ class Conv2dDirect:
     @classmethod
     def backward(cls, dy, ctx, need_input_grad=True):
         x, w, has_bias, (top, left, bottom, right), oh, ow, config = ctx
-        n, c, h, wd = x.shape
+        n, c = x.shape[:2]
         o, _, kh, kw = w.shape
         dy = grad_like(dy, x.dtype, (n, o, oh, ow), "conv2d")
         if not np.isfinite(x).all():
@@ -524,12 +515,13 @@ class Conv2dDirect:
                                                    oh, None, None, False), need_input_grad)
             grads["weight"] = _stored_weight_grad(grads["weight"], config)
             return dx, grads
-        macs = n * o * oh * ow * w[0].size
-        threads = _direct_threads(n, macs)
-        size = cls._kernels.direct_layout(c, o, oh, ow, kh, kw, x.itemsize)[2]
-        ws = workspace((threads, size), x.dtype)
+        threads = _direct_threads(n, n * o * oh * ow * w[0].size)
+        p2, xsize, size = cls._kernels.direct_layout(c, o, oh, ow, kh, kw, x.itemsize)
+        ws = workspace((threads, size + (xsize if need_input_grad else 0)), x.dtype)
         dw_part = np.zeros((threads, w[0].size, -(-o // 4) * 4), dtype=x.dtype)
-        cls._kernels.conv2d_direct_weight_grad(x, dy, dw_part, ws, top, left, kh, kw, threads)
+        dx = np.empty_like(x) if need_input_grad else None
+        cls._kernels.conv2d_direct_backward(x, dy, _direct_weights(w), dx, dw_part, ws, top,
+                                            left, kh, kw, threads)
         dwt = dw_part[0] if threads == 1 else dw_part.sum(axis=0)
         grads = {"weight": _stored_weight_grad(
             np.ascontiguousarray(dwt[:, :o].T).reshape(w.shape), config)}
@@ -537,15 +529,6 @@ class Conv2dDirect:
             db = np.empty(o, dtype=x.dtype)
             cls._kernels.channel_sums(dy, db, threads)
             grads["bias"] = db
-        dx = None
-        if need_input_grad:
-            # dx = full correlation of dy with the turned kernel, channels swapped
-            turned = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-            dx = np.empty_like(x)
-            size = cls._kernels.direct_layout(o, c, h, wd, kh, kw, x.itemsize)[2]
-            ws = workspace((threads, size), x.dtype)
-            cls._kernels.conv2d_direct_forward(dy, _direct_weights(turned), None, dx, ws,
-                                               kh - 1 - top, kw - 1 - left, kh, kw, threads)
         return dx, grads
 
 
