@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ._common import PROTOBUF_LIMIT, require_onnx
+
 __all__ = ["export", "build_model_proto", "ExportContext", "DEFAULT_OPSET", "MIN_OPSET",
            "require_onnx"]
 
@@ -29,19 +31,6 @@ __all__ = ["export", "build_model_proto", "ExportContext", "DEFAULT_OPSET", "MIN
 DEFAULT_OPSET = 17
 #: Softmax and LogSoftmax take one axis from opset 13 on (earlier: everything after it)
 MIN_OPSET = 13
-INSTALL_HINT = 'pip install "cnnkit[onnx]"'
-#: protobuf cannot serialise a message of 2 GiB or more
-_PROTOBUF_LIMIT = 2**31 - 1
-
-
-def require_onnx():
-    """The ``onnx`` module, or an ImportError saying how to install it."""
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ImportError(f"ONNX support needs the 'onnx' package, which is not installed "
-                          f"({exc}); install it with: {INSTALL_HINT}") from None
-    return onnx
 
 
 def _owner(layer) -> str:
@@ -262,7 +251,7 @@ def build_model_proto(model, opset: int = DEFAULT_OPSET):
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="cnnkit",
                               producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opsets))
-    if proto.ByteSize() > _PROTOBUF_LIMIT:
+    if proto.ByteSize() > PROTOBUF_LIMIT:
         raise ValueError(f"{model.name}: the model is too large for one ONNX file "
                          f"({proto.ByteSize() / 2**30:.1f} GiB; protobuf's limit is 2 GiB)")
     try:

@@ -25,27 +25,15 @@ import numpy as np
 
 from ..io import _fspath
 from ..modelfile import ModelFileError
+from ._common import PROTOBUF_LIMIT, require_onnx
 
 __all__ = ["load", "ONNXImportError", "SUPPORTED_OPS"]
 
-#: protobuf refuses messages from 2 GiB on; larger weights live in external-data files
-_MAX_PROTO_BYTES = 2**31 - 1
-
-_INSTALL_HINT = 'pip install "cnnkit[onnx]"'
 
 
 class ONNXImportError(ModelFileError):
     """An ONNX file cnnkit cannot import: damaged, hostile, or using an operator or attribute
     cnnkit has no layer for.  The message starts with the file name."""
-
-
-def _onnx():
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ImportError(f"importing ONNX models needs the 'onnx' package ({_INSTALL_HINT}): "
-                          f"{exc}") from None
-    return onnx
 
 
 # ------------------------------------------------------------------------------ tensors
@@ -87,7 +75,7 @@ class _Importer:
             raise self.fail(f"cannot read the ONNX file: {exc}") from None
         if not stat.S_ISREG(info.st_mode):
             raise self.fail("not a regular file")
-        if info.st_size > _MAX_PROTO_BYTES:
+        if info.st_size > PROTOBUF_LIMIT:
             raise self.fail(f"{info.st_size} bytes: larger than an ONNX protobuf can be (2 GiB; "
                             "large weights belong in external-data files)")
         try:
@@ -431,21 +419,28 @@ def _pair_attr(imp, node, attrs, key, default):
 
 
 # ------------------------------------------------------------------------------ operators
-def _conv(imp, node, attrs, ins):
-    from ..layers import Conv2D, Pad2D
-
+def _conv_geometry(imp, node, attrs, ins, layout):
+    """The input, weight, kernel, strides, dilations and group of a Conv or ConvTranspose node
+    (``layout``: the weight's axes, for the message)."""
     x = imp.rank4(node, ins[0])
     w = imp.param(node, ins[1] if len(ins) > 1 else None, "weight W")
     if w.ndim != 4:
         raise imp.fail(f"node {_describe(node)}: weight of shape {w.shape} is not 2-D "
-                       "convolution's (M, C/group, kH, kW)")
+                       f"{layout}")
     kernel = _pair_attr(imp, node, attrs, "kernel_shape", w.shape[2:])
     if kernel != w.shape[2:]:
         raise imp.fail(f"node {_describe(node)}: kernel_shape {kernel} does not match the "
                        f"weight {w.shape}")
     strides = _pair_attr(imp, node, attrs, "strides", (1, 1))
     dilations = _pair_attr(imp, node, attrs, "dilations", (1, 1))
-    group = int(attrs.get("group", 1))
+    return x, w, kernel, strides, dilations, int(attrs.get("group", 1))
+
+
+def _conv(imp, node, attrs, ins):
+    from ..layers import Conv2D, Pad2D
+
+    x, w, kernel, strides, dilations, group = _conv_geometry(
+        imp, node, attrs, ins, "convolution's (M, C/group, kH, kW)")
     in_c, h, wd = x.shape[1:]
     pads = _spatial_pads(imp, node, attrs, (h, wd), kernel, strides, dilations)
     bias = imp.param(node, ins[2], "bias B", (w.shape[0],)) if len(ins) > 2 and ins[2] is not None \
@@ -466,19 +461,9 @@ def _conv(imp, node, attrs, ins):
 def _conv_transpose(imp, node, attrs, ins):
     from ..layers import ConvTranspose2D, Pad2D
 
-    x = imp.rank4(node, ins[0])
-    w = imp.param(node, ins[1] if len(ins) > 1 else None, "weight W")
-    if w.ndim != 4:
-        raise imp.fail(f"node {_describe(node)}: weight of shape {w.shape} is not 2-D "
-                       "transposed convolution's (C, M/group, kH, kW)")
-    kernel = _pair_attr(imp, node, attrs, "kernel_shape", w.shape[2:])
-    if kernel != w.shape[2:]:
-        raise imp.fail(f"node {_describe(node)}: kernel_shape {kernel} does not match the "
-                       f"weight {w.shape}")
-    strides = _pair_attr(imp, node, attrs, "strides", (1, 1))
-    dilations = _pair_attr(imp, node, attrs, "dilations", (1, 1))
+    x, w, kernel, strides, dilations, group = _conv_geometry(
+        imp, node, attrs, ins, "transposed convolution's (C, M/group, kH, kW)")
     out_pad = _pair_attr(imp, node, attrs, "output_padding", (0, 0))
-    group = int(attrs.get("group", 1))
     in_c, h, wd = x.shape[1:]
     full = [s * (n - 1) + op + d * (k - 1) + 1
             for n, s, op, d, k in zip((h, wd), strides, out_pad, dilations, kernel)]
@@ -1159,7 +1144,7 @@ def load(path, *, dtype=None):
         raise TypeError(f"{target}: dtype must be float32 or float64, got {dtype!r}")
     if not os.path.exists(target):
         raise FileNotFoundError(f"{target}: ONNX file not found")
-    imp = _Importer(target, _onnx())
+    imp = _Importer(target, require_onnx())
     model = imp.parse()
     try:
         return imp.build(model, dtype)
