@@ -684,6 +684,19 @@ cdef void _pad_image(const floating* x, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w
                 memcpy(xp + (ch * hp + r) * wp + pl, x + (ch * h + src_r) * w, w * sizeof(floating))
 
 
+cdef _check_direct(str what, Py_ssize_t taps, Py_ssize_t o4, Py_ssize_t o, Py_ssize_t c,
+                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t h, Py_ssize_t w, Py_ssize_t hp,
+                   Py_ssize_t wp, int pt, int pl, Py_ssize_t ws_rows, Py_ssize_t ws_cols,
+                   Py_ssize_t need, int num_threads, bint rest_ok):
+    """The checks both direct kernels make before their nogil loops (``rest_ok``: the
+    caller's own)."""
+    if not CK_DIRECT_AVAILABLE:
+        raise RuntimeError("this build has no direct convolution kernels")
+    if (taps != c * kh * kw or o4 != (o + 3) // 4 * 4 or o4 < 4 or hp < h + pt or wp < w + pl
+            or pt < 0 or pl < 0 or ws_cols < need or ws_rows < num_threads or not rest_ok):
+        raise ValueError(f"{what}: inconsistent shapes or workspace")
+
+
 def conv2d_direct_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
                           const floating[::1] bias, floating[:, :, :, ::1] y,
                           floating[:, ::1] workspace, int pt, int pl, int kh, int kw,
@@ -706,13 +719,10 @@ def conv2d_direct_forward(const floating[:, :, :, ::1] x, const floating[:, ::1]
     cdef floating bv, v
     cdef bint has_bias = bias is not None
     cdef int tid = 0
-    if not CK_DIRECT_AVAILABLE:
-        raise RuntimeError("this build has no direct convolution kernels")
     p2, xsize, need = direct_layout(c, o, oh, ow, kh, kw, sizeof(floating))
-    if (wt.shape[0] != c * kh * kw or o4 != (o + 3) // 4 * 4 or o4 < 4 or y.shape[0] != n_img
-            or hp < h + pt or wp < w + pl or pt < 0 or pl < 0 or workspace.shape[1] < need
-            or workspace.shape[0] < num_threads or (has_bias and bias.shape[0] != o)):
-        raise ValueError("conv2d_direct_forward: inconsistent shapes or workspace")
+    _check_direct("conv2d_direct_forward", wt.shape[0], o4, o, c, kh, kw, h, w, hp, wp, pt, pl,
+                  workspace.shape[0], workspace.shape[1], need, num_threads,
+                  y.shape[0] == n_img and (not has_bias or bias.shape[0] == o))
     if n_img == 0:
         return
     with nogil, parallel(num_threads=num_threads):
@@ -762,18 +772,15 @@ def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
     cdef floating* dxp = NULL
     cdef bint want_dx = dx is not None
     cdef int tid = 0
-    if not CK_DIRECT_AVAILABLE:
-        raise RuntimeError("this build has no direct convolution kernels")
     p2, xsize, need = direct_layout(c, o, oh, ow, kh, kw, sizeof(floating))
     if want_dx:
         need += xsize
-    if (dy.shape[0] != n_img or dw_partial.shape[1] != c * kh * kw or o4 != (o + 3) // 4 * 4
-            or wt.shape[0] != c * kh * kw or wt.shape[1] != o4
-            or hp < h + pt or wp < w + pl or pt < 0 or pl < 0 or workspace.shape[1] < need
-            or dw_partial.shape[0] < num_threads or workspace.shape[0] < num_threads
-            or (want_dx and (dx.shape[0] != n_img or dx.shape[1] != c or dx.shape[2] != h
-                             or dx.shape[3] != w))):
-        raise ValueError("conv2d_direct_backward: inconsistent shapes or workspace")
+    _check_direct("conv2d_direct_backward", dw_partial.shape[1], o4, o, c, kh, kw, h, w, hp, wp,
+                  pt, pl, workspace.shape[0], workspace.shape[1], need, num_threads,
+                  dy.shape[0] == n_img and wt.shape[0] == c * kh * kw and wt.shape[1] == o4
+                  and dw_partial.shape[0] >= num_threads
+                  and (not want_dx or (dx.shape[0] == n_img and dx.shape[1] == c
+                                       and dx.shape[2] == h and dx.shape[3] == w)))
     if n_img == 0:
         return
     with nogil, parallel(num_threads=num_threads):

@@ -60,7 +60,7 @@ cdef inline void _bt(const floating* d, Py_ssize_t s, floating* o, Py_ssize_t t)
     """o (6) = B^T d (6)."""
     cdef Py_ssize_t q
     # typed constants: a literal 4 would be the double 4.0 and promote float math to double
-    cdef floating k2 = 2, k4 = 4, k5 = 5, k8 = 8
+    cdef floating k2 = 2, k4 = 4, k5 = 5
     cdef floating d0, d1, d2, d3, d4, d5
     for q in range(CHUNK):
         d0 = d[q]
@@ -81,7 +81,7 @@ cdef inline void _b(const floating* v, Py_ssize_t s, floating* o, Py_ssize_t t) 
     """o (6) = B v (6), the adjoint of _bt."""
     cdef Py_ssize_t q
     # typed constants: a literal 4 would be the double 4.0 and promote float math to double
-    cdef floating k2 = 2, k4 = 4, k5 = 5, k8 = 8
+    cdef floating k2 = 2, k4 = 4, k5 = 5
     cdef floating v0, v1, v2, v3, v4, v5
     for q in range(CHUNK):
         v0 = v[q]
@@ -102,7 +102,7 @@ cdef inline void _at(const floating* m, Py_ssize_t s, floating* o, Py_ssize_t t)
     """o (4) = A^T m (6)."""
     cdef Py_ssize_t q
     # typed constants: a literal 4 would be the double 4.0 and promote float math to double
-    cdef floating k2 = 2, k4 = 4, k5 = 5, k8 = 8
+    cdef floating k2 = 2, k4 = 4, k8 = 8
     cdef floating p12, n12, p34, n34
     for q in range(CHUNK):
         p12 = m[s + q] + m[2 * s + q]
@@ -119,7 +119,7 @@ cdef inline void _a(const floating* v, Py_ssize_t s, floating* o, Py_ssize_t t) 
     """o (6) = A v (4), the adjoint of _at."""
     cdef Py_ssize_t q
     # typed constants: a literal 4 would be the double 4.0 and promote float math to double
-    cdef floating k2 = 2, k4 = 4, k5 = 5, k8 = 8
+    cdef floating k2 = 2, k4 = 4, k8 = 8
     cdef floating v0, v1, v2, v3
     for q in range(CHUNK):
         v0 = v[q]
