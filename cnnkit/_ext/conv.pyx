@@ -530,13 +530,31 @@ cdef extern from *:
     #else
     #define CK_VBYTES 16
     #endif
+    /* Keeps a vector in a register: without it the compiler folds each use of a dy vector
+       into its multiply-add as a memory operand, 10 loads per 8 multiply-adds, more than the
+       load ports serve per cycle. */
+    #if defined(__x86_64__) || defined(__i386__)
+    #define CK_IN_REGISTER(v) __asm__("" : "+x"(v))
+    #else
+    #define CK_IN_REGISTER(v) ((void)0)
+    #endif
+    static inline void ck_next_tap(long* ch, long* i, long* j, long kh, long kw) {
+        if (++*j == kw) { *j = 0; if (++*i == kh) { *i = 0; ++*ch; } } }
     #define CK_DEFINE_DIRECT(T, VT, SUF)                                                          \\
     typedef T VT __attribute__((vector_size(CK_VBYTES)));                                       \\
     enum { ck_nv_##SUF = CK_VBYTES / (int)sizeof(T) };                                           \\
     static inline VT ck_ld_##SUF(const T* p) { VT v; __builtin_memcpy(&v, p, sizeof v); return v; } \\
     static inline void ck_st_##SUF(T* p, VT v) { __builtin_memcpy(p, &v, sizeof v); }          \\
-    static inline T ck_hsum_##SUF(VT v) {                                                       \\
-        T s = 0; for (int l = 0; l < ck_nv_##SUF; l++) s += v[l]; return s; }                  \\
+    static inline void ck_add4_##SUF(T* p, VT a0, VT a1, VT a2, VT a3) {                        \\
+        const long nv = ck_nv_##SUF;                                                            \\
+        ck_st_##SUF(p, ck_ld_##SUF(p) + a0); ck_st_##SUF(p + nv, ck_ld_##SUF(p + nv) + a1);     \\
+        ck_st_##SUF(p + 2 * nv, ck_ld_##SUF(p + 2 * nv) + a2);                                  \\
+        ck_st_##SUF(p + 3 * nv, ck_ld_##SUF(p + 3 * nv) + a3); }                                \\
+    static void ck_direct_dw_lanes_##SUF(const T* dwv, long count, T* dwt) {                    \\
+        for (long i = 0; i < count; i++) {                                                      \\
+            T s = 0;                                                                            \\
+            for (int l = 0; l < ck_nv_##SUF; l++) s += dwv[i * ck_nv_##SUF + l];               \\
+            dwt[i] += s; } }                                                                    \\
     static void ck_direct_fwd_##SUF(const T* xp, long c, long plane, long wp, const T* wt,       \\
                                    long o4, long kh, long kw, long p2, T* acc) {                \\
         const long nv = ck_nv_##SUF;                                                            \\
@@ -564,35 +582,37 @@ cdef extern from *:
         }                                                                                       \\
     }                                                                                           \\
     static void ck_direct_dw_##SUF(const T* xp, long c, long plane, long wp, const T* dyx,       \\
-                                  long o4, long kh, long kw, long p2, T* dwt) {                 \\
-        /* 4 output channels x 2 taps per pass: 8 accumulators share each load of dy */        \\
+                                  long o4, long kh, long kw, long p2, T* dwv) {                 \\
+        /* 4 output channels x 2 taps per pass: 8 accumulators share each load of dy.  They    \\
+           are added as whole vectors into dwv (tap, channel, lane), summed across lanes once  \\
+           per thread (ck_direct_dw_lanes): a horizontal sum per image and tap costs as much   \\
+           as the products on LeNet-sized images */                                            \\
         const long nv = ck_nv_##SUF, taps = c * kh * kw;                                        \\
         for (long oc = 0; oc < o4; oc += 4) {                                                   \\
             const T* d0 = dyx + oc * p2;                                                        \\
             const T* d1 = d0 + p2;                                                              \\
             const T* d2 = d1 + p2;                                                              \\
             const T* d3 = d2 + p2;                                                              \\
+            long ch = 0, i = 0, j = 0;  /* tap t's place, stepped: no divisions per tap */     \\
             for (long t = 0; t < taps; t += 2) {                                                \\
                 long u = t + 1 < taps ? t + 1 : t;                                              \\
-                const T* sa = xp + (t / (kh * kw)) * plane + ((t / kw) % kh) * wp + t % kw;     \\
-                const T* sb = xp + (u / (kh * kw)) * plane + ((u / kw) % kh) * wp + u % kw;     \\
+                const T* sa = xp + ch * plane + i * wp + j;                                     \\
+                ck_next_tap(&ch, &i, &j, kh, kw);                                               \\
+                const T* sb = u != t ? xp + ch * plane + i * wp + j : sa;                       \\
+                ck_next_tap(&ch, &i, &j, kh, kw);                                               \\
                 VT a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                      \\
                 VT b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                                      \\
                 for (long p = 0; p < p2; p += nv) {                                             \\
                     VT x0 = ck_ld_##SUF(sa + p), x1 = ck_ld_##SUF(sb + p);                      \\
                     VT e0 = ck_ld_##SUF(d0 + p), e1 = ck_ld_##SUF(d1 + p);                      \\
                     VT e2 = ck_ld_##SUF(d2 + p), e3 = ck_ld_##SUF(d3 + p);                      \\
+                    CK_IN_REGISTER(e0); CK_IN_REGISTER(e1);                                     \\
+                    CK_IN_REGISTER(e2); CK_IN_REGISTER(e3);                                     \\
                     a0 += e0 * x0; a1 += e1 * x0; a2 += e2 * x0; a3 += e3 * x0;                 \\
                     b0 += e0 * x1; b1 += e1 * x1; b2 += e2 * x1; b3 += e3 * x1;                 \\
                 }                                                                               \\
-                T* out = dwt + t * o4 + oc;                                                     \\
-                out[0] += ck_hsum_##SUF(a0); out[1] += ck_hsum_##SUF(a1);                       \\
-                out[2] += ck_hsum_##SUF(a2); out[3] += ck_hsum_##SUF(a3);                       \\
-                if (u != t) {                                                                   \\
-                    out = dwt + u * o4 + oc;                                                    \\
-                    out[0] += ck_hsum_##SUF(b0); out[1] += ck_hsum_##SUF(b1);                   \\
-                    out[2] += ck_hsum_##SUF(b2); out[3] += ck_hsum_##SUF(b3);                   \\
-                }                                                                               \\
+                ck_add4_##SUF(dwv + (t * o4 + oc) * nv, a0, a1, a2, a3);                       \\
+                if (u != t) ck_add4_##SUF(dwv + (u * o4 + oc) * nv, b0, b1, b2, b3);           \\
             }                                                                                   \\
         }                                                                                       \\
     }                                                                                           \\
@@ -610,10 +630,11 @@ cdef extern from *:
             VT e30 = ck_ld_##SUF(d), e31 = ck_ld_##SUF(d + nv);                                 \\
             /* channels innermost: consecutive read-modify-writes land a plane apart, never \\
                on the vectors just stored (a partial overlap stalls store forwarding) */        \\
-            for (long ij = 0; ij < kh * kw; ij++)                                               \\
+            for (long i = 0; i < kh; i++)                                                       \\
+            for (long j = 0; j < kw; j++)                                                       \\
             for (long ch = 0; ch < c; ch++) {                                                   \\
-                long t = ch * kh * kw + ij;                                                     \\
-                T* dst = dxp + ch * plane + (ij / kw) * wp + ij % kw + p;                       \\
+                long t = (ch * kh + i) * kw + j;                                                \\
+                T* dst = dxp + ch * plane + i * wp + j + p;                                     \\
                 const T* w = wt + t * o4 + oc;                                                  \\
                 VT s0 = ck_ld_##SUF(dst), s1 = ck_ld_##SUF(dst + nv);                           \\
                 s0 += w[0] * e00 + w[1] * e10 + w[2] * e20 + w[3] * e30;                        \\
@@ -631,6 +652,8 @@ cdef extern from *:
     static void ck_direct_fwd_d(const double* xp, long c, long plane, long wp, const double* wt, long o4, long kh, long kw, long p2, double* acc) {}
     static void ck_direct_dw_f(const float* xp, long c, long plane, long wp, const float* dyx, long o4, long kh, long kw, long p2, float* dwt) {}
     static void ck_direct_dw_d(const double* xp, long c, long plane, long wp, const double* dyx, long o4, long kh, long kw, long p2, double* dwt) {}
+    static void ck_direct_dw_lanes_f(const float* dwv, long count, float* dwt) {}
+    static void ck_direct_dw_lanes_d(const double* dwv, long count, double* dwt) {}
     static void ck_direct_dx_f(const float* dyx, long o4, long p2, const float* wt, long c, long kh, long kw, long plane, long wp, float* dxp) {}
     static void ck_direct_dx_d(const double* dyx, long o4, long p2, const double* wt, long c, long kh, long kw, long plane, long wp, double* dxp) {}
     #endif
@@ -645,6 +668,8 @@ cdef extern from *:
                         long o4, long kh, long kw, long p2, float* dwt) noexcept nogil
     void ck_direct_dw_d(const double* xp, long c, long plane, long wp, const double* dyx,
                         long o4, long kh, long kw, long p2, double* dwt) noexcept nogil
+    void ck_direct_dw_lanes_f(const float* dwv, long count, float* dwt) noexcept nogil
+    void ck_direct_dw_lanes_d(const double* dwv, long count, double* dwt) noexcept nogil
     void ck_direct_dx_f(const float* dyx, long o4, long p2, const float* wt, long c, long kh,
                         long kw, long plane, long wp, float* dxp) noexcept nogil
     void ck_direct_dx_d(const double* dyx, long o4, long p2, const double* wt, long c, long kh,
@@ -668,6 +693,15 @@ def direct_layout(Py_ssize_t c, Py_ssize_t o, Py_ssize_t oh, Py_ssize_t ow, Py_s
     cdef Py_ssize_t p2 = (grid + 2 * nv - 1) // (2 * nv) * (2 * nv)
     cdef Py_ssize_t xsize = c * hp * wp + (p2 - grid) + kw + 2 * nv
     return p2, xsize, xsize + (o + 3) // 4 * 4 * p2
+
+
+def direct_backward_size(Py_ssize_t c, Py_ssize_t o, Py_ssize_t oh, Py_ssize_t ow,
+                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t itemsize, bint with_dx):
+    """Per-thread workspace of ``conv2d_direct_backward``: the forward's, the padded input
+    gradient when ``with_dx``, and the weight gradient's vector accumulators."""
+    p2, xsize, size = direct_layout(c, o, oh, ow, kh, kw, itemsize)
+    return (size + (xsize if with_dx else 0)
+            + c * kh * kw * ((o + 3) // 4 * 4) * (CK_VBYTES // itemsize))
 
 
 cdef void _pad_image(const floating* x, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
@@ -757,8 +791,7 @@ def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
     """Backward of the direct convolution above: per-thread partial weight gradients
     dw_partial[t] (C*kh*kw, O4), added to (the caller zeroes them and sums over threads), and,
     unless ``dx`` is None, the input gradient dx (overwritten), by the forward loop transposed
-    (``wt`` as for the forward call).  ``workspace`` is (threads, >= direct_layout(...)[2],
-    plus direct_layout(...)[1] with dx).
+    (``wt`` as for the forward call).  ``workspace`` is (threads, >= direct_backward_size(...)).
 
     The products run over the padded-width grid with dy zero outside its (oh, ow) part, so the
     dropped columns add exact zeros, provided x is finite: the caller routes non-finite inputs
@@ -766,15 +799,17 @@ def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t o = dy.shape[1], oh = dy.shape[2], ow = dy.shape[3], o4 = dw_partial.shape[2]
     cdef Py_ssize_t hp = oh + kh - 1, wp = ow + kw - 1
-    cdef Py_ssize_t n, oc, r, ch, p2, xsize, need
+    cdef Py_ssize_t n, oc, r, ch, p2, xsize, need, dwv_at
     cdef floating* xp = NULL
     cdef floating* dyx = NULL
     cdef floating* dxp = NULL
+    cdef floating* dwv = NULL
     cdef bint want_dx = dx is not None
     cdef int tid = 0
+    cdef Py_ssize_t lanes = c * kh * kw * o4
     p2, xsize, need = direct_layout(c, o, oh, ow, kh, kw, sizeof(floating))
-    if want_dx:
-        need += xsize
+    dwv_at = need + (xsize if want_dx else 0)
+    need = direct_backward_size(c, o, oh, ow, kh, kw, sizeof(floating), want_dx)
     _check_direct("conv2d_direct_backward", dw_partial.shape[1], o4, o, c, kh, kw, h, w, hp, wp,
                   pt, pl, workspace.shape[0], workspace.shape[1], need, num_threads,
                   dy.shape[0] == n_img and wt.shape[0] == c * kh * kw and wt.shape[1] == o4
@@ -789,6 +824,8 @@ def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
         xp = &workspace[tid, 0]
         dyx = xp + xsize
         dxp = dyx + o4 * p2
+        dwv = xp + dwv_at
+        memset(dwv, 0, (need - dwv_at) * sizeof(floating))
         for n in prange(n_img, schedule="static"):
             _pad_image(&x[n, 0, 0, 0], c, h, w, pt, pl, hp, wp, xsize, xp)
             memset(dyx, 0, o4 * p2 * sizeof(floating))
@@ -796,9 +833,9 @@ def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
                 for r in range(oh):
                     memcpy(dyx + oc * p2 + r * wp, &dy[n, oc, r, 0], ow * sizeof(floating))
             if floating is float:
-                ck_direct_dw_f(xp, c, hp * wp, wp, dyx, o4, kh, kw, p2, &dw_partial[tid, 0, 0])
+                ck_direct_dw_f(xp, c, hp * wp, wp, dyx, o4, kh, kw, p2, dwv)
             else:
-                ck_direct_dw_d(xp, c, hp * wp, wp, dyx, o4, kh, kw, p2, &dw_partial[tid, 0, 0])
+                ck_direct_dw_d(xp, c, hp * wp, wp, dyx, o4, kh, kw, p2, dwv)
             if want_dx:
                 memset(dxp, 0, xsize * sizeof(floating))
                 if floating is float:
@@ -809,3 +846,7 @@ def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
                     for r in range(h):
                         memcpy(&dx[n, ch, r, 0], dxp + (ch * hp + r + pt) * wp + pl,
                                w * sizeof(floating))
+        if floating is float:
+            ck_direct_dw_lanes_f(dwv, lanes, &dw_partial[tid, 0, 0])
+        else:
+            ck_direct_dw_lanes_d(dwv, lanes, &dw_partial[tid, 0, 0])

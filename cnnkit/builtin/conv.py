@@ -516,8 +516,9 @@ class Conv2dDirect:
             grads["weight"] = _stored_weight_grad(grads["weight"], config)
             return dx, grads
         threads = _direct_threads(n, n * o * oh * ow * w[0].size)
-        p2, xsize, size = cls._kernels.direct_layout(c, o, oh, ow, kh, kw, x.itemsize)
-        ws = workspace((threads, size + (xsize if need_input_grad else 0)), x.dtype)
+        size = cls._kernels.direct_backward_size(c, o, oh, ow, kh, kw, x.itemsize,
+                                                 need_input_grad)
+        ws = workspace((threads, size), x.dtype)
         dw_part = np.zeros((threads, w[0].size, -(-o // 4) * 4), dtype=x.dtype)
         dx = np.empty_like(x) if need_input_grad else None
         cls._kernels.conv2d_direct_backward(x, dy, _direct_weights(w), dx, dw_part, ws, top,
