@@ -14,12 +14,21 @@ threads of the BLAS library NumPy and the kernels call.
   pass :func:`single_threaded_blas` and the small-product case of :func:`dense_blas_threads`
   cost nothing.  A layer called on its own sets the limit around its kernel, as before.
 
+- Beside a busy process the team shrinks (:class:`_Contention`): a model's pass measures how
+  long its thread waited for a CPU (Linux's run-queue delay); when that is a large share of
+  the pass, the next passes run on half the team, and a pass on the whole team every second
+  probes whether the neighbour has gone.  Only while the user has not fixed the team
+  (``OMP_NUM_THREADS``, ``OMP_DYNAMIC``, :func:`set_num_threads`, :func:`num_threads`);
+  ``CNNKIT_ADAPTIVE_THREADS=0`` turns it off.
+
 threadpoolctl is imported on first use, and one controller serves every caller.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import time
 
 from cnnkit._ext import conv as _omp_probe
 
@@ -60,13 +69,120 @@ def _team_size(n, who):
 def set_num_threads(n: int) -> None:
     """Set the size of the OpenMP team cnnkit's kernels use (for the calling thread and, as
     with ``omp_set_num_threads``, threads it starts afterwards).  BLAS calls inside the kernels
-    stay single-threaded either way."""
+    stay single-threaded either way.  A team set here is kept beside a busy process too."""
     controller().select(user_api="openmp").limit(limits=_team_size(n, "set_num_threads"))
+    _contention.user_fixed = True
 
 
+@contextlib.contextmanager
 def num_threads(n: int):
     """Context manager: ``with cnnkit.num_threads(1): ...`` runs the kernels on ``n`` threads."""
-    return controller().select(user_api="openmp").limit(limits=_team_size(n, "num_threads"))
+    limiter = controller().select(user_api="openmp").limit(limits=_team_size(n, "num_threads"))
+    local = _contention.local()
+    local.fixed += 1
+    try:
+        yield limiter
+    finally:
+        local.fixed -= 1
+        limiter.restore_original_limits()
+
+
+def _read_run_delay():
+    """Nanoseconds the calling thread has waited on a run queue (None where unknown)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Contention:
+    """Shrinks the OpenMP team of a model's passes while another process takes cores.
+
+    The threads of a team wait for each other at the end of every kernel: beside a busy
+    process, one of them is often off its core and the whole team waits (a LeNet-5 step took
+    3-4x its quiet time on a 2-core machine), while half the team keeps a core to itself.  A
+    pass counts as contended when its thread waited on a run queue for more than
+    :attr:`SHARE` of the pass's time; :attr:`STRIKES` contended passes in a row halve the team
+    for the following passes, and every :attr:`PROBE_SECONDS` one pass runs on the whole team
+    and restores it if it was not contended.  State is per Python thread.
+    """
+
+    SHARE = 0.2
+    STRIKES = 2
+    PROBE_SECONDS = 1.0
+    MIN_PASS_SECONDS = 2e-4  # shorter passes are too short to judge
+
+    def __init__(self):
+        self.user_fixed = False
+        self._local = threading.local()
+        self._env_off = None
+
+    def local(self):
+        local = self._local
+        if not hasattr(local, "fixed"):
+            local.fixed = 0
+            local.depth = 0
+            local.reduced = False
+            local.strikes = 0
+            local.probe_at = 0.0
+        return local
+
+    def enabled(self) -> bool:
+        if self._env_off is None:
+            flag = os.environ.get("CNNKIT_ADAPTIVE_THREADS", "1").strip().lower()
+            self._env_off = (flag in ("0", "false", "no", "off")
+                             or "OMP_NUM_THREADS" in os.environ or "OMP_DYNAMIC" in os.environ
+                             or _read_run_delay() is None)
+        return not (self._env_off or self.user_fixed or self.local().fixed)
+
+    def state(self) -> dict:
+        """What the policy does now in the calling thread (for ``cnnkit kernels --explain``
+        and tests)."""
+        local = self.local()
+        return {"enabled": self.enabled(), "reduced": local.reduced, "strikes": local.strikes}
+
+    def reset(self):
+        local = self.local()
+        local.reduced, local.strikes, local.probe_at = False, 0, 0.0
+        self._env_off = None
+
+    @contextlib.contextmanager
+    def run(self, team: int):
+        """Context for one outermost pass on a team of ``team`` threads."""
+        local = self.local()
+        now = time.perf_counter()
+        probing = local.reduced and now >= local.probe_at
+        smaller = local.reduced and not probing
+        if smaller:
+            _omp_probe.set_max_threads(max(1, team // 2))
+        start_delay = _read_run_delay()
+        try:
+            yield
+        finally:
+            if smaller:
+                _omp_probe.set_max_threads(team)
+            end_delay = _read_run_delay()
+            elapsed = time.perf_counter() - now
+            if start_delay is not None and end_delay is not None:
+                self._judge(local, (end_delay - start_delay) * 1e-9, elapsed, smaller, probing)
+
+    def _judge(self, local, waited, elapsed, smaller, probing):
+        if elapsed < self.MIN_PASS_SECONDS:
+            return
+        contended = waited > self.SHARE * elapsed
+        if probing:
+            local.reduced = contended
+            local.strikes = 0
+            local.probe_at = time.perf_counter() + self.PROBE_SECONDS
+        elif not smaller:
+            local.strikes = local.strikes + 1 if contended else 0
+            if local.strikes >= self.STRIKES:
+                local.reduced, local.strikes = True, 0
+                local.probe_at = time.perf_counter() + self.PROBE_SECONDS
+
+
+_contention = _Contention()
 
 
 class _OneBlasThread:
@@ -122,15 +238,34 @@ _one_blas_thread = _OneBlasThread()
 _NULL = contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def _outer_pass(team):
+    local = _contention.local()
+    local.depth += 1
+    try:
+        if local.depth == 1 and _contention.enabled():
+            with _contention.run(team), _one_blas_thread.hold():
+                yield
+        else:
+            with _one_blas_thread.hold():
+                yield
+    finally:
+        local.depth -= 1
+
+
 def blas_pass():
     """Context for a whole forward or backward pass of a model: BLAS on one thread for every
-    kernel inside it, set once (re-entrant: a pass inside a pass costs nothing).
+    kernel inside it, set once (re-entrant: a pass inside a pass costs nothing), and the
+    OpenMP team chosen for the pass (:class:`_Contention`).
 
     Without OpenMP (one thread) BLAS keeps its own threads, as in :func:`single_threaded_blas`.
     """
-    if _one_blas_thread.held() or get_num_threads() <= 1:
+    if _one_blas_thread.held():
         return _NULL
-    return _one_blas_thread.hold()
+    team = get_num_threads()
+    if team <= 1:
+        return _NULL
+    return _outer_pass(team)
 
 
 def single_threaded_blas():

@@ -36,6 +36,11 @@ def _clean_plugin_env(monkeypatch, tmp_path_factory):
     # never read or write the user's autotuning cache: every test starts with an empty one
     monkeypatch.delenv("CNNKIT_AUTOTUNE", raising=False)
     monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path_factory.mktemp("cnnkit-cache")))
+    # a loaded test machine must not shrink the team under tests that count its threads; the
+    # policy's own tests (test_threads_contention.py) turn it back on
+    monkeypatch.setenv("CNNKIT_ADAPTIVE_THREADS", "0")
+    from cnnkit._threads import _contention
+    _contention.reset()
 
 
 @pytest.fixture

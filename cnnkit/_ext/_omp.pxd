@@ -18,16 +18,19 @@ cdef extern from *:
     #ifdef _OPENMP
     #include <omp.h>
     static int cnnkit_max_threads(void) { return omp_get_max_threads(); }
+    static void cnnkit_set_max_threads(int n) { omp_set_num_threads(n); }
     static void cnnkit_note_team(void) {
         if (omp_get_thread_num() == 0) cnnkit_last_team = omp_get_num_threads();
     }
     #else
     static int cnnkit_max_threads(void) { return 1; }
+    static void cnnkit_set_max_threads(int n) { }
     static void cnnkit_note_team(void) { cnnkit_last_team = 1; }
     #endif
     static int cnnkit_last_team_size(void) { return cnnkit_last_team; }
     #endif
     """
     int omp_max_threads "cnnkit_max_threads"() noexcept nogil
+    void omp_set_max_threads "cnnkit_set_max_threads"(int n) noexcept nogil
     void note_team "cnnkit_note_team"() noexcept nogil
     int omp_last_team "cnnkit_last_team_size"() noexcept nogil

@@ -26,12 +26,20 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.string cimport memcpy, memset
 
 from cnnkit._ext._blas cimport gemm_rm
-from cnnkit._ext._omp cimport note_team, omp_last_team, omp_max_threads
+from cnnkit._ext._omp cimport note_team, omp_last_team, omp_max_threads, omp_set_max_threads
 
 
 def max_threads():
     """Threads an OpenMP region would use now (1 when built without OpenMP)."""
     return omp_max_threads()
+
+
+def set_max_threads(int n):
+    """``omp_set_num_threads(n)`` for the calling thread, on the OpenMP runtime the kernels
+    use only (threadpoolctl's limit reaches every runtime loaded, and costs far more)."""
+    if n < 1:
+        raise ValueError(f"set_max_threads: expected n >= 1, got {n}")
+    omp_set_max_threads(n)
 
 
 def last_team_size():
