@@ -36,6 +36,13 @@ def _conv_relu_fusion(conv):
     return "conv2d+relu" if conv == "cython" else f"conv2d[{conv}]+relu"
 
 
+def _conv_relu_fusions(conv):
+    """The chains a conv2d+relu may fuse into: the direct variants take a following 2x2 max
+    pool along."""
+    return {_conv_relu_fusion(conv)} | (set() if conv == "cython" else
+                                        {f"conv2d[{conv}]+relu+maxpool2d"})
+
+
 @pytest.fixture
 def two_threads():
     with ck.num_threads(2):
@@ -261,9 +268,77 @@ def test_fused_conv_relu_is_bitwise_the_unfused_pair(build, training, dtype, con
         fused, plan = _run(build, dtype, training, True)
         plain, plain_plan = _run(build, dtype, training, False)
     assert _fused_names(plan)  # the fused run really fused
-    assert all(s.fusion.name == _conv_relu_fusion(conv) for s in plan if s.fusion)
+    assert all(s.fusion.name in _conv_relu_fusions(conv) for s in plan if s.fusion)
     assert not _fused_names(plain_plan)
     _bitwise_equal(fused, plain)
+
+
+DIRECT_CONVS = [c for c in FUSED_CONVS if c != "cython"]
+
+
+def _conv_relu_pool_model(dtype, bias, size, padding, seed, ties):
+    rng = np.random.default_rng(seed)
+    conv = Conv2D(3, 5, 3, padding=padding, bias=bias, dtype=dtype, rng=rng, name="conv")
+    if ties:
+        # channel 1: all weights equal, on an input of repeated values below: windows of
+        # equal positive maxima (the first one takes the gradient) and of equal zeros
+        conv.params["weight"][1] = 0.25
+        if bias:
+            conv.params["bias"][1] = 0
+    parts = [conv, ReLU(name="relu"), MaxPool2D(2, name="pool"), Flatten(name="flat")]
+    model = ck.Sequential(parts, input_shape=(3, size, size))
+    return model
+
+
+@pytest.mark.parametrize("conv", DIRECT_CONVS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["odd-bias", "even-nobias", "ties", "nan", "eval"])
+def test_fused_conv_relu_maxpool_is_bitwise_the_unfused_chain(conv, dtype, case):
+    """The three layers run one by one and as the direct convolution's fused chain give the
+    same bits: output, input gradient, weight and bias gradients."""
+    size, padding = {"odd-bias": (9, 0), "even-nobias": (10, 1)}.get(case, (8, 1))
+    bias = case != "even-nobias"
+    training = case != "eval"
+    x = np.random.default_rng(1).standard_normal((5, 3, size, size)).astype(dtype)
+    if case == "ties":
+        x = np.round(x)  # many equal values, and whole windows <= 0
+        x[:, :, ::2, :] = x[:, :, 1::2, :]  # rows repeated: ties inside each window
+    if case == "nan":
+        x[0, 1, 3, 4] = np.nan  # non-finite input: the slow path of the direct backward
+        x[1, 0, 2, 2] = np.inf
+    runs = []
+    for fused in (True, False):
+        ck.set_fusion(fused)
+        try:
+            model = _conv_relu_pool_model(dtype, bias, size, padding, 4, case == "ties")
+            model.train(training)
+            with ck.use(conv2d=conv):
+                names = _fused_names(model.execution_plan(dtype))
+                y = model.forward(x)
+                out = {"y": y}
+                if training:
+                    dy = np.random.default_rng(2).standard_normal(y.shape).astype(dtype)
+                    out["dx"] = model.backward(dy)
+                    out.update({p.name: p.grad for p in model.parameters()})
+        finally:
+            ck.set_fusion(None)
+        assert names == ([("conv", "relu", "pool")] if fused else []), names
+        runs.append(out)
+    if case == "ties":
+        assert (runs[0]["y"] == 0).any() and (runs[0]["y"] > 0).any()
+    _bitwise_equal(*runs)
+
+
+@pytest.mark.parametrize("pool", [MaxPool2D(2, padding=1), MaxPool2D(3, 2), MaxPool2D(2, 1),
+                                  MaxPool2D(2, ceil_mode=True)],
+                         ids=["padded", "3x3", "stride1", "ceil"])
+def test_only_a_2x2_stride_2_unpadded_pool_is_fused_into_the_convolution(pool):
+    model = ck.Sequential([Conv2D(1, 2, 3, rng=0, name="conv"), ReLU(name="relu"), pool],
+                          input_shape=(1, 9, 9))
+    with ck.use(conv2d="direct"):
+        plan = model.execution_plan()
+    assert all(s.fusion is None or s.fusion.name == "conv2d[direct]+relu" for s in plan)
+    assert _fused_names(plan) == [("conv", "relu")]
 
 
 def test_relu_gradient_at_exactly_zero_matches_through_the_fusion():

@@ -23,6 +23,7 @@ convolution weight gradient with x and dy swapped, so the wrapper calls the kern
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from cnnkit._ext._blas cimport gemm_rm
@@ -792,22 +793,190 @@ def conv2d_direct_forward(const floating[:, :, :, ::1] x, const floating[:, ::1]
                             yo[s] = ao[s] + bv
 
 
+cdef inline bint _pool_takes(floating best, floating v) noexcept nogil:
+    """The max-pool kernels' rule (``pool.pyx``): larger, or the first NaN; ties keep the
+    first maximum in row-major order."""
+    return (v > best) | ((v != v) & (best == best))
+
+
+cdef floating _grid_sum(const floating* g, Py_ssize_t oh, Py_ssize_t ow,
+                        Py_ssize_t wp) noexcept nogil:
+    """:func:`_sum` of the (oh, ow) map stored with rows ``wp`` apart, bit for bit: the same
+    eight lanes over the same order of elements."""
+    cdef floating lane[8]
+    cdef Py_ssize_t r, s, q, d = 0, n8 = oh * ow - (oh * ow) % 8
+    cdef floating acc = 0
+    for q in range(8):
+        lane[q] = 0
+    for r in range(oh):
+        for s in range(ow):
+            if d < n8:
+                lane[d % 8] = lane[d % 8] + g[r * wp + s]
+            d += 1
+    acc = ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]))
+    d = 0
+    for r in range(oh):
+        for s in range(ow):
+            if d >= n8:
+                acc = acc + g[r * wp + s]
+            d += 1
+    return acc
+
+
+cdef void _relu_pool2_exact(const floating* a0, const floating* a1, floating bv, floating* y,
+                            unsigned char* argmax, Py_ssize_t n) noexcept nogil:
+    """n windows by the max-pool kernels' rule, one by one (rows that hold a NaN)."""
+    cdef Py_ssize_t s
+    cdef floating best, v
+    cdef unsigned char at
+    cdef bint take
+    for s in range(n):
+        best = a0[2 * s] + bv
+        at = 0
+        v = a0[2 * s + 1] + bv
+        take = _pool_takes(best, v)
+        best = v if take else best
+        at = 1 if take else at
+        v = a1[2 * s] + bv
+        take = _pool_takes(best, v)
+        best = v if take else best
+        at = 2 if take else at
+        v = a1[2 * s + 1] + bv
+        take = _pool_takes(best, v)
+        best = v if take else best
+        at = 3 if take else at
+        y[s] = 0 if best <= 0 else best
+        if argmax != NULL:
+            argmax[s] = at
+
+
+cdef void _relu_pool2_rows(const floating* acc, Py_ssize_t p2, Py_ssize_t wp, Py_ssize_t o,
+                           const floating* bias, floating* y, unsigned char* argmax,
+                           Py_ssize_t oh2, Py_ssize_t ow2) noexcept nogil:
+    """One image's max_pool2d(relu(acc + bias), 2) from the padded-width grid ``acc`` into
+    ``y`` (o, oh2, ow2), the window position (0-3, row-major) of each maximum into ``argmax``
+    (or NULL).  The maximum is taken before the ReLU: equal to the pool of the ReLU's output
+    (max and ReLU commute, NaN included), and where they pick different places the maximum is
+    <= 0 and the ReLU passes no gradient to either.
+
+    As in ``pool.pyx``'s dedicated loops: plain ``>`` compares (the earlier of equal values
+    stays) and positions kept as floating values, so that GCC vectorises the loop; a chunk
+    that met a NaN is redone by the exact rule."""
+    cdef floating where[64]
+    cdef Py_ssize_t oc, r, s, k, start, m
+    cdef const floating* a0
+    cdef const floating* a1
+    cdef floating bv, v0, v1, v2, v3, top, bottom, best
+    cdef bint nan
+    for oc in range(o):
+        bv = bias[oc] if bias != NULL else 0
+        for r in range(oh2):
+            a0 = acc + oc * p2 + 2 * r * wp
+            a1 = a0 + wp
+            k = (oc * oh2 + r) * ow2
+            for start in range(0, ow2, 64):
+                m = ow2 - start if ow2 - start < 64 else 64
+                nan = False
+                for s in range(start, start + m):
+                    v0 = a0[2 * s] + bv
+                    v1 = a0[2 * s + 1] + bv
+                    v2 = a1[2 * s] + bv
+                    v3 = a1[2 * s + 1] + bv
+                    top = v1 if v1 > v0 else v0
+                    bottom = v3 if v3 > v2 else v2
+                    where[s - start] = ((3 if v3 > v2 else 2) if bottom > top
+                                        else (1 if v1 > v0 else 0))
+                    best = bottom if bottom > top else top
+                    y[k + s] = 0 if best <= 0 else best
+                    nan = nan | (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3)
+                if nan:
+                    _relu_pool2_exact(a0 + 2 * start, a1 + 2 * start, bv, y + k + start,
+                                      argmax + k + start if argmax != NULL else NULL, m)
+                elif argmax != NULL:
+                    for s in range(m):
+                        argmax[k + start + s] = <unsigned char> <int> where[s]
+
+
+def conv2d_direct_forward_relu_pool2(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
+                                     const floating[::1] bias, floating[:, :, :, ::1] y,
+                                     unsigned char[:, :, :, ::1] argmax,
+                                     floating[:, ::1] workspace, int pt, int pl, int kh, int kw,
+                                     int oh, int ow, int num_threads):
+    """y = max_pool2d(relu(conv2d(x, w) + bias), kernel 2, stride 2) without the convolution's
+    output: each image's (oh, ow) maps are pooled from the workspace.  ``argmax`` (or None)
+    receives each window's position of its maximum, 0-3 in row-major order, for
+    :func:`conv2d_direct_backward_relu_pool2`.  Arguments otherwise as
+    :func:`conv2d_direct_forward`, with the convolution's (oh, ow) given."""
+    cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t o = y.shape[1], oh2 = y.shape[2], ow2 = y.shape[3], o4 = wt.shape[1]
+    cdef Py_ssize_t hp = oh + kh - 1, wp = ow + kw - 1
+    cdef Py_ssize_t n, p2, xsize, need
+    cdef floating* xp = NULL
+    cdef floating* acc = NULL
+    cdef const floating* bp = &bias[0] if bias is not None else NULL
+    cdef unsigned char* a8 = NULL
+    cdef bint keep = argmax is not None
+    cdef int tid = 0
+    p2, xsize, need = direct_layout(c, o, oh, ow, kh, kw, sizeof(floating))
+    _check_direct("conv2d_direct_forward_relu_pool2", wt.shape[0], o4, o, c, kh, kw, h, w, hp,
+                  wp, pt, pl, workspace.shape[0], workspace.shape[1], need, num_threads,
+                  y.shape[0] == n_img and oh >= 2 and ow >= 2 and oh2 == oh // 2
+                  and ow2 == ow // 2 and (bias is None or bias.shape[0] == o)
+                  and (not keep or tuple(argmax.shape) == tuple(y.shape)))
+    if n_img == 0:
+        return
+    if keep:
+        a8 = &argmax[0, 0, 0, 0]
+    with nogil, parallel(num_threads=num_threads):
+        note_team()
+        tid = threadid()
+        xp = &workspace[tid, 0]
+        acc = xp + xsize
+        for n in prange(n_img, schedule="static"):
+            _pad_image(&x[n, 0, 0, 0], c, h, w, pt, pl, hp, wp, xsize, xp)
+            if floating is float:
+                ck_direct_fwd_f(xp, c, hp * wp, wp, &wt[0, 0], o4, kh, kw, p2, acc)
+            else:
+                ck_direct_fwd_d(xp, c, hp * wp, wp, &wt[0, 0], o4, kh, kw, p2, acc)
+            _relu_pool2_rows(acc, p2, wp, o, bp, &y[n, 0, 0, 0],
+                             a8 + n * o * oh2 * ow2 if a8 != NULL else NULL, oh2, ow2)
+
+
 def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
                            const floating[:, ::1] wt, floating[:, :, :, ::1] dx,
                            floating[:, :, ::1] dw_partial, floating[:, ::1] workspace,
-                           int pt, int pl, int kh, int kw, int num_threads):
+                           int pt, int pl, int kh, int kw, int num_threads,
+                           const floating[:, :, :, ::1] pooled_y=None,
+                           const unsigned char[:, :, :, ::1] pool_argmax=None,
+                           int conv_oh=0, int conv_ow=0, floating[:, ::1] plane_sums=None,
+                           floating[::1] bias_grad=None):
     """Backward of the direct convolution above: per-thread partial weight gradients
     dw_partial[t] (C*kh*kw, O4), added to (the caller zeroes them and sums over threads), and,
     unless ``dx`` is None, the input gradient dx (overwritten), by the forward loop transposed
     (``wt`` as for the forward call).  ``workspace`` is (threads, >= direct_backward_size(...)).
 
+    With ``pool_argmax`` this is the backward of :func:`conv2d_direct_forward_relu_pool2`:
+    ``dy`` and ``pooled_y`` are the pooled output's gradient and value, ``pool_argmax`` the
+    forward's, and (conv_oh, conv_ow) the convolution's output size; each window's gradient
+    goes to its maximum's place where the pooled value is > 0 (the ReLU's rule).  Its bias
+    gradient, when ``bias_grad`` is given, is summed as :func:`channel_sums` sums the dense
+    gradient (``plane_sums``, (N, O), holds each image's part), so it is the same bit for bit.
+
     The products run over the padded-width grid with dy zero outside its (oh, ow) part, so the
     dropped columns add exact zeros, provided x is finite: the caller routes non-finite inputs
     elsewhere (0 * inf is NaN)."""
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
-    cdef Py_ssize_t o = dy.shape[1], oh = dy.shape[2], ow = dy.shape[3], o4 = dw_partial.shape[2]
+    cdef bint pooled = pool_argmax is not None
+    cdef Py_ssize_t o = dy.shape[1], o4 = dw_partial.shape[2]
+    cdef Py_ssize_t oh = conv_oh if pooled else dy.shape[2]
+    cdef Py_ssize_t ow = conv_ow if pooled else dy.shape[3]
+    cdef Py_ssize_t oh2 = dy.shape[2], ow2 = dy.shape[3]
     cdef Py_ssize_t hp = oh + kh - 1, wp = ow + kw - 1
-    cdef Py_ssize_t n, oc, r, ch, p2, xsize, need, dwv_at
+    cdef Py_ssize_t n, oc, r, ch, p2, xsize, need, dwv_at, s_, k, at
+    cdef const unsigned char* a8 = NULL
+    cdef const floating* py = NULL
+    cdef const floating* dyp = NULL
+    cdef floating* dense = NULL
     cdef floating* xp = NULL
     cdef floating* dyx = NULL
     cdef floating* dxp = NULL
@@ -823,9 +992,19 @@ def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
                   dy.shape[0] == n_img and wt.shape[0] == c * kh * kw and wt.shape[1] == o4
                   and dw_partial.shape[0] >= num_threads
                   and (not want_dx or (dx.shape[0] == n_img and dx.shape[1] == c
-                                       and dx.shape[2] == h and dx.shape[3] == w)))
+                                       and dx.shape[2] == h and dx.shape[3] == w))
+                  and (not pooled or (pooled_y is not None and oh >= 2 and ow >= 2
+                                      and oh2 == oh // 2 and ow2 == ow // 2
+                                      and tuple(pooled_y.shape) == tuple(dy.shape)
+                                      and tuple(pool_argmax.shape) == tuple(dy.shape)))
+                  and (bias_grad is None or (pooled and plane_sums is not None
+                                             and bias_grad.shape[0] == o
+                                             and plane_sums.shape[0] == n_img
+                                             and plane_sums.shape[1] == o)))
     if n_img == 0:
         return
+    if pooled:
+        a8, py, dyp = &pool_argmax[0, 0, 0, 0], &pooled_y[0, 0, 0, 0], &dy[0, 0, 0, 0]
     with nogil, parallel(num_threads=num_threads):
         note_team()
         tid = threadid()
@@ -834,12 +1013,31 @@ def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
         dxp = dyx + o4 * p2
         dwv = xp + dwv_at
         memset(dwv, 0, (need - dwv_at) * sizeof(floating))
+        dense = <floating*> malloc(oh * ow * sizeof(floating)) if bias_grad is not None else NULL
         for n in prange(n_img, schedule="static"):
             _pad_image(&x[n, 0, 0, 0], c, h, w, pt, pl, hp, wp, xsize, xp)
             memset(dyx, 0, o4 * p2 * sizeof(floating))
-            for oc in range(o):
-                for r in range(oh):
-                    memcpy(dyx + oc * p2 + r * wp, &dy[n, oc, r, 0], ow * sizeof(floating))
+            if pooled:
+                for oc in range(o):
+                    for r in range(oh2):
+                        k = ((n * o + oc) * oh2 + r) * ow2
+                        for s_ in range(ow2):
+                            if py[k + s_] > 0:
+                                at = a8[k + s_] & 3  # the forward wrote 0-3
+                                dyx[oc * p2 + (2 * r + at // 2) * wp + 2 * s_ + at % 2] = dyp[k + s_]
+                if bias_grad is not None:
+                    for oc in range(o):
+                        if dense != NULL:  # the map made contiguous, then summed as dense
+                            for r in range(oh):
+                                memcpy(dense + r * ow, dyx + oc * p2 + r * wp,
+                                       ow * sizeof(floating))
+                            plane_sums[n, oc] = _sum(dense, oh * ow)
+                        else:
+                            plane_sums[n, oc] = _grid_sum(dyx + oc * p2, oh, ow, wp)
+            else:
+                for oc in range(o):
+                    for r in range(oh):
+                        memcpy(dyx + oc * p2 + r * wp, &dy[n, oc, r, 0], ow * sizeof(floating))
             if floating is float:
                 ck_direct_dw_f(xp, c, hp * wp, wp, dyx, o4, kh, kw, p2, dwv)
             else:
@@ -854,7 +1052,14 @@ def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
                     for r in range(h):
                         memcpy(&dx[n, ch, r, 0], dxp + (ch * hp + r + pt) * wp + pl,
                                w * sizeof(floating))
+        free(dense)
         if floating is float:
             ck_direct_dw_lanes_f(dwv, lanes, &dw_partial[tid, 0, 0])
         else:
             ck_direct_dw_lanes_d(dwv, lanes, &dw_partial[tid, 0, 0])
+    if bias_grad is not None:
+        with nogil:
+            for oc in range(o):  # in image order, as channel_sums adds them
+                bias_grad[oc] = 0
+                for n in range(n_img):
+                    bias_grad[oc] = bias_grad[oc] + plane_sums[n, oc]

@@ -501,12 +501,54 @@ class Conv2dDirect:
         return y, ctx
 
     @classmethod
-    def backward(cls, dy, ctx, need_input_grad=True):
+    def forward_relu_pool2(cls, x, params, config, need_backward):
+        """max_pool2d(relu(conv2d(x)), 2) in one pass, the convolution's output never stored
+        (the fused chain conv2d+relu+maxpool2d, ``builtin/fusions.py``)."""
+        x = contiguous(x)
+        w, b = weight_and_bias(params, x.dtype)
+        top, left, bottom, right, oh, ow = cls._geometry(x, w, b, config)
+        if oh < 2 or ow < 2:
+            raise ValueError(f"conv2d+relu+maxpool2d: the convolution's output {(oh, ow)} is "
+                             "smaller than the 2x2 pooling window")
+        w = np.ascontiguousarray(_effective_weight(w, config))
+        n, c = x.shape[:2]
+        o, _, kh, kw = w.shape
+        y = np.empty((n, o, oh // 2, ow // 2), dtype=x.dtype)
+        argmax = np.empty(y.shape, dtype=np.uint8) if need_backward else None
+        threads = _direct_threads(n, n * o * oh * ow * w[0].size)
+        size = cls._kernels.direct_layout(c, o, oh, ow, kh, kw, x.itemsize)[2]
+        ws = workspace((threads, size), x.dtype)
+        cls._kernels.conv2d_direct_forward_relu_pool2(x, _direct_weights(w), b, y, argmax, ws,
+                                                      top, left, kh, kw, oh, ow, threads)
+        if not need_backward:
+            return y, None
+        return y, ((x, w, b is not None, (top, left, bottom, right), oh, ow, config),
+                   y, argmax)
+
+    @classmethod
+    def backward_relu_pool2(cls, dy, ctx, need_input_grad=True):
+        conv_ctx, y, argmax = ctx
+        dy = grad_like(dy, y.dtype, y.shape, "conv2d+relu+maxpool2d")
+        return cls.backward(dy, conv_ctx, need_input_grad, pooled=(y, argmax))
+
+    @classmethod
+    def backward(cls, dy, ctx, need_input_grad=True, pooled=None):
         x, w, has_bias, (top, left, bottom, right), oh, ow, config = ctx
         n, c = x.shape[:2]
         o, _, kh, kw = w.shape
-        dy = grad_like(dy, x.dtype, (n, o, oh, ow), "conv2d")
+        if pooled is not None:
+            # the fused chain's gradient, routed to the convolution's output: a dense array
+            # only on the slow path below
+            y, argmax = pooled
+            db = np.empty(o, dtype=x.dtype) if has_bias else None
+            pool_args = (y, argmax, oh, ow, np.empty((n, o), dtype=x.dtype) if has_bias else None,
+                         db)
+        else:
+            dy = grad_like(dy, x.dtype, (n, o, oh, ow), "conv2d")
+            pool_args = ()
         if not np.isfinite(x).all():
+            if pooled is not None:
+                dy = _unpool_relu(dy, y, argmax, (n, o, oh, ow))
             # the weight-gradient loop multiplies the dropped grid columns by zero, which turns
             # an inf or NaN of the input into NaN where the reference has none
             geom = (1, 1, top, left, 1, 1, 1)
@@ -522,15 +564,29 @@ class Conv2dDirect:
         dw_part = np.zeros((threads, w[0].size, -(-o // 4) * 4), dtype=x.dtype)
         dx = np.empty_like(x) if need_input_grad else None
         cls._kernels.conv2d_direct_backward(x, dy, _direct_weights(w), dx, dw_part, ws, top,
-                                            left, kh, kw, threads)
+                                            left, kh, kw, threads, *pool_args)
         dwt = dw_part[0] if threads == 1 else dw_part.sum(axis=0)
         grads = {"weight": _stored_weight_grad(
             np.ascontiguousarray(dwt[:, :o].T).reshape(w.shape), config)}
         if has_bias:
-            db = np.empty(o, dtype=x.dtype)
-            cls._kernels.channel_sums(dy, db, threads)
+            if pooled is None:  # (the fused chain's kernel summed it)
+                db = np.empty(o, dtype=x.dtype)
+                cls._kernels.channel_sums(dy, db, threads)
             grads["bias"] = db
         return dx, grads
+
+
+def _unpool_relu(dy, y, argmax, shape):
+    """The gradient of the convolution's output from that of max_pool2d(relu(.), 2): each
+    window's gradient at its maximum's place where the pooled value is > 0, zeros elsewhere."""
+    full = np.zeros(shape, dtype=dy.dtype)
+    n, o, oh2, ow2 = dy.shape
+    passed = np.where(y > 0, dy, 0)
+    for at in range(4):
+        i, j = divmod(at, 2)
+        view = full[:, :, i:2 * oh2:2, j:2 * ow2:2]
+        np.copyto(view, passed, where=(argmax == at))
+    return full
 
 
 class ConvTranspose2dCython:

@@ -6,6 +6,12 @@
   pass over the whole output.  Backward masks dy by y > 0 with the ReLU's own kernel, then runs
   the convolution's backward.  It stands in for the ``cython`` variants of both layers only,
   and gives bitwise their results.
+- ``conv2d[direct*]+relu+maxpool2d`` (training and inference; 2x2 windows, stride 2, no
+  padding): the direct convolution pools each image's output while it is in cache, so neither
+  the convolution's nor the ReLU's output is ever stored (the pooled map and a byte per window
+  for the maximum's place are).  Backward routes the pooled gradient straight into the
+  convolution's backward.  Bitwise the results of the three layers run one by one (the maximum
+  is taken before the ReLU: they commute; where the places differ the ReLU passes nothing).
 - ``conv2d+batchnorm2d`` and ``conv2d+batchnorm2d+relu`` (inference, running statistics): the
   batch norm's per-channel affine map is folded into the convolution's weight and bias
   (``w * gamma / sqrt(var + eps)``, ``(b - mean) * gamma / sqrt(var + eps) + beta``, computed
@@ -21,7 +27,7 @@ from cnnkit.builtin._kernel_args import ISA_FEATURES, isa_build
 from cnnkit.builtin.conv import Conv2dCython, Conv2dDirect
 from cnnkit.plugins import hookimpl
 
-__all__ = ["ConvRelu", "ConvBatchNormFold"]
+__all__ = ["ConvRelu", "ConvReluPool", "ConvBatchNormFold"]
 
 
 def _relu_mask(dy, y):
@@ -50,6 +56,33 @@ class ConvRelu:
         dx, grads = cls.conv.backward(_relu_mask(dy, y), conv_ctx,
                                       need_input_grad=need_input_grad)
         return dx, [grads, {}]
+
+
+class ConvReluPool:
+    """max_pool2d(relu(conv2d(x)), 2) in one call of a direct convolution (``conv``)."""
+
+    conv = Conv2dDirect
+
+    @classmethod
+    def forward(cls, x, layers, configs, need_backward):
+        return cls.conv.forward_relu_pool2(x, layers[0].params, configs[0], need_backward)
+
+    @classmethod
+    def backward(cls, dy, ctx, need_input_grad=True):
+        dx, grads = cls.conv.backward_relu_pool2(dy, ctx, need_input_grad=need_input_grad)
+        return dx, [grads, {}, {}]
+
+
+def _pool2_supported(layers, dtype):
+    pool = layers[2]
+    config = dict(kernel_size=pool.kernel_size, stride=pool.stride, padding=pool.padding,
+                  padding_after=pool.padding_after, dilation=pool.dilation,
+                  ceil_mode=pool.ceil_mode)
+    wanted = dict(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0), padding_after=(0, 0),
+                  dilation=(1, 1), ceil_mode=False)
+    if config != wanted:
+        return f"the max pool is not 2x2, stride 2, unpadded, floor mode ({config})"
+    return None
 
 
 def _folded(conv, bn, dtype):
@@ -106,6 +139,11 @@ def cnnkit_register_fusions(register):
     for name, conv in [("direct", Conv2dDirect)] + [
             (f"direct-{isa}", isa_build(Conv2dDirect, "conv", isa)) for isa in ISA_FEATURES]:
         relu = type(f"ConvRelu_{name}", (ConvRelu,), {"conv": conv})
+        pool = type(f"ConvReluPool_{name}", (ConvReluPool,), {"conv": conv})
+        register(f"conv2d[{name}]+relu+maxpool2d", ("conv2d", "relu", "maxpool2d"), pool,
+                 variants=(name, "cython", "cython"), priority=110, supports=_pool2_supported,
+                 description=f"conv2d's {name!r} variant pools its ReLU'd output in cache "
+                             "(2x2 max, stride 2); bitwise equal")
         folded = type(f"ConvBatchNormFold_{name}", (ConvBatchNormFold,), {"conv": conv})
         register(f"conv2d[{name}]+relu", ("conv2d", "relu"), relu, variants=(name, "cython"),
                  priority=100, description=f"as conv2d+relu, on conv2d's {name!r} variant")
