@@ -228,7 +228,7 @@ def test_selection_never_ignores_the_new_features():
     with pytest.raises(Exception, match="flip_kernel"):
         layer.forward(np.zeros((1, 16, 8, 8), dtype=np.float32))
     auto = Conv2D(16, 16, 3, padding=1, flip_kernel=True)
-    assert auto.variant(np.float32, (1, 16, 8, 8)).name != "winograd"
+    assert not auto.variant(np.float32, (1, 16, 8, 8)).name.startswith("winograd")
 
 
 def test_flip_kernel_is_scipy_convolve2d_summed_over_input_channels():

@@ -71,11 +71,13 @@ def test_every_isa_module_has_variants_for_each_instruction_set():
     families = {"conv": {"conv2d", "convtranspose2d"},
                 "pool": {"maxpool2d", "avgpool2d", "globalavgpool2d", "subsampling"},
                 "activation": {"relu", "leakyrelu", "sigmoid", "tanh", "elu", "gelu",
-                               "scaledtanh", "softmax", "logsoftmax"}}
+                               "scaledtanh", "softmax", "logsoftmax"},
+                "winograd": set()}  # its builds are winograd-<isa>, below
     assert set(families) == set(modules)
     want = {(lt, f"cython-{isa}", isa) for isa in ISA_FEATURES
             for types in families.values() for lt in types}
     want |= {("conv2d", f"direct-{isa}", isa) for isa in ISA_FEATURES}
+    want |= {("conv2d", f"winograd-{isa}", isa) for isa in ISA_FEATURES}
     assert set(ISA_VARIANTS) == want
 
 

@@ -14,7 +14,8 @@
 - ``"winograd"``: ``cnnkit._ext.winograd``, Winograd F(4x4, 3x3) for 3x3 kernels with stride 1,
   dilation 1 and groups 1 (any padding): float32 and float64 on request, picked automatically
   for float32 only, where its error (:data:`WINOGRAD_FLOAT32_BOUND`) stays within the 1e-4 of
-  the output scale every float32 variant is held to.
+  the output scale every float32 variant is held to.  ``"winograd-avx2"`` / ``"-avx512"``: the
+  same with the tile transforms compiled for those instruction sets (ranked above it).
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ ISA_PRIORITY = {"avx2": 99, "avx512": 99}
 #: vectors leave it behind im2col, so it is chosen only on request; the AVX2 and AVX-512 builds
 #: rank above "cython" (and below Winograd) where ``direct_auto_refusal`` lets them.
 DIRECT_PRIORITY = {None: 50, "avx2": 105, "avx512": 106}
+#: Winograd's builds: above the others where they apply (3x3 stride 1, float32, 16+ channels)
+WINOGRAD_PRIORITY = {None: 110, "avx2": 111, "avx512": 112}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -762,6 +765,8 @@ class Conv2dWinograd:
     at the price of a larger float32 rounding error (:data:`WINOGRAD_FLOAT32_BOUND` of the
     output scale; float64 stays near 1e-14)."""
 
+    _kernels = _winograd
+
     @staticmethod
     def _check(x, w, b, config):
         geom, oh, ow, _ = Conv2dCython._check(x, w, b, config)
@@ -770,40 +775,40 @@ class Conv2dWinograd:
             raise ValueError(f"conv2d (winograd): {reason}")
         return geom[2], geom[3], oh, ow
 
-    @staticmethod
-    def forward(x, params, config, need_backward):
+    @classmethod
+    def forward(cls, x, params, config, need_backward):
         x = contiguous(x)
         w, b = weight_and_bias(params, x.dtype)
         pt, pl, oh, ow = Conv2dWinograd._check(x, w, b, config)
         n, c = x.shape[:2]
         o = w.shape[0]
         u = np.empty((36, o, c), dtype=x.dtype)
-        _winograd.filter_transform(w, u)
+        cls._kernels.filter_transform(w, u)
         y = np.empty((n, o, oh, ow), dtype=x.dtype)
         per_image = -(-oh // 4) * -(-ow // 4)
         threads, block = _winograd_plan(n * per_image, per_image, c, o, x.itemsize, False)
-        ws = workspace((threads, _winograd.workspace_size(c, o, block)), x.dtype)
+        ws = workspace((threads, cls._kernels.workspace_size(c, o, block)), x.dtype)
         with single_threaded_blas():
-            _winograd.winograd_forward(x, u, b, y, ws, pt, pl, block, threads)
+            cls._kernels.winograd_forward(x, u, b, y, ws, pt, pl, block, threads)
         ctx = (x, u, w.shape, b is not None, pt, pl, oh, ow) if need_backward else None
         return y, ctx
 
-    @staticmethod
-    def backward(dy, ctx, need_input_grad=True):
+    @classmethod
+    def backward(cls, dy, ctx, need_input_grad=True):
         x, u, w_shape, has_bias, pt, pl, oh, ow = ctx
         n, c = x.shape[:2]
         o = w_shape[0]
         dy = grad_like(dy, x.dtype, (n, o, oh, ow), "conv2d")
         per_image = -(-oh // 4) * -(-ow // 4)
         threads, block = _winograd_plan(n * per_image, per_image, c, o, x.itemsize, True)
-        ws = workspace((threads, _winograd.workspace_size(c, o, block)), x.dtype)
+        ws = workspace((threads, cls._kernels.workspace_size(c, o, block)), x.dtype)
         dx = np.empty_like(x) if need_input_grad else None
         du_part = np.zeros((threads, 36, o, c), dtype=x.dtype)
         with single_threaded_blas():
-            _winograd.winograd_backward(x, u, dy, dx, du_part, ws, pt, pl, block, threads,
+            cls._kernels.winograd_backward(x, u, dy, dx, du_part, ws, pt, pl, block, threads,
                                         bool(need_input_grad))
         dw = np.empty(w_shape, dtype=x.dtype)
-        _winograd.filter_gradient(du_part[0] if threads == 1 else du_part.sum(axis=0), dw)
+        cls._kernels.filter_gradient(du_part[0] if threads == 1 else du_part.sum(axis=0), dw)
         grads = {"weight": dw}
         if has_bias:
             grads["bias"] = dy.sum(axis=(0, 2, 3))
@@ -835,10 +840,10 @@ def cnnkit_register_variants(register):
     register("convtranspose2d", "cython", ConvTranspose2dCython, priority=100, dtypes=dtypes,
              capabilities=ConvTranspose2D.FEATURES,
              description="Cython GEMM + scatter forward; backward through the conv2d kernels")
-    register("conv2d", "winograd", Conv2dWinograd, priority=110, dtypes=dtypes,
-             auto_dtypes=("float32",), auto_supports=winograd_auto_refusal,
-             tolerance={"float32": WINOGRAD_FLOAT32_BOUND},
-             capabilities=("padding", "bias"), supports=winograd_refusal,
+    winograd = dict(dtypes=dtypes, auto_dtypes=("float32",), auto_supports=winograd_auto_refusal,
+                    tolerance={"float32": WINOGRAD_FLOAT32_BOUND},
+                    capabilities=("padding", "bias"), supports=winograd_refusal)
+    register("conv2d", "winograd", Conv2dWinograd, priority=WINOGRAD_PRIORITY[None], **winograd,
              description="Winograd F(4x4,3x3): tile transforms + 36 BLAS GEMMs; 3x3/s1/d1/g1 "
                          f"only; float32 error <= {WINOGRAD_FLOAT32_BOUND:g} of the output scale")
     register("conv2d", "direct", Conv2dDirect, priority=DIRECT_PRIORITY[None], dtypes=dtypes,
@@ -852,6 +857,9 @@ def cnnkit_register_variants(register):
                  capabilities=DIRECT_FEATURES,
                  supports=direct_refusal, auto_supports=direct_auto_refusal, cpu_features=cpu,
                  description=f"as direct, compiled for {', '.join(cpu)}")
+        register("conv2d", f"winograd-{isa}", isa_build(Conv2dWinograd, "winograd", isa),
+                 priority=WINOGRAD_PRIORITY[isa], cpu_features=cpu, **winograd,
+                 description=f"as winograd (its tile transforms) compiled for {', '.join(cpu)}")
         register("conv2d", f"cython-{isa}", isa_build(Conv2dCython, "conv", isa),
                  priority=ISA_PRIORITY[isa], dtypes=dtypes, capabilities=Conv2D.FEATURES,
                  cpu_features=cpu, description=f"as cython, compiled for {', '.join(cpu)}")
