@@ -7,8 +7,11 @@ ceil_mode, is decided by the Python wrapper; the loops only clip.
 
 2x2 and 3x3 windows at stride 2, the shapes CNNs pool with, have row loops of their own for the
 windows wholly inside the input: one pass over two (three) input rows per output row, written
-for the compiler to vectorise, no per-tap window bookkeeping.  The windows that touch the
-padding or the ceil-mode overhang, and every other geometry, take the generic window walk.
+for the compiler to vectorise, no per-tap window bookkeeping.  2x2 max pooling goes further:
+an explicit vector kernel (``ckp_max2x2``) takes whole vectors of interior windows, plane by
+plane, and leaves the row loops the few windows of a row short of a vector.  The windows that
+touch the padding or the ceil-mode overhang, and every other geometry, take the generic window
+walk.
 
 Max pooling records where each window's maximum sits inside the window, ``i * kw + j`` from its
 unclipped corner: one byte (uint8) for windows of up to 256 elements, so backward reads a byte
@@ -397,7 +400,8 @@ cdef void _pool_plane(const floating* src, floating* y, unsigned char* a8, int* 
                       Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                       bint average, bint count_pad) noexcept nogil:
     """One plane, max or average: the dedicated row loops over the interior windows of a 2x2
-    or 3x3 stride-2 geometry, the generic walk for the rest."""
+    or 3x3 stride-2 geometry (for 2x2 max pooling, those the vector kernel left), the generic
+    walk for the rest."""
     cdef Py_ssize_t r, o, s_lo, s_hi, s_mid, r_lo = 0, r_hi = 0, c_lo = 0, c_hi = 0
     cdef Py_ssize_t v_hi  # windows [c_lo, v_hi) of the interior rows: done by the vector kernel
     if _dedicated(kh, kw, sh, sw) and a32 == NULL:
