@@ -1,12 +1,14 @@
-"""The vector kernel of 2x2 stride-2 max pooling, in every compiled build of the pool family.
+"""The vector kernels of 2x2 and 3x3 stride-2 max pooling, in every compiled build of the pool
+family.
 
 Interior windows are reduced a vector of windows at a time (4, 8 or 16 float32 windows, half as
-many float64 ones, by build), the rest of a row by the scalar row loop, and a plane holding a
-NaN by the scalar loops again.  The seams checked here: rows of whole vectors, of one window
-more or less, of fewer windows than a vector; windows hanging over the padding or past the
-input (ceil mode); ties (the first maximum in row-major order wins, the sign of a zero
-included), infinities, and a NaN at each place of each lane of a vector.  The oracle is a plain
-loop over each window (``_window_max`` below), which shares nothing with the kernels.
+many float64 ones, by build; the last vector of a row overlaps the one before), rows of fewer
+windows than a vector by the scalar row loop, and a plane holding a NaN by the scalar loops
+again.  The seams checked here: rows of whole vectors, of one window more or less, of fewer
+windows than a vector; windows hanging over the padding or past the input (ceil mode); ties
+(the first maximum in row-major order wins, the sign of a zero included), infinities, and a
+NaN at each place of each lane of a vector.  The oracle is a plain loop over each window
+(``_window_max`` below), which shares nothing with the kernels.
 """
 import math
 
@@ -26,9 +28,10 @@ BUILDS = [name if _VARIANTS[name].unavailable() is None
                                                                 f"{_VARIANTS[name].unavailable()}"))
           for name in sorted(_VARIANTS) if name.startswith("cython")]
 
-#: widths giving rows of 1..35 interior windows: whole vectors of 2, 4, 8 and 16 lanes, and one
-#: window more or less than each
+#: widths giving rows of 1..35 2x2 windows: whole vectors of 2, 4, 8 and 16 lanes, and one
+#: window more or less than each (one column more gives as many 3x3 windows)
 WIDTHS = [2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 34, 35, 63, 64, 65, 66, 67, 70]
+KERNELS = [2, 3]
 
 
 def _window_max(x, k, s, p, ceil):
@@ -87,9 +90,10 @@ def _check(build, x, k=2, p=0, ceil=False):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("width", WIDTHS)
-def test_rows_of_every_length_match_the_loop(width, build, dtype):
-    x = np.random.default_rng(width).standard_normal((2, 3, 5, width)).astype(dtype)
-    _check(build, x)
+@pytest.mark.parametrize("k", KERNELS)
+def test_rows_of_every_length_match_the_loop(k, width, build, dtype):
+    x = np.random.default_rng(width).standard_normal((2, 3, 5, width + k - 2)).astype(dtype)
+    _check(build, x, k)
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -97,51 +101,60 @@ def test_rows_of_every_length_match_the_loop(width, build, dtype):
                          ids=["p1", "ceil", "p1-ceil"])
 @pytest.mark.parametrize("shape", [(1, 2, 7, 35), (1, 2, 6, 66), (2, 1, 9, 67), (1, 1, 4, 3)],
                          ids=["7x35", "6x66", "9x67", "4x3"])
-def test_edge_windows_around_the_vectors(shape, geometry, build):
+@pytest.mark.parametrize("k", KERNELS)
+def test_edge_windows_around_the_vectors(k, shape, geometry, build):
     """Padding and the ceil-mode overhang move the interior off the row's start and end."""
     p, ceil = geometry
     x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
-    _check(build, x, 2, p, ceil)
+    _check(build, x, k, p, ceil)
+
+
+def _windows_side_by_side(windows, k, dtype):
+    """One row of k x k windows holding ``windows`` (each k*k values in row-major order) at
+    every other window position, so that no two of them share a column (the windows between
+    them overlap both and are checked all the same)."""
+    x = np.zeros((1, 1, k, 4 * len(windows) + k - 2), dtype)
+    for t, values in enumerate(windows):
+        x[0, 0, :, 4 * t:4 * t + k] = np.reshape(values, (k, k))
+    return x
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("build", BUILDS)
-def test_ties_and_signed_zeros_keep_the_first_maximum(build, dtype):
-    """Every arrangement of two levels over the four places of a window, and of -0.0 / +0.0:
-    the first maximum's position and its sign of zero."""
-    levels = []
-    for lo, hi in [(1.0, 2.0), (-0.0, 0.0), (0.0, -0.0)]:
-        for bits in range(16):
-            levels.append([hi if bits >> b & 1 else lo for b in range(4)])
-    win = np.array(levels, dtype=dtype)  # (48, 4): one window each, in row-major order
-    x = np.empty((1, 1, 2, 2 * len(win)), dtype)
-    x[0, 0, 0, 0::2], x[0, 0, 0, 1::2] = win[:, 0], win[:, 1]
-    x[0, 0, 1, 0::2], x[0, 0, 1, 1::2] = win[:, 2], win[:, 3]
-    y = _check(build, x)
+@pytest.mark.parametrize("k", KERNELS)
+def test_ties_and_signed_zeros_keep_the_first_maximum(k, build, dtype):
+    """Every arrangement of two levels over the places of a window, and of -0.0 / +0.0: the
+    first maximum's position and its sign of zero."""
+    windows = [[hi if bits >> b & 1 else lo for b in range(k * k)]
+               for lo, hi in [(1.0, 2.0), (-0.0, 0.0), (0.0, -0.0)]
+               for bits in range(2 ** (k * k))]
+    y = _check(build, _windows_side_by_side(windows, k, dtype), k)
     assert np.signbit(y).any() and not np.signbit(y).all()  # both zeros came out somewhere
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("build", BUILDS)
-def test_infinities(build, dtype):
+@pytest.mark.parametrize("k", KERNELS)
+def test_infinities(k, build, dtype):
     rng = np.random.default_rng(8)
     x = rng.choice(np.array([-np.inf, np.inf, -1.0, 0.0, 1.0], dtype), (2, 2, 6, 66))
-    _check(build, x)
-    _check(build, np.full((1, 1, 4, 64), -np.inf, dtype))
+    _check(build, x, k)
+    _check(build, np.full((1, 1, 4, 64), -np.inf, dtype), k)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("build", BUILDS)
-def test_a_nan_anywhere_in_a_vector_propagates(build, dtype):
-    """A NaN at each of the 4 places of each of 32 windows in turn (the lanes of every vector
-    width), in one plane of several; the other planes stay on the vector kernel."""
-    base = np.random.default_rng(9).standard_normal((1, 3, 4, 64)).astype(dtype)
-    for col in range(64):
-        for row in (0, 1):
+@pytest.mark.parametrize("k", KERNELS)
+def test_a_nan_anywhere_in_a_vector_propagates(k, build, dtype):
+    """A NaN at each place of each of 32 windows in turn (the lanes of every vector width),
+    in one plane of several; the other planes stay on the vector kernel."""
+    base = np.random.default_rng(9).standard_normal((1, 3, 5, 64 + k - 2)).astype(dtype)
+    for col in range(64 + k - 2):
+        for row in range(k):
             x = base.copy()
             x[0, 1, 2 + row, col] = np.nan
-            y = _check(build, x)
-            assert np.isnan(y[0, 1, 1, col // 2]) and np.isnan(y).sum() == 1
+            y = _check(build, x, k)
+            assert np.isnan(y[0, 1, 1, min(col // 2, 31)]) and np.isnan(y[0, [0, 2]]).sum() == 0
 
 
 @pytest.mark.parametrize("build", BUILDS)

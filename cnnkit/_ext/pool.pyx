@@ -7,9 +7,9 @@ ceil_mode, is decided by the Python wrapper; the loops only clip.
 
 2x2 and 3x3 windows at stride 2, the shapes CNNs pool with, have row loops of their own for the
 windows wholly inside the input: one pass over two (three) input rows per output row, written
-for the compiler to vectorise, no per-tap window bookkeeping.  2x2 max pooling goes further:
-an explicit vector kernel (``ckp_max2x2``) takes whole vectors of interior windows, plane by
-plane, and leaves the row loops the few windows of a row short of a vector.  The windows that
+for the compiler to vectorise, no per-tap window bookkeeping.  Max pooling goes further: an
+explicit vector kernel (``ckp_max_windows``) takes the interior windows of a plane a vector of
+windows at a time, and leaves the row loops only rows shorter than a vector.  The windows that
 touch the padding or the ceil-mode overhang, and every other geometry, take the generic window
 walk.
 
@@ -168,15 +168,16 @@ cdef inline bint _has_nan(const floating* p, Py_ssize_t w, Py_ssize_t k) noexcep
     return nan
 
 
-# 2x2 stride-2 max pooling of whole vectors of windows.  For two input rows, two vectors of each
-# row are split into their even and odd columns (shuffles), each row's pairs reduced first and
-# then the rows combined, "later wins only if strictly greater": the first maximum in row-major
-# order, argmax included.  The NaN test runs on the loaded vectors; a plane holding a NaN is
-# done again by the scalar loops, which give the NaN rows to the walk.  The vectors are
-# GCC/Clang vector extensions as wide as the build's instruction set (16 bytes in the portable
-# build, 32 with AVX, 64 with AVX-512F); on x86 the max, the NaN test and the narrowing of the
-# argmax to bytes use SSE2 / AVX intrinsics of the same semantics, which GCC does not derive from
-# the generic selects.  Other compilers build without it (the scalar row loops do the work).
+# 2x2 and 3x3 stride-2 max pooling a vector of windows at a time.  Two vectors of each input row
+# are split into their even and odd columns (shuffles; 3x3 windows also take the even columns
+# moved on by one), each row's columns reduced in order and then the rows, "later wins only if
+# strictly greater": the first maximum in row-major order, argmax included.  The NaN test runs
+# on the loaded vectors; a plane holding a NaN is done again by the scalar loops, which give the
+# NaN rows to the walk.  The vectors are GCC/Clang vector extensions as wide as the build's
+# instruction set (16 bytes in the portable build, 32 with AVX, 64 with AVX-512F); on x86 the
+# max, the NaN test and the narrowing of the argmax to bytes use SSE2 / AVX intrinsics of the
+# same semantics, which GCC does not derive from the generic selects.  Other compilers build
+# without it (the scalar row loops do the work).
 # For testing the generic code on an x86 machine: CFLAGS="-DCNNKIT_POOL_GENERIC" (no
 # intrinsics) and "-DCNNKIT_POOL_VBYTES=64" (AVX-512's lane counts, split by the compiler).
 cdef extern from *:
@@ -222,6 +223,11 @@ cdef extern from *:
     #define CKP_ODD_8 1, 3, 5, 7, 9, 11, 13, 15
     #define CKP_EVEN_16 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
     #define CKP_ODD_16 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
+    /* lanes 1.. of a vector, then lane 0 of a second one: the even lanes moved on by one */
+    #define CKP_NEXT_2 1, 2
+    #define CKP_NEXT_4 1, 2, 3, 4
+    #define CKP_NEXT_8 1, 2, 3, 4, 5, 6, 7, 8
+    #define CKP_NEXT_16 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16
     #define CKP_CAT_(a, b) a##b
     #define CKP_CAT(a, b) CKP_CAT_(a, b)
     #if defined(__clang__) || __GNUC__ >= 12
@@ -264,9 +270,13 @@ cdef extern from *:
         for (int l = 0; l < CKP_ND; l++) p[l] = (unsigned char)i[l];
     }
 
-    /* rows x n windows (n a multiple of NV): output row r from input rows 2r and 2r + 1 of x
-       (rows of w), into y and, unless NULL, a (rows of ow); returns whether a NaN was read */
-    #define CKP_DEFINE_MAX2X2(T, VT, VI, NV, SUF)                                               \\
+    /* rows x n windows (n >= NV): output row r from input rows 2r, 2r + 1 (and 2r + 2) of x
+       (rows of w), into y and, unless NULL, a (rows of ow); returns whether a NaN was read.
+       The last vector of a row that does not fill one ends at the row's end, overlapping the
+       one before: those windows are computed twice, to the same values, and no scalar tail
+       is left over. */
+    #define CKP_BLOCK(s0, n, NV) ((s0) + (NV) <= (n) ? (s0) : (n) - (NV))
+    #define CKP_DEFINE_MAX(T, VT, VI, NV, SUF)                                                  \\
     static inline VT ckp_ld_##SUF(const T* p) { VT v; __builtin_memcpy(&v, p, sizeof v); return v; } \\
     static int ckp_max2x2_##SUF(const T* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n, T* y, \\
                                 Py_ssize_t ow, unsigned char* a) {                              \\
@@ -274,7 +284,8 @@ cdef extern from *:
         for (Py_ssize_t r = 0; r < rows; r++) {                                                 \\
             const T* x0 = x + 2 * r * w;                                                        \\
             const T* x1 = x0 + w;                                                               \\
-            for (Py_ssize_t s = 0; s < n; s += NV) {                                            \\
+            for (Py_ssize_t s0 = 0; s0 < n; s0 += NV) {                                         \\
+                Py_ssize_t s = CKP_BLOCK(s0, n, NV);                                            \\
                 VT t0 = ckp_ld_##SUF(x0 + 2 * s), t1 = ckp_ld_##SUF(x0 + 2 * s + NV);           \\
                 VT b0 = ckp_ld_##SUF(x1 + 2 * s), b1 = ckp_ld_##SUF(x1 + 2 * s + NV);           \\
                 nan |= ckp_unord_##SUF(t0, b0) | ckp_unord_##SUF(t1, b1);                       \\
@@ -294,40 +305,87 @@ cdef extern from *:
         for (int l = 0; l < NV; l++)                                                            \\
             if (nan[l]) return 1;                                                               \\
         return 0;                                                                               \\
+    }                                                                                           \\
+    /* 3x3: each row's three columns (even, odd, next even) reduced in order, then the rows */ \\
+    static int ckp_max3x3_##SUF(const T* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n, T* y, \\
+                                Py_ssize_t ow, unsigned char* a) {                              \\
+        VI nan = {0};                                                                           \\
+        for (Py_ssize_t r = 0; r < rows; r++)                                                   \\
+        for (Py_ssize_t s0 = 0; s0 < n; s0 += NV) {                                             \\
+            Py_ssize_t s = CKP_BLOCK(s0, n, NV);                                                \\
+            VT best = {0};                                                                      \\
+            VI at = {0};                                                                        \\
+            for (int i = 0; i < 3; i++) {                                                       \\
+                const T* p = x + (2 * r + i) * w + 2 * s;                                       \\
+                VT v0 = ckp_ld_##SUF(p), v1 = ckp_ld_##SUF(p + NV), last = {0};                 \\
+                last[0] = p[2 * NV];  /* the last window's third column */                      \\
+                VT e = CKP_SHUFFLE(v0, v1, VI, CKP_CAT(CKP_EVEN_, NV));                         \\
+                VT o = CKP_SHUFFLE(v0, v1, VI, CKP_CAT(CKP_ODD_, NV));                          \\
+                VT e2 = CKP_SHUFFLE(e, last, VI, CKP_CAT(CKP_NEXT_, NV));                       \\
+                nan |= ckp_unord_##SUF(v0, v1) | ckp_unord_##SUF(e2, e2);                       \\
+                VI c1 = o > e;                                                                  \\
+                VT m = ckp_max_##SUF(o, e);                                                     \\
+                VI c2 = e2 > m;                                                                 \\
+                m = ckp_max_##SUF(e2, m);                                                       \\
+                VI j = (c2 & 2) | (~c2 & -c1);                                                  \\
+                if (i == 0) {                                                                   \\
+                    best = m;                                                                   \\
+                    at = j;                                                                     \\
+                } else {                                                                        \\
+                    VI c = m > best;                                                            \\
+                    best = ckp_max_##SUF(m, best);                                              \\
+                    at = (c & (j + 3 * i)) | (~c & at);                                         \\
+                }                                                                               \\
+            }                                                                                   \\
+            __builtin_memcpy(y + r * ow + s, &best, sizeof best);                               \\
+            if (a)                                                                              \\
+                ckp_put_idx_##SUF(a + r * ow + s, at);                                          \\
+        }                                                                                       \\
+        for (int l = 0; l < NV; l++)                                                            \\
+            if (nan[l]) return 1;                                                               \\
+        return 0;                                                                               \\
+    }                                                                                           \\
+    static int ckp_max_windows_##SUF(int k, const T* x, Py_ssize_t w, Py_ssize_t rows,         \\
+                                     Py_ssize_t n, T* y, Py_ssize_t ow, unsigned char* a) {     \\
+        return k == 2 ? ckp_max2x2_##SUF(x, w, rows, n, y, ow, a)                               \\
+                      : ckp_max3x3_##SUF(x, w, rows, n, y, ow, a);                              \\
     }
-    CKP_DEFINE_MAX2X2(float, ckp_vf, ckp_vfi, CKP_NF, f)
-    CKP_DEFINE_MAX2X2(double, ckp_vd, ckp_vdi, CKP_ND, d)
+    CKP_DEFINE_MAX(float, ckp_vf, ckp_vfi, CKP_NF, f)
+    CKP_DEFINE_MAX(double, ckp_vd, ckp_vdi, CKP_ND, d)
     #else
     #define CKP_VBYTES 0
-    static int ckp_max2x2_f(const float* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n, float* y, Py_ssize_t ow, unsigned char* a) { return 1; }
-    static int ckp_max2x2_d(const double* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n, double* y, Py_ssize_t ow, unsigned char* a) { return 1; }
+    static int ckp_max_windows_f(int k, const float* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n, float* y, Py_ssize_t ow, unsigned char* a) { return 1; }
+    static int ckp_max_windows_d(int k, const double* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n, double* y, Py_ssize_t ow, unsigned char* a) { return 1; }
     #endif
     """
     int CKP_VBYTES
-    bint ckp_max2x2_f(const float* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n, float* y,
-                      Py_ssize_t ow, unsigned char* a) noexcept nogil
-    bint ckp_max2x2_d(const double* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n, double* y,
-                      Py_ssize_t ow, unsigned char* a) noexcept nogil
+    bint ckp_max_windows_f(int k, const float* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n,
+                           float* y, Py_ssize_t ow, unsigned char* a) noexcept nogil
+    bint ckp_max_windows_d(int k, const double* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n,
+                           double* y, Py_ssize_t ow, unsigned char* a) noexcept nogil
 
 
 def vector_bytes():
-    """Width in bytes of the vectors of the 2x2 max-pool kernel in this build (0: none)."""
+    """Width in bytes of the vectors of the max-pool kernels in this build (0: none)."""
     return CKP_VBYTES
 
 
 cdef inline Py_ssize_t _vector_windows(floating* like, Py_ssize_t n) noexcept nogil:
-    """The windows of a row of n that the vector kernel takes: whole vectors of them."""
+    """The windows of a row of n that the vector kernel takes: all of them, or none when they
+    fill less than one vector."""
     cdef Py_ssize_t lanes = CKP_VBYTES // sizeof(floating)
-    return n // lanes * lanes if lanes > 0 else 0
+    return n if 0 < lanes <= n else 0
 
 
-cdef inline bint _max2x2_vectors(const floating* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n,
-                                 floating* y, Py_ssize_t ow, unsigned char* a) noexcept nogil:
-    """``ckp_max2x2`` of this type: rows x n windows, n from ``_vector_windows``."""
+cdef inline bint _max_vectors(int k, const floating* x, Py_ssize_t w, Py_ssize_t rows,
+                              Py_ssize_t n, floating* y, Py_ssize_t ow,
+                              unsigned char* a) noexcept nogil:
+    """``ckp_max_windows`` of this type: rows x n k x k windows (k = 2 or 3) at stride 2, n
+    from ``_vector_windows``."""
     if floating is float:
-        return ckp_max2x2_f(x, w, rows, n, y, ow, a)
+        return ckp_max_windows_f(k, x, w, rows, n, y, ow, a)
     else:
-        return ckp_max2x2_d(x, w, rows, n, y, ow, a)
+        return ckp_max_windows_d(k, x, w, rows, n, y, ow, a)
 
 
 cdef bint _max_row(const floating* x0, Py_ssize_t w, floating* y, unsigned char* a, Py_ssize_t n,
@@ -400,7 +458,7 @@ cdef void _pool_plane(const floating* src, floating* y, unsigned char* a8, int* 
                       Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                       bint average, bint count_pad) noexcept nogil:
     """One plane, max or average: the dedicated row loops over the interior windows of a 2x2
-    or 3x3 stride-2 geometry (for 2x2 max pooling, those the vector kernel left), the generic
+    or 3x3 stride-2 geometry (for max pooling, the rows the vector kernel left), the generic
     walk for the rest."""
     cdef Py_ssize_t r, o, s_lo, s_hi, s_mid, r_lo = 0, r_hi = 0, c_lo = 0, c_hi = 0
     cdef Py_ssize_t v_hi  # windows [c_lo, v_hi) of the interior rows: done by the vector kernel
@@ -408,11 +466,11 @@ cdef void _pool_plane(const floating* src, floating* y, unsigned char* a8, int* 
         r_lo, r_hi = _interior(h, oh, kh, 2, ph)
         c_lo, c_hi = _interior(w, ow, kw, 2, pw)
     v_hi = c_lo
-    if kh == 2 and not average and r_hi > r_lo:
+    if not average and r_hi > r_lo:  # a dedicated geometry with interior windows
         v_hi = c_lo + _vector_windows(y, c_hi - c_lo)
-        if v_hi > c_lo and _max2x2_vectors(src + (2 * r_lo - ph) * w + (2 * c_lo - pw), w,
-                                           r_hi - r_lo, v_hi - c_lo, y + r_lo * ow + c_lo, ow,
-                                           _shift(a8, r_lo * ow + c_lo)):
+        if v_hi > c_lo and _max_vectors(<int> kh, src + (2 * r_lo - ph) * w + (2 * c_lo - pw), w,
+                                        r_hi - r_lo, v_hi - c_lo, y + r_lo * ow + c_lo, ow,
+                                        _shift(a8, r_lo * ow + c_lo)):
             v_hi = c_lo  # a NaN: the plane again by the row loops, which see which rows
     for r in range(oh):
         o = r * ow
