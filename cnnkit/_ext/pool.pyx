@@ -7,8 +7,11 @@ ceil_mode, is decided by the Python wrapper; the loops only clip.
 
 2x2 and 3x3 windows at stride 2, the shapes CNNs pool with, have row loops of their own for the
 windows wholly inside the input: one pass over two (three) input rows per output row, written
-for the compiler to vectorise, no per-tap window bookkeeping.  The windows that touch the
-padding or the ceil-mode overhang, and every other geometry, take the generic window walk.
+for the compiler to vectorise, no per-tap window bookkeeping.  Max pooling goes further: an
+explicit vector kernel (``ckp_max_windows``) takes the interior windows of a plane a vector of
+windows at a time, and leaves the row loops only rows shorter than a vector.  The windows that
+touch the padding or the ceil-mode overhang, and every other geometry, take the generic window
+walk.
 
 Max pooling records where each window's maximum sits inside the window, ``i * kw + j`` from its
 unclipped corner: one byte (uint8) for windows of up to 256 elements, so backward reads a byte
@@ -165,6 +168,226 @@ cdef inline bint _has_nan(const floating* p, Py_ssize_t w, Py_ssize_t k) noexcep
     return nan
 
 
+# 2x2 and 3x3 stride-2 max pooling a vector of windows at a time.  Two vectors of each input row
+# are split into their even and odd columns (shuffles; 3x3 windows also take the even columns
+# moved on by one), each row's columns reduced in order and then the rows, "later wins only if
+# strictly greater": the first maximum in row-major order, argmax included.  The NaN test runs
+# on the loaded vectors; a plane holding a NaN is done again by the scalar loops, which give the
+# NaN rows to the walk.  The vectors are GCC/Clang vector extensions as wide as the build's
+# instruction set (16 bytes in the portable build, 32 with AVX, 64 with AVX-512F); on x86 the
+# max, the NaN test and the narrowing of the argmax to bytes use SSE2 / AVX intrinsics of the
+# same semantics, which GCC does not derive from the generic selects.  Other compilers build
+# without it (the scalar row loops do the work).
+# For testing the generic code on an x86 machine: CFLAGS="-DCNNKIT_POOL_GENERIC" (no
+# intrinsics) and "-DCNNKIT_POOL_VBYTES=64" (AVX-512's lane counts, split by the compiler).
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #if defined(CNNKIT_POOL_VBYTES)
+    #define CKP_VBYTES CNNKIT_POOL_VBYTES
+    #elif defined(__AVX512F__)
+    #define CKP_VBYTES 64
+    #elif defined(__AVX__)
+    #define CKP_VBYTES 32
+    #else
+    #define CKP_VBYTES 16
+    #endif
+    #if CKP_VBYTES == 64
+    #define CKP_NF 16
+    #define CKP_ND 8
+    #elif CKP_VBYTES == 32
+    #define CKP_NF 8
+    #define CKP_ND 4
+    #else
+    #define CKP_NF 4
+    #define CKP_ND 2
+    #endif
+    #if !defined(CNNKIT_POOL_GENERIC) && (defined(__x86_64__) || defined(__i386__)) \\
+        && ((CKP_VBYTES == 16 && defined(__SSE2__)) || (CKP_VBYTES == 32 && defined(__AVX__)))
+    #include <immintrin.h>
+    #define CKP_X86 CKP_VBYTES
+    #else
+    #define CKP_X86 0
+    #endif
+    typedef float ckp_vf __attribute__((vector_size(CKP_VBYTES)));
+    typedef int ckp_vfi __attribute__((vector_size(CKP_VBYTES)));
+    typedef double ckp_vd __attribute__((vector_size(CKP_VBYTES)));
+    typedef long long ckp_vdi __attribute__((vector_size(CKP_VBYTES)));
+
+    /* the even and the odd lanes of two vectors of n lanes, concatenated */
+    #define CKP_EVEN_2 0, 2
+    #define CKP_ODD_2 1, 3
+    #define CKP_EVEN_4 0, 2, 4, 6
+    #define CKP_ODD_4 1, 3, 5, 7
+    #define CKP_EVEN_8 0, 2, 4, 6, 8, 10, 12, 14
+    #define CKP_ODD_8 1, 3, 5, 7, 9, 11, 13, 15
+    #define CKP_EVEN_16 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+    #define CKP_ODD_16 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
+    /* lanes 1.. of a vector, then lane 0 of a second one: the even lanes moved on by one */
+    #define CKP_NEXT_2 1, 2
+    #define CKP_NEXT_4 1, 2, 3, 4
+    #define CKP_NEXT_8 1, 2, 3, 4, 5, 6, 7, 8
+    #define CKP_NEXT_16 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16
+    #define CKP_CAT_(a, b) a##b
+    #define CKP_CAT(a, b) CKP_CAT_(a, b)
+    #if defined(__clang__) || __GNUC__ >= 12
+    #define CKP_SHUFFLE(a, b, VI, lanes) __builtin_shufflevector(a, b, lanes)
+    #else
+    #define CKP_SHUFFLE(a, b, VI, lanes) __builtin_shuffle(a, b, (VI){lanes})
+    #endif
+
+    /* ckp_max(a, b) = a > b ? a : b (b on a tie), as x86's maxps; ckp_unord: lanes where a or
+       b is a NaN; ckp_put_idx: the argmax lanes (0..3) stored as bytes */
+    #if CKP_X86 == 16
+    static inline ckp_vf ckp_max_f(ckp_vf a, ckp_vf b) { return (ckp_vf)_mm_max_ps((__m128)a, (__m128)b); }
+    static inline ckp_vd ckp_max_d(ckp_vd a, ckp_vd b) { return (ckp_vd)_mm_max_pd((__m128d)a, (__m128d)b); }
+    static inline ckp_vfi ckp_unord_f(ckp_vf a, ckp_vf b) { return (ckp_vfi)_mm_cmpunord_ps((__m128)a, (__m128)b); }
+    static inline ckp_vdi ckp_unord_d(ckp_vd a, ckp_vd b) { return (ckp_vdi)_mm_cmpunord_pd((__m128d)a, (__m128d)b); }
+    static inline void ckp_put_idx_f(unsigned char* p, ckp_vfi i) {
+        __m128i q = _mm_packs_epi32((__m128i)i, (__m128i)i);
+        int u = _mm_cvtsi128_si32(_mm_packus_epi16(q, q));
+        __builtin_memcpy(p, &u, sizeof u);
+    }
+    #elif CKP_X86 == 32
+    static inline ckp_vf ckp_max_f(ckp_vf a, ckp_vf b) { return (ckp_vf)_mm256_max_ps((__m256)a, (__m256)b); }
+    static inline ckp_vd ckp_max_d(ckp_vd a, ckp_vd b) { return (ckp_vd)_mm256_max_pd((__m256d)a, (__m256d)b); }
+    static inline ckp_vfi ckp_unord_f(ckp_vf a, ckp_vf b) { return (ckp_vfi)_mm256_cmp_ps((__m256)a, (__m256)b, _CMP_UNORD_Q); }
+    static inline ckp_vdi ckp_unord_d(ckp_vd a, ckp_vd b) { return (ckp_vdi)_mm256_cmp_pd((__m256d)a, (__m256d)b, _CMP_UNORD_Q); }
+    static inline void ckp_put_idx_f(unsigned char* p, ckp_vfi i) {
+        __m128i q = _mm_packs_epi32(_mm256_castsi256_si128((__m256i)i), _mm256_extractf128_si256((__m256i)i, 1));
+        _mm_storel_epi64((__m128i*)p, _mm_packus_epi16(q, q));
+    }
+    #else
+    static inline ckp_vf ckp_max_f(ckp_vf a, ckp_vf b) { ckp_vfi c = a > b; return (ckp_vf)((c & (ckp_vfi)a) | (~c & (ckp_vfi)b)); }
+    static inline ckp_vd ckp_max_d(ckp_vd a, ckp_vd b) { ckp_vdi c = a > b; return (ckp_vd)((c & (ckp_vdi)a) | (~c & (ckp_vdi)b)); }
+    static inline ckp_vfi ckp_unord_f(ckp_vf a, ckp_vf b) { return (a != a) | (b != b); }
+    static inline ckp_vdi ckp_unord_d(ckp_vd a, ckp_vd b) { return (a != a) | (b != b); }
+    static inline void ckp_put_idx_f(unsigned char* p, ckp_vfi i) {
+        for (int l = 0; l < CKP_NF; l++) p[l] = (unsigned char)i[l];
+    }
+    #endif
+    static inline void ckp_put_idx_d(unsigned char* p, ckp_vdi i) {
+        for (int l = 0; l < CKP_ND; l++) p[l] = (unsigned char)i[l];
+    }
+
+    /* rows x n windows (n >= NV): output row r from input rows 2r, 2r + 1 (and 2r + 2) of x
+       (rows of w), into y and, unless NULL, a (rows of ow); returns whether a NaN was read.
+       The last vector of a row that does not fill one ends at the row's end, overlapping the
+       one before: those windows are computed twice, to the same values, and no scalar tail
+       is left over. */
+    #define CKP_BLOCK(s0, n, NV) ((s0) + (NV) <= (n) ? (s0) : (n) - (NV))
+    #define CKP_DEFINE_MAX(T, VT, VI, NV, SUF)                                                  \\
+    static inline VT ckp_ld_##SUF(const T* p) { VT v; __builtin_memcpy(&v, p, sizeof v); return v; } \\
+    static int ckp_max2x2_##SUF(const T* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n, T* y, \\
+                                Py_ssize_t ow, unsigned char* a) {                              \\
+        VI nan = {0};                                                                           \\
+        for (Py_ssize_t r = 0; r < rows; r++) {                                                 \\
+            const T* x0 = x + 2 * r * w;                                                        \\
+            const T* x1 = x0 + w;                                                               \\
+            for (Py_ssize_t s0 = 0; s0 < n; s0 += NV) {                                         \\
+                Py_ssize_t s = CKP_BLOCK(s0, n, NV);                                            \\
+                VT t0 = ckp_ld_##SUF(x0 + 2 * s), t1 = ckp_ld_##SUF(x0 + 2 * s + NV);           \\
+                VT b0 = ckp_ld_##SUF(x1 + 2 * s), b1 = ckp_ld_##SUF(x1 + 2 * s + NV);           \\
+                nan |= ckp_unord_##SUF(t0, b0) | ckp_unord_##SUF(t1, b1);                       \\
+                VT te = CKP_SHUFFLE(t0, t1, VI, CKP_CAT(CKP_EVEN_, NV));                        \\
+                VT to = CKP_SHUFFLE(t0, t1, VI, CKP_CAT(CKP_ODD_, NV));                         \\
+                VT be = CKP_SHUFFLE(b0, b1, VI, CKP_CAT(CKP_EVEN_, NV));                        \\
+                VT bo = CKP_SHUFFLE(b0, b1, VI, CKP_CAT(CKP_ODD_, NV));                         \\
+                VT top = ckp_max_##SUF(to, te), bottom = ckp_max_##SUF(bo, be);                 \\
+                VT m = ckp_max_##SUF(bottom, top);                                              \\
+                __builtin_memcpy(y + r * ow + s, &m, sizeof m);                                 \\
+                if (a) {                                                                        \\
+                    VI ct = to > te, cb = bo > be, c = bottom > top;                            \\
+                    ckp_put_idx_##SUF(a + r * ow + s, (c & (2 - cb)) | (~c & -ct));             \\
+                }                                                                               \\
+            }                                                                                   \\
+        }                                                                                       \\
+        for (int l = 0; l < NV; l++)                                                            \\
+            if (nan[l]) return 1;                                                               \\
+        return 0;                                                                               \\
+    }                                                                                           \\
+    /* 3x3: each row's three columns (even, odd, next even) reduced in order, then the rows */ \\
+    static int ckp_max3x3_##SUF(const T* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n, T* y, \\
+                                Py_ssize_t ow, unsigned char* a) {                              \\
+        VI nan = {0};                                                                           \\
+        for (Py_ssize_t r = 0; r < rows; r++)                                                   \\
+        for (Py_ssize_t s0 = 0; s0 < n; s0 += NV) {                                             \\
+            Py_ssize_t s = CKP_BLOCK(s0, n, NV);                                                \\
+            VT best = {0};                                                                      \\
+            VI at = {0};                                                                        \\
+            for (int i = 0; i < 3; i++) {                                                       \\
+                const T* p = x + (2 * r + i) * w + 2 * s;                                       \\
+                VT v0 = ckp_ld_##SUF(p), v1 = ckp_ld_##SUF(p + NV), last = {0};                 \\
+                last[0] = p[2 * NV];  /* the last window's third column */                      \\
+                VT e = CKP_SHUFFLE(v0, v1, VI, CKP_CAT(CKP_EVEN_, NV));                         \\
+                VT o = CKP_SHUFFLE(v0, v1, VI, CKP_CAT(CKP_ODD_, NV));                          \\
+                VT e2 = CKP_SHUFFLE(e, last, VI, CKP_CAT(CKP_NEXT_, NV));                       \\
+                nan |= ckp_unord_##SUF(v0, v1) | ckp_unord_##SUF(e2, e2);                       \\
+                VI c1 = o > e;                                                                  \\
+                VT m = ckp_max_##SUF(o, e);                                                     \\
+                VI c2 = e2 > m;                                                                 \\
+                m = ckp_max_##SUF(e2, m);                                                       \\
+                VI j = (c2 & 2) | (~c2 & -c1);                                                  \\
+                if (i == 0) {                                                                   \\
+                    best = m;                                                                   \\
+                    at = j;                                                                     \\
+                } else {                                                                        \\
+                    VI c = m > best;                                                            \\
+                    best = ckp_max_##SUF(m, best);                                              \\
+                    at = (c & (j + 3 * i)) | (~c & at);                                         \\
+                }                                                                               \\
+            }                                                                                   \\
+            __builtin_memcpy(y + r * ow + s, &best, sizeof best);                               \\
+            if (a)                                                                              \\
+                ckp_put_idx_##SUF(a + r * ow + s, at);                                          \\
+        }                                                                                       \\
+        for (int l = 0; l < NV; l++)                                                            \\
+            if (nan[l]) return 1;                                                               \\
+        return 0;                                                                               \\
+    }                                                                                           \\
+    static int ckp_max_windows_##SUF(int k, const T* x, Py_ssize_t w, Py_ssize_t rows,         \\
+                                     Py_ssize_t n, T* y, Py_ssize_t ow, unsigned char* a) {     \\
+        return k == 2 ? ckp_max2x2_##SUF(x, w, rows, n, y, ow, a)                               \\
+                      : ckp_max3x3_##SUF(x, w, rows, n, y, ow, a);                              \\
+    }
+    CKP_DEFINE_MAX(float, ckp_vf, ckp_vfi, CKP_NF, f)
+    CKP_DEFINE_MAX(double, ckp_vd, ckp_vdi, CKP_ND, d)
+    #else
+    #define CKP_VBYTES 0
+    static int ckp_max_windows_f(int k, const float* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n, float* y, Py_ssize_t ow, unsigned char* a) { return 1; }
+    static int ckp_max_windows_d(int k, const double* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n, double* y, Py_ssize_t ow, unsigned char* a) { return 1; }
+    #endif
+    """
+    int CKP_VBYTES
+    bint ckp_max_windows_f(int k, const float* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n,
+                           float* y, Py_ssize_t ow, unsigned char* a) noexcept nogil
+    bint ckp_max_windows_d(int k, const double* x, Py_ssize_t w, Py_ssize_t rows, Py_ssize_t n,
+                           double* y, Py_ssize_t ow, unsigned char* a) noexcept nogil
+
+
+def vector_bytes():
+    """Width in bytes of the vectors of the max-pool kernels in this build (0: none)."""
+    return CKP_VBYTES
+
+
+cdef inline Py_ssize_t _vector_windows(floating* like, Py_ssize_t n) noexcept nogil:
+    """The windows of a row of n that the vector kernel takes: all of them, or none when they
+    fill less than one vector."""
+    cdef Py_ssize_t lanes = CKP_VBYTES // sizeof(floating)
+    return n if 0 < lanes <= n else 0
+
+
+cdef inline bint _max_vectors(int k, const floating* x, Py_ssize_t w, Py_ssize_t rows,
+                              Py_ssize_t n, floating* y, Py_ssize_t ow,
+                              unsigned char* a) noexcept nogil:
+    """``ckp_max_windows`` of this type: rows x n k x k windows (k = 2 or 3) at stride 2, n
+    from ``_vector_windows``."""
+    if floating is float:
+        return ckp_max_windows_f(k, x, w, rows, n, y, ow, a)
+    else:
+        return ckp_max_windows_d(k, x, w, rows, n, y, ow, a)
+
+
 cdef bint _max_row(const floating* x0, Py_ssize_t w, floating* y, unsigned char* a, Py_ssize_t n,
                    Py_ssize_t k) noexcept nogil:
     """n k x k windows (k = 2 or 3), stride 2, wholly inside the input: ``x0`` is the first
@@ -235,16 +458,25 @@ cdef void _pool_plane(const floating* src, floating* y, unsigned char* a8, int* 
                       Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                       bint average, bint count_pad) noexcept nogil:
     """One plane, max or average: the dedicated row loops over the interior windows of a 2x2
-    or 3x3 stride-2 geometry, the generic walk for the rest."""
-    cdef Py_ssize_t r, o, s_lo, s_hi, r_lo = 0, r_hi = 0, c_lo = 0, c_hi = 0
+    or 3x3 stride-2 geometry (for max pooling, the rows the vector kernel left), the generic
+    walk for the rest."""
+    cdef Py_ssize_t r, o, s_lo, s_hi, s_mid, r_lo = 0, r_hi = 0, c_lo = 0, c_hi = 0
+    cdef Py_ssize_t v_hi  # windows [c_lo, v_hi) of the interior rows: done by the vector kernel
     if _dedicated(kh, kw, sh, sw) and a32 == NULL:
         r_lo, r_hi = _interior(h, oh, kh, 2, ph)
         c_lo, c_hi = _interior(w, ow, kw, 2, pw)
+    v_hi = c_lo
+    if not average and r_hi > r_lo:  # a dedicated geometry with interior windows
+        v_hi = c_lo + _vector_windows(y, c_hi - c_lo)
+        if v_hi > c_lo and _max_vectors(<int> kh, src + (2 * r_lo - ph) * w + (2 * c_lo - pw), w,
+                                        r_hi - r_lo, v_hi - c_lo, y + r_lo * ow + c_lo, ow,
+                                        _shift(a8, r_lo * ow + c_lo)):
+            v_hi = c_lo  # a NaN: the plane again by the row loops, which see which rows
     for r in range(oh):
         o = r * ow
-        s_lo = s_hi = ow  # a whole row of generic windows, unless it is an interior row
+        s_lo = s_mid = s_hi = ow  # a whole row of generic windows, unless it is an interior row
         if r_lo <= r < r_hi:
-            s_lo, s_hi = c_lo, c_hi
+            s_lo, s_mid, s_hi = c_lo, v_hi, c_hi
         if average:
             _avg_windows(src, y + o, h, w, r, 0, s_lo, kh, kw, sh, sw, ph, pw, count_pad)
             if s_hi > s_lo:
@@ -252,13 +484,15 @@ cdef void _pool_plane(const floating* src, floating* y, unsigned char* a8, int* 
                          s_hi - s_lo, kh)
             _avg_windows(src, y + o, h, w, r, s_hi, ow, kh, kw, sh, sw, ph, pw, count_pad)
         else:
-            _max_windows(src, y + o, _shift(a8, o), _shift(a32, o), h, w, r, 0, s_lo,
-                         kh, kw, sh, sw, ph, pw)
-            if s_hi > s_lo and _max_row(src + (2 * r - ph) * w + (2 * s_lo - pw), w,
-                                        y + o + s_lo, _shift(a8, o + s_lo), s_hi - s_lo, kh):
-                s_hi = s_lo  # a NaN: the row's interior again, by the NaN-aware walk
-            _max_windows(src, y + o, _shift(a8, o), _shift(a32, o), h, w, r, s_hi, ow,
-                         kh, kw, sh, sw, ph, pw)
+            if s_lo > 0:
+                _max_windows(src, y + o, _shift(a8, o), _shift(a32, o), h, w, r, 0, s_lo,
+                             kh, kw, sh, sw, ph, pw)
+            if s_hi > s_mid and _max_row(src + (2 * r - ph) * w + (2 * s_mid - pw), w,
+                                         y + o + s_mid, _shift(a8, o + s_mid), s_hi - s_mid, kh):
+                s_hi = s_mid  # a NaN: those windows again, by the NaN-aware walk
+            if s_hi < ow:
+                _max_windows(src, y + o, _shift(a8, o), _shift(a32, o), h, w, r, s_hi, ow,
+                             kh, kw, sh, sw, ph, pw)
 
 
 # ---------------------------------------------------------------------------------------------

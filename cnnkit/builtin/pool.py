@@ -4,8 +4,9 @@ ceil_mode, count_include_pad, max-pool ties to the first maximum), ``globalavgpo
 
 - ``"numpy"``: the reference, on strided views of the padded input (one per window tap);
 - ``"cython"``: ``cnnkit._ext.pool`` (priority 100), direct loops, OpenMP over (image, channel);
-  dedicated row loops for 2x2 and 3x3 windows at stride 2 (``globalmaxpool2d`` has none: it
-  is one reduction, NumPy's own loop).
+  dedicated row loops for 2x2 and 3x3 windows at stride 2, and for max pooling a vector
+  kernel as wide as the build's instruction set (``globalmaxpool2d`` has none: it is one
+  reduction, NumPy's own loop).
 
 Padding that differs between the sides and dilated windows (what ONNX models and TensorFlow's
 "SAME" padding use) are served by the NumPy variants only: automatic selection keeps the
