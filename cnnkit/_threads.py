@@ -15,7 +15,8 @@ threads of the BLAS library NumPy and the kernels call.
   cost nothing.  A layer called on its own sets the limit around its kernel, as before.
 
 - Beside a busy process the team shrinks (:class:`_Contention`): a model's pass measures how
-  long its thread waited for a CPU (Linux's run-queue delay); when that is a large share of
+  long its thread was off its CPU (wall time minus the thread's CPU time: waiting for a core,
+  or asleep at a barrier for a team thread that lost its core); when that is a large share of
   the pass, the next passes run on half the team, and a pass on the whole team every second
   probes whether the neighbour has gone.  Only while the user has not fixed the team
   (``OMP_NUM_THREADS``, ``OMP_DYNAMIC``, :func:`set_num_threads`, :func:`num_threads`);
@@ -87,12 +88,11 @@ def num_threads(n: int):
         limiter.restore_original_limits()
 
 
-def _read_run_delay():
-    """Nanoseconds the calling thread has waited on a run queue (None where unknown)."""
+def _thread_cpu_time():
+    """Seconds of CPU the calling thread has used (None where the platform cannot tell)."""
     try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
-            return int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
+        return time.thread_time()
+    except (OSError, AttributeError):
         return None
 
 
@@ -102,8 +102,9 @@ class _Contention:
     The threads of a team wait for each other at the end of every kernel: beside a busy
     process, one of them is often off its core and the whole team waits (a LeNet-5 step took
     3-4x its quiet time on a 2-core machine), while half the team keeps a core to itself.  A
-    pass counts as contended when its thread waited on a run queue for more than
-    :attr:`SHARE` of the pass's time; :attr:`STRIKES` contended passes in a row halve the team
+    pass counts as contended when its thread was off its CPU for more than :attr:`SHARE` of
+    the pass's time (runnable but waiting for a core, or asleep at a barrier while a team
+    thread waits for one: OpenMP threads spin only briefly before they sleep); :attr:`STRIKES` contended passes in a row halve the team
     for the following passes, and every :attr:`PROBE_SECONDS` one pass runs on the whole team
     and restores it if it was not contended.  State is per Python thread.
     """
@@ -133,7 +134,7 @@ class _Contention:
             flag = os.environ.get("CNNKIT_ADAPTIVE_THREADS", "1").strip().lower()
             self._env_off = (flag in ("0", "false", "no", "off")
                              or "OMP_NUM_THREADS" in os.environ or "OMP_DYNAMIC" in os.environ
-                             or _read_run_delay() is None)
+                             or _thread_cpu_time() is None)
         return not (self._env_off or self.user_fixed or self.local().fixed)
 
     def state(self) -> dict:
@@ -156,16 +157,16 @@ class _Contention:
         smaller = local.reduced and not probing
         if smaller:
             _omp_probe.set_max_threads(max(1, team // 2))
-        start_delay = _read_run_delay()
+        start_cpu = _thread_cpu_time()
         try:
             yield
         finally:
             if smaller:
                 _omp_probe.set_max_threads(team)
-            end_delay = _read_run_delay()
+            end_cpu = _thread_cpu_time()
             elapsed = time.perf_counter() - now
-            if start_delay is not None and end_delay is not None:
-                self._judge(local, (end_delay - start_delay) * 1e-9, elapsed, smaller, probing)
+            if start_cpu is not None and end_cpu is not None:
+                self._judge(local, elapsed - (end_cpu - start_cpu), elapsed, smaller, probing)
 
     def _judge(self, local, waited, elapsed, smaller, probing):
         if elapsed < self.MIN_PASS_SECONDS:

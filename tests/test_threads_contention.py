@@ -1,8 +1,8 @@
 """The OpenMP team of a model's passes shrinks beside a busy process and grows back when it
 has gone (cnnkit._threads._Contention), and never overrides a team the user fixed.
 
-The run-queue delay the policy reads is replaced by a scripted one: each pass "waits" the
-share of its time the test says, so the tests are exact on any machine.
+The thread CPU clock the policy reads is replaced by a scripted one: each pass is off its CPU
+for the share of its time the test says, so the tests are exact on any machine.
 """
 import numpy as np
 import pytest
@@ -16,21 +16,22 @@ pytestmark = pytest.mark.skipif(ck.get_num_threads() < 2,
 
 
 class ScriptedDelay:
-    """A run-queue clock that advances by ``share`` x the wall time since its last read."""
+    """A thread CPU clock that advances by (1 - ``share``) x the wall time since its last
+    read: the thread is off its CPU for ``share`` of the time."""
 
     def __init__(self, monkeypatch):
         import time
         self.time = time
         self.share = 0.0
-        self.delay = 0
+        self.cpu = 0.0
         self.last = time.perf_counter()
-        monkeypatch.setattr(_threads, "_read_run_delay", self.read)
+        monkeypatch.setattr(_threads, "_thread_cpu_time", self.read)
 
     def read(self):
         now = self.time.perf_counter()
-        self.delay += int(self.share * (now - self.last) * 1e9)
+        self.cpu += (1.0 - self.share) * (now - self.last)
         self.last = now
-        return self.delay
+        return self.cpu
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_contended_passes_halve_the_team_and_a_quiet_probe_restores_it(policy, m
     delay.share = 0.0
     assert _team_of_pass(model, x) == (team, team)
     assert not c.state()["reduced"]
-    delay.share = 0.6  # the thread waits for a CPU 60% of the time: a busy neighbour
+    delay.share = 0.6  # the thread is off its CPU 60% of the time: a busy neighbour
     _team_of_pass(model, x)  # two contended passes (forward and backward) trigger it
     assert c.state()["reduced"]
     assert _team_of_pass(model, x) == (team // 2, team // 2)
