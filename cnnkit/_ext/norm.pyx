@@ -115,12 +115,13 @@ def batchnorm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
             inv = 1.0 / sqrt(acc / count + eps)
             invstd[ch] = inv
             scale = inv * weight[ch] if affine else inv
-            shift = (bias[ch] if affine else 0.0) - mu * scale
+            # centred first: x * scale + (bias - mu * scale) cancels when the mean is large
+            shift = bias[ch] if affine else 0.0
             for i in range(n):
                 xp = &x[i, ch, 0]
                 yp = &y[i, ch, 0]
                 for j in range(m):
-                    yp[j] = <floating> (xp[j] * scale + shift)
+                    yp[j] = <floating> ((xp[j] - mu) * scale + shift)
 
 
 def batchnorm_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
