@@ -197,8 +197,8 @@ def _batchnorm_builds():
     for isa in ISA_FEATURES:
         impl = isa_build(Bnorm.BatchNormCython, "norm", isa)
         reason = impl.unavailable()
-        builds.append(pytest.param(impl, id=f"cython-{isa}",
-                                   marks=pytest.mark.skipif(reason is not None, reason=str(reason))))
+        skip = pytest.mark.skipif(reason is not None, reason=str(reason))
+        builds.append(pytest.param(impl, id=f"cython-{isa}", marks=skip))
     return builds
 
 
@@ -212,9 +212,10 @@ def _misaligned(a):
 
 # (shape, offset of the values): planes shorter than, equal to and longer than the 8 lanes of
 # the kernels' sums (a remainder after the lanes), (N, C) with one value per plane, a shape
-# above the parallel threshold, and a mean far above the spread (two-pass statistics)
+# above the parallel threshold, planes longer than the page prefetched ahead, and a mean far
+# above the spread (two-pass statistics)
 BN_CASES = [((3, 2, 5), 0.0), ((2, 3, 8), 0.0), ((4, 3, 37), 1.0), ((9, 4, 1), 0.0),
-            ((8, 16, 129), 0.5), ((6, 3, 50), 1e4)]
+            ((8, 16, 129), 0.5), ((3, 2, 1500), -1.0), ((6, 3, 50), 1e4)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -233,9 +234,10 @@ def test_batchnorm_builds_match_numpy_closely(impl, case, layout, dtype):
     params = {"weight": rng.uniform(0.5, 2, c).astype(dtype),
               "bias": rng.uniform(-1, 1, c).astype(dtype)}
     bound = 2e-6 if dtype == np.float32 else 1e-11
+    config = {"eps": 1e-5}
     with cnnkit.num_threads(2):
-        y1, ctx1 = impl.forward(x, params, {"eps": 1e-5}, True)
-        y0, ctx0 = Bnorm.BatchNormNumpy.forward(np.ascontiguousarray(x), params, {"eps": 1e-5}, True)
+        y1, ctx1 = impl.forward(x, params, config, True)
+        y0, ctx0 = Bnorm.BatchNormNumpy.forward(np.ascontiguousarray(x), params, config, True)
         assert rel_err(y1, y0) <= bound
         for got, want in zip(impl.statistics(ctx1), Bnorm.BatchNormNumpy.statistics(ctx0)):
             assert rel_err(got, want) <= 1e-12
