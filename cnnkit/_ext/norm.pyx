@@ -7,8 +7,9 @@ deviations, which stays accurate when the mean is large) and returns them with 1
 so the caller can update running statistics and run the backward pass without keeping x-hat.
 
 Each channel is N contiguous planes of M values.  A channel's later passes re-read what its
-first pass brought into the core's cache (a (32, 64, 32, 32) float32 channel is 128 KiB), so
-the passes cost arithmetic more than memory traffic.  The sums over a plane are kept in LANES
+first pass brought into the core's cache (a (32, 64, 32, 32) float32 channel is 128 KiB), and
+its first passes ask for each next plane ahead (``_prefetch``), so most of the time goes into
+arithmetic, every float converted to double.  The sums over a plane are kept in LANES
 independent double accumulators: one running sum is a chain of dependent additions, one per
 value, which the compiler may not reorder without -ffast-math; LANES of them are a fixed
 summation order that it turns into vector additions, with the same result on every build.
