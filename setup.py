@@ -27,7 +27,7 @@ DEBUG = os.environ.get("CNNKIT_DEBUG_BUILD", "") not in ("", "0")
 
 #: Kernel modules built again for every instruction set of ISA_FLAGS, as
 #: ``cnnkit._ext.<module>_<isa>``; a module joins with its name here.
-ISA_MODULES = ("activation", "conv", "pool", "winograd")
+ISA_MODULES = ("activation", "conv", "norm", "pool", "winograd")
 
 #: Compiler flags of each instruction-set build.  ``cnnkit._ext.ISA_FEATURES`` lists the CPU
 #: features each build needs at run time; the two must name the same features.  No

@@ -69,6 +69,7 @@ def test_build_flags_and_runtime_features_name_the_same_instruction_sets():
 def test_every_isa_module_has_variants_for_each_instruction_set():
     modules, _ = _setup_constants()
     families = {"conv": {"conv2d", "convtranspose2d"},
+                "norm": {"batchnorm1d", "batchnorm2d"},
                 "pool": {"maxpool2d", "avgpool2d", "globalavgpool2d", "subsampling"},
                 "activation": {"relu", "leakyrelu", "sigmoid", "tanh", "elu", "gelu",
                                "scaledtanh", "softmax", "logsoftmax"},

@@ -188,6 +188,67 @@ def test_pool_cython_matches_numpy(kind, case, dtype):
     check_pair(*pair, x, {}, pool_config(case), dtype)
 
 
+def _batchnorm_builds():
+    """The portable batch-norm wrapper and its instruction-set builds (skipped, with the reason,
+    where this CPU or installation cannot run one)."""
+    from cnnkit.builtin._kernel_args import ISA_FEATURES, isa_build
+
+    builds = [pytest.param(Bnorm.BatchNormCython, id="cython")]
+    for isa in ISA_FEATURES:
+        impl = isa_build(Bnorm.BatchNormCython, "norm", isa)
+        reason = impl.unavailable()
+        skip = pytest.mark.skipif(reason is not None, reason=str(reason))
+        builds.append(pytest.param(impl, id=f"cython-{isa}", marks=skip))
+    return builds
+
+
+def _misaligned(a):
+    """A C-contiguous copy of ``a`` whose data starts one byte past an aligned address."""
+    raw = np.zeros(a.nbytes + 1, dtype=np.uint8)
+    out = raw[1:].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+# (shape, offset of the values): planes shorter than, equal to and longer than the 8 lanes of
+# the kernels' sums (a remainder after the lanes), (N, C) with one value per plane, a shape
+# above the parallel threshold, planes longer than the page prefetched ahead, and a mean far
+# above the spread (two-pass statistics)
+BN_CASES = [((3, 2, 5), 0.0), ((2, 3, 8), 0.0), ((4, 3, 37), 1.0), ((9, 4, 1), 0.0),
+            ((8, 16, 129), 0.5), ((3, 2, 1500), -1.0), ((6, 3, 50), 1e4)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["aligned", "misaligned"])
+@pytest.mark.parametrize("case", BN_CASES, ids=[f"{s}+{o:g}" for s, o in BN_CASES])
+@pytest.mark.parametrize("impl", _batchnorm_builds())
+def test_batchnorm_builds_match_numpy_closely(impl, case, layout, dtype):
+    """Every compiled build against the NumPy reference, within a few roundings of the output
+    (float32) or 1e-11 (float64): the vector loops, their remainders and the statistics."""
+    shape, offset = case
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 2 + offset).astype(dtype)
+    if layout == "misaligned":
+        x = _misaligned(x)
+    c = shape[1]
+    params = {"weight": rng.uniform(0.5, 2, c).astype(dtype),
+              "bias": rng.uniform(-1, 1, c).astype(dtype)}
+    bound = 2e-6 if dtype == np.float32 else 1e-11
+    config = {"eps": 1e-5}
+    with cnnkit.num_threads(2):
+        y1, ctx1 = impl.forward(x, params, config, True)
+        y0, ctx0 = Bnorm.BatchNormNumpy.forward(np.ascontiguousarray(x), params, config, True)
+        assert rel_err(y1, y0) <= bound
+        for got, want in zip(impl.statistics(ctx1), Bnorm.BatchNormNumpy.statistics(ctx0)):
+            assert rel_err(got, want) <= 1e-12
+        dy = rng.standard_normal(shape).astype(dtype)
+        dx1, g1 = impl.backward(_misaligned(dy) if layout == "misaligned" else dy, ctx1)
+        dx0, g0 = Bnorm.BatchNormNumpy.backward(dy, ctx0)
+    assert rel_err(dx1, dx0) <= bound
+    for k in ("weight", "bias"):
+        assert rel_err(g1[k], g0[k]) <= bound, k
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_maxpool_ties_go_to_first_maximum(dtype):
     x = np.zeros((1, 2, 4, 5), dtype=dtype)
