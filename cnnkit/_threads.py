@@ -109,8 +109,8 @@ class _Contention:
     and restores it if it was not contended.  State is per Python thread.
     """
 
-    SHARE = 0.2
-    STRIKES = 2
+    SHARE = 0.3
+    STRIKES = 3
     PROBE_SECONDS = 1.0
     MIN_PASS_SECONDS = 2e-4  # shorter passes are too short to judge
 
