@@ -176,20 +176,21 @@ def _torch_tensor(torch, x, backward):
 def test_relu(benchmark, request, mode, variant):
     benchmark.group = f"relu {mode} (64,32,32,32)"
     x = np.random.default_rng(0).standard_normal((64, 32, 32, 32), dtype=np.float32)
+    dy = np.ones_like(x)  # made once on both sides: filling it is not the op under test
     if variant == PEER:
         torch = request.getfixturevalue("torch_peer")
-        tx = _torch_tensor(torch, x, True)
+        tx, tdy = _torch_tensor(torch, x, True), torch.from_numpy(dy)
 
         def run():
             y = torch.relu(tx)
-            y.backward(torch.ones_like(y))
+            y.backward(tdy)
             tx.grad = None
     else:
         relu = ck.layers.ReLU(impl=variant)
 
         def run():
-            y = relu.forward(x, training=True)
-            relu.backward(np.ones_like(y))
+            relu.forward(x, training=True)
+            relu.backward(dy)
     benchmark(run)
 
 
@@ -199,19 +200,20 @@ def test_batchnorm2d(benchmark, request, mode, variant):
     """Training mode: batch statistics, running statistics updated, gradients of x, weight, bias."""
     benchmark.group = f"batchnorm2d {mode} (32,64,32,32)"
     x = np.random.default_rng(0).standard_normal((32, 64, 32, 32), dtype=np.float32)
+    dy = np.ones_like(x)  # made once on both sides: filling it is not the op under test
     if variant == PEER:
         torch = request.getfixturevalue("torch_peer")
-        tx = _torch_tensor(torch, x, True)
+        tx, tdy = _torch_tensor(torch, x, True), torch.from_numpy(dy)
         bn = torch.nn.BatchNorm2d(64)
 
         def run():
             y = bn(tx)
-            y.backward(torch.ones_like(y))
+            y.backward(tdy)
             tx.grad = bn.weight.grad = bn.bias.grad = None
     else:
         bn = ck.layers.BatchNorm2D(64, impl=variant)
 
         def run():
-            y = bn.forward(x, training=True)
-            bn.backward(np.ones_like(y))
+            bn.forward(x, training=True)
+            bn.backward(dy)
     benchmark(run)
