@@ -119,8 +119,17 @@ def infer(distributed=False):
 
 if __name__ == "__main__":
     spec = json.loads(open(sys.argv[1]).read())
-    result = infer(True) if spec.get("action") == "infer" else run(spec, distributed=True)
     from mpi4py import MPI
+
+    try:
+        result = infer(True) if spec.get("action") == "infer" else run(spec, distributed=True)
+    except Exception as exc:
+        # each rank's error in a file of its own: mpiexec may cut a rank's stderr short when
+        # it stops the others after the first failure
+        if spec.get("errors"):
+            with open(f"{spec['errors']}.{MPI.COMM_WORLD.Get_rank()}", "w") as f:
+                f.write(f"{type(exc).__name__}: {exc}\n")
+        raise
 
     if MPI.COMM_WORLD.Get_rank() == 0 and spec.get("out"):
         np.savez(spec["out"], **result)

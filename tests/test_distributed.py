@@ -150,10 +150,13 @@ def test_a_failing_rank_ends_the_job(fault, tmp_path):
 @pytest.mark.parametrize("mismatch,what", [("model", "model"), ("batch", "batch size"),
                                            ("data", "data size")])
 def test_mismatched_ranks_are_refused(mismatch, what, tmp_path):
-    spec = {"model": "dropout", "optimizer": "sgd", "epochs": 1, "mismatch": mismatch}
+    spec = {"model": "dropout", "optimizer": "sgd", "epochs": 1, "mismatch": mismatch,
+            "errors": str(tmp_path / "error")}
     proc = mpirun(2, spec, tmp_path, timeout=60)
     assert proc.returncode != 0
-    assert f"rank 1 was given a different {what} than rank 0" in proc.stderr, proc.stderr
+    errors = "".join(p.read_text() for p in sorted(tmp_path.glob("error.*")))
+    assert errors.startswith("DistributedError: ") and \
+        f"rank 1 was given a different {what} than rank 0" in errors, (errors, proc.stderr)
 
 
 def test_shards_cover_every_sample_once():
