@@ -740,34 +740,71 @@ cdef _check_direct(str what, Py_ssize_t taps, Py_ssize_t o4, Py_ssize_t o, Py_ss
         raise ValueError(f"{what}: inconsistent shapes or workspace")
 
 
+cdef void _bias_rows(const floating* acc, Py_ssize_t p2, Py_ssize_t wp, Py_ssize_t o,
+                     const floating* bias, floating* y, Py_ssize_t oh, Py_ssize_t ow,
+                     bint fuse_relu) noexcept nogil:
+    """One image's y (o, oh, ow) = acc + bias from the padded-width grid, max(0, .) with
+    ``fuse_relu``."""
+    cdef Py_ssize_t oc, r, s
+    cdef floating* yo
+    cdef const floating* ao
+    cdef floating bv, v
+    for oc in range(o):
+        bv = bias[oc] if bias != NULL else 0
+        for r in range(oh):
+            yo = y + (oc * oh + r) * ow
+            ao = acc + oc * p2 + r * wp
+            if fuse_relu:
+                for s in range(ow):
+                    v = ao[s] + bv
+                    yo[s] = 0 if v <= 0 else v
+            else:
+                for s in range(ow):
+                    yo[s] = ao[s] + bv
+
+
 def conv2d_direct_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
                           const floating[::1] bias, floating[:, :, :, ::1] y,
                           floating[:, ::1] workspace, int pt, int pl, int kh, int kw,
-                          int num_threads, bint fuse_relu=False):
+                          int num_threads, bint fuse_relu=False, bint relu_pool2=False,
+                          unsigned char[:, :, :, ::1] argmax=None, int conv_oh=0,
+                          int conv_ow=0):
     """y = conv2d(x, w) + bias, stride 1, dilation 1, groups 1, padding (pt, pl) at the top and
-    left (the bottom and right follow from y's shape); ``bias`` may be None.
+    left (the bottom and right follow from the output size); ``bias`` may be None.
 
     ``wt`` is the weight as (C*kh*kw, O4): ``w.reshape(O, -1).T`` with zero columns up to a
     multiple of 4 output channels.  ``workspace`` is (threads, >= direct_layout(...)[2]).
     The caller checks 0 <= pt, pl and that the padding does not exceed kernel - 1 per side.
+
+    With ``relu_pool2``, y = max_pool2d(relu(conv2d(x, w) + bias), kernel 2, stride 2) without
+    storing the convolution's output (conv_oh, conv_ow): each image's maps are pooled from the
+    workspace, and ``argmax`` (or None) receives each window's position of its maximum, 0-3 in
+    row-major order, for :func:`conv2d_direct_backward`.
     """
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
-    cdef Py_ssize_t o = y.shape[1], oh = y.shape[2], ow = y.shape[3], o4 = wt.shape[1]
+    cdef Py_ssize_t o = y.shape[1], o4 = wt.shape[1]
+    cdef Py_ssize_t oh = conv_oh if relu_pool2 else y.shape[2]
+    cdef Py_ssize_t ow = conv_ow if relu_pool2 else y.shape[3]
+    cdef Py_ssize_t oh2 = y.shape[2], ow2 = y.shape[3]
     cdef Py_ssize_t hp = oh + kh - 1, wp = ow + kw - 1
-    cdef Py_ssize_t n, oc, r, s, p2, xsize, need
+    cdef Py_ssize_t n, p2, xsize, need
     cdef floating* xp = NULL
     cdef floating* acc = NULL
-    cdef floating* yo
-    cdef const floating* ao
-    cdef floating bv, v
-    cdef bint has_bias = bias is not None
+    cdef const floating* bp = &bias[0] if bias is not None else NULL
+    cdef unsigned char* a8 = NULL
     cdef int tid = 0
     p2, xsize, need = direct_layout(c, o, oh, ow, kh, kw, sizeof(floating))
     _check_direct("conv2d_direct_forward", wt.shape[0], o4, o, c, kh, kw, h, w, hp, wp, pt, pl,
                   workspace.shape[0], workspace.shape[1], need, num_threads,
-                  y.shape[0] == n_img and (not has_bias or bias.shape[0] == o))
+                  y.shape[0] == n_img and (bias is None or bias.shape[0] == o)
+                  and (not relu_pool2 or (oh >= 2 and ow >= 2 and oh2 == oh // 2
+                                          and ow2 == ow // 2))
+                  and (argmax is None or (relu_pool2
+                                          and tuple(argmax.shape) == tuple(y.shape))))
     if n_img == 0:
         return
+    if argmax is not None:
+        a8 = &argmax[0, 0, 0, 0]
     with nogil, parallel(num_threads=num_threads):
         note_team()
         tid = threadid()
@@ -779,18 +816,11 @@ def conv2d_direct_forward(const floating[:, :, :, ::1] x, const floating[:, ::1]
                 ck_direct_fwd_f(xp, c, hp * wp, wp, &wt[0, 0], o4, kh, kw, p2, acc)
             else:
                 ck_direct_fwd_d(xp, c, hp * wp, wp, &wt[0, 0], o4, kh, kw, p2, acc)
-            for oc in range(o):
-                bv = bias[oc] if has_bias else 0
-                for r in range(oh):
-                    yo = &y[n, oc, r, 0]
-                    ao = acc + oc * p2 + r * wp
-                    if fuse_relu:
-                        for s in range(ow):
-                            v = ao[s] + bv
-                            yo[s] = 0 if v <= 0 else v
-                    else:
-                        for s in range(ow):
-                            yo[s] = ao[s] + bv
+            if relu_pool2:
+                _relu_pool2_rows(acc, p2, wp, o, bp, &y[n, 0, 0, 0],
+                                 a8 + n * o * oh2 * ow2 if a8 != NULL else NULL, oh2, ow2)
+            else:
+                _bias_rows(acc, p2, wp, o, bp, &y[n, 0, 0, 0], oh, ow, fuse_relu)
 
 
 cdef inline bint _pool_takes(floating best, floating v) noexcept nogil:
@@ -897,51 +927,6 @@ cdef void _relu_pool2_rows(const floating* acc, Py_ssize_t p2, Py_ssize_t wp, Py
                         argmax[k + start + s] = <unsigned char> <int> where[s]
 
 
-def conv2d_direct_forward_relu_pool2(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
-                                     const floating[::1] bias, floating[:, :, :, ::1] y,
-                                     unsigned char[:, :, :, ::1] argmax,
-                                     floating[:, ::1] workspace, int pt, int pl, int kh, int kw,
-                                     int oh, int ow, int num_threads):
-    """y = max_pool2d(relu(conv2d(x, w) + bias), kernel 2, stride 2) without the convolution's
-    output: each image's (oh, ow) maps are pooled from the workspace.  ``argmax`` (or None)
-    receives each window's position of its maximum, 0-3 in row-major order, for
-    :func:`conv2d_direct_backward_relu_pool2`.  Arguments otherwise as
-    :func:`conv2d_direct_forward`, with the convolution's (oh, ow) given."""
-    cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
-    cdef Py_ssize_t o = y.shape[1], oh2 = y.shape[2], ow2 = y.shape[3], o4 = wt.shape[1]
-    cdef Py_ssize_t hp = oh + kh - 1, wp = ow + kw - 1
-    cdef Py_ssize_t n, p2, xsize, need
-    cdef floating* xp = NULL
-    cdef floating* acc = NULL
-    cdef const floating* bp = &bias[0] if bias is not None else NULL
-    cdef unsigned char* a8 = NULL
-    cdef bint keep = argmax is not None
-    cdef int tid = 0
-    p2, xsize, need = direct_layout(c, o, oh, ow, kh, kw, sizeof(floating))
-    _check_direct("conv2d_direct_forward_relu_pool2", wt.shape[0], o4, o, c, kh, kw, h, w, hp,
-                  wp, pt, pl, workspace.shape[0], workspace.shape[1], need, num_threads,
-                  y.shape[0] == n_img and oh >= 2 and ow >= 2 and oh2 == oh // 2
-                  and ow2 == ow // 2 and (bias is None or bias.shape[0] == o)
-                  and (not keep or tuple(argmax.shape) == tuple(y.shape)))
-    if n_img == 0:
-        return
-    if keep:
-        a8 = &argmax[0, 0, 0, 0]
-    with nogil, parallel(num_threads=num_threads):
-        note_team()
-        tid = threadid()
-        xp = &workspace[tid, 0]
-        acc = xp + xsize
-        for n in prange(n_img, schedule="static"):
-            _pad_image(&x[n, 0, 0, 0], c, h, w, pt, pl, hp, wp, xsize, xp)
-            if floating is float:
-                ck_direct_fwd_f(xp, c, hp * wp, wp, &wt[0, 0], o4, kh, kw, p2, acc)
-            else:
-                ck_direct_fwd_d(xp, c, hp * wp, wp, &wt[0, 0], o4, kh, kw, p2, acc)
-            _relu_pool2_rows(acc, p2, wp, o, bp, &y[n, 0, 0, 0],
-                             a8 + n * o * oh2 * ow2 if a8 != NULL else NULL, oh2, ow2)
-
-
 def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
                            const floating[:, ::1] wt, floating[:, :, :, ::1] dx,
                            floating[:, :, ::1] dw_partial, floating[:, ::1] workspace,
@@ -955,8 +940,8 @@ def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
     unless ``dx`` is None, the input gradient dx (overwritten), by the forward loop transposed
     (``wt`` as for the forward call).  ``workspace`` is (threads, >= direct_backward_size(...)).
 
-    With ``pool_argmax`` this is the backward of :func:`conv2d_direct_forward_relu_pool2`:
-    ``dy`` and ``pooled_y`` are the pooled output's gradient and value, ``pool_argmax`` the
+    With ``pool_argmax`` this is the backward of :func:`conv2d_direct_forward` with
+    ``relu_pool2``: ``dy`` and ``pooled_y`` are the pooled output's gradient and value, ``pool_argmax`` the
     forward's, and (conv_oh, conv_ow) the convolution's output size; each window's gradient
     goes to its maximum's place where the pooled value is > 0 (the ReLU's rule).  Its bias
     gradient, when ``bias_grad`` is given, is summed as :func:`channel_sums` sums the dense

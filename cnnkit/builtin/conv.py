@@ -521,8 +521,9 @@ class Conv2dDirect:
         threads = _direct_threads(n, n * o * oh * ow * w[0].size)
         size = cls._kernels.direct_layout(c, o, oh, ow, kh, kw, x.itemsize)[2]
         ws = workspace((threads, size), x.dtype)
-        cls._kernels.conv2d_direct_forward_relu_pool2(x, _direct_weights(w), b, y, argmax, ws,
-                                                      top, left, kh, kw, oh, ow, threads)
+        cls._kernels.conv2d_direct_forward(x, _direct_weights(w), b, y, ws, top, left, kh, kw,
+                                           threads, relu_pool2=True, argmax=argmax,
+                                           conv_oh=oh, conv_ow=ow)
         if not need_backward:
             return y, None
         return y, ((x, w, b is not None, (top, left, bottom, right), oh, ow, config),
