@@ -104,9 +104,10 @@ class _Contention:
     3-4x its quiet time on a 2-core machine), while half the team keeps a core to itself.  A
     pass counts as contended when its thread was off its CPU for more than :attr:`SHARE` of
     the pass's time (runnable but waiting for a core, or asleep at a barrier while a team
-    thread waits for one: OpenMP threads spin only briefly before they sleep); :attr:`STRIKES` contended passes in a row halve the team
-    for the following passes, and every :attr:`PROBE_SECONDS` one pass runs on the whole team
-    and restores it if it was not contended.  State is per Python thread.
+    thread waits for one: OpenMP threads spin only briefly before they sleep);
+    :attr:`STRIKES` contended passes in a row halve the team for the following passes, and
+    every :attr:`PROBE_SECONDS` one pass runs on the whole team and restores it if it was not
+    contended.  State is per Python thread.
     """
 
     SHARE = 0.3

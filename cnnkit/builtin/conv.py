@@ -486,48 +486,35 @@ class Conv2dDirect:
         return top, left, bottom, right, oh, ow
 
     @classmethod
-    def forward(cls, x, params, config, need_backward, *, fuse_relu=False):
+    def forward(cls, x, params, config, need_backward, *, fuse_relu=False, relu_pool2=False):
+        """``fuse_relu``: relu(conv2d(x)) (the executor's conv2d+relu fusion); ``relu_pool2``:
+        max_pool2d(relu(conv2d(x)), 2) in one pass, the convolution's output never stored (the
+        fused chain conv2d+relu+maxpool2d, ``builtin/fusions.py``)."""
         x = contiguous(x)
         w, b = weight_and_bias(params, x.dtype)
         top, left, bottom, right, oh, ow = cls._geometry(x, w, b, config)
-        w = np.ascontiguousarray(_effective_weight(w, config))
-        n, c = x.shape[:2]
-        o, _, kh, kw = w.shape
-        y = np.empty((n, o, oh, ow), dtype=x.dtype)
-        threads = _direct_threads(n, n * o * oh * ow * w[0].size)
-        size = cls._kernels.direct_layout(c, o, oh, ow, kh, kw, x.itemsize)[2]
-        ws = workspace((threads, size), x.dtype)
-        cls._kernels.conv2d_direct_forward(x, _direct_weights(w), b, y, ws, top, left, kh, kw,
-                                           threads, bool(fuse_relu))
-        ctx = ((x, w, b is not None, (top, left, bottom, right), oh, ow, config)
-               if need_backward else None)
-        return y, ctx
-
-    @classmethod
-    def forward_relu_pool2(cls, x, params, config, need_backward):
-        """max_pool2d(relu(conv2d(x)), 2) in one pass, the convolution's output never stored
-        (the fused chain conv2d+relu+maxpool2d, ``builtin/fusions.py``)."""
-        x = contiguous(x)
-        w, b = weight_and_bias(params, x.dtype)
-        top, left, bottom, right, oh, ow = cls._geometry(x, w, b, config)
-        if oh < 2 or ow < 2:
+        if relu_pool2 and (oh < 2 or ow < 2):
             raise ValueError(f"conv2d+relu+maxpool2d: the convolution's output {(oh, ow)} is "
                              "smaller than the 2x2 pooling window")
         w = np.ascontiguousarray(_effective_weight(w, config))
         n, c = x.shape[:2]
         o, _, kh, kw = w.shape
-        y = np.empty((n, o, oh // 2, ow // 2), dtype=x.dtype)
-        argmax = np.empty(y.shape, dtype=np.uint8) if need_backward else None
         threads = _direct_threads(n, n * o * oh * ow * w[0].size)
         size = cls._kernels.direct_layout(c, o, oh, ow, kh, kw, x.itemsize)[2]
         ws = workspace((threads, size), x.dtype)
-        cls._kernels.conv2d_direct_forward(x, _direct_weights(w), b, y, ws, top, left, kh, kw,
-                                           threads, relu_pool2=True, argmax=argmax,
-                                           conv_oh=oh, conv_ow=ow)
-        if not need_backward:
-            return y, None
-        return y, ((x, w, b is not None, (top, left, bottom, right), oh, ow, config),
-                   y, argmax)
+        ctx = (x, w, b is not None, (top, left, bottom, right), oh, ow, config)
+        if relu_pool2:
+            y = np.empty((n, o, oh // 2, ow // 2), dtype=x.dtype)
+            argmax = np.empty(y.shape, dtype=np.uint8) if need_backward else None
+            cls._kernels.conv2d_direct_forward(x, _direct_weights(w), b, y, ws, top, left, kh,
+                                               kw, threads, relu_pool2=True, argmax=argmax,
+                                               conv_oh=oh, conv_ow=ow)
+            ctx = (ctx, y, argmax)
+        else:
+            y = np.empty((n, o, oh, ow), dtype=x.dtype)
+            cls._kernels.conv2d_direct_forward(x, _direct_weights(w), b, y, ws, top, left, kh,
+                                               kw, threads, bool(fuse_relu))
+        return y, (ctx if need_backward else None)
 
     @classmethod
     def backward_relu_pool2(cls, dy, ctx, need_input_grad=True):

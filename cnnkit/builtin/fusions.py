@@ -65,7 +65,7 @@ class ConvReluPool:
 
     @classmethod
     def forward(cls, x, layers, configs, need_backward):
-        return cls.conv.forward_relu_pool2(x, layers[0].params, configs[0], need_backward)
+        return cls.conv.forward(x, layers[0].params, configs[0], need_backward, relu_pool2=True)
 
     @classmethod
     def backward(cls, dy, ctx, need_input_grad=True):
