@@ -1048,3 +1048,297 @@ def conv2d_direct_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
                 bias_grad[oc] = 0
                 for n in range(n_img):
                     bias_grad[oc] = bias_grad[oc] + plane_sums[n, oc]
+
+
+
+# ------------------------------------------------------------------------------------------------
+# Packed products (transposed convolution backward, groups 1)
+#
+# The backward of a transposed convolution is one column matrix of dy (the columns of the
+# convolution dy -> x: im2col of dy with the layer's stride) read by two products: the input
+# gradient W (C, K) @ cols (K, positions) and the weight gradient x (C, positions) @ cols^T.
+# Through BLAS each product packs the columns again into its own panel layout, and with C (tens
+# of channels) as the only reuse of each packed value that packing costs about half as much as
+# the products themselves.  Here im2col writes the columns once, straight into the layout the
+# register blocks read: panels of NR (two vectors) positions, each panel KP rows of NR values
+# (K rounded up to MR = 6 with zero rows).  The input gradient keeps 6 channels x NR positions
+# in registers, reading the weight packed as (C/6, KP, 6) (zero rows up to a multiple of 6);
+# the weight gradient keeps 6 taps x NR channels, reading x packed per band as
+# (C/NR, positions, NR).  Positions go in bands of whole panels, so that a band's columns stay
+# in cache while both products read them.
+# ------------------------------------------------------------------------------------------------
+cdef extern from *:
+    """
+    #if CK_DIRECT_AVAILABLE
+    #define CK_PK_MR 6
+    /* row r of a 6 x NR block: stored (the first `cols` positions), or added */
+    #define CK_PK_STORE(T, SUF, r, a0, a1)                                                      \\
+        if (r < rows) {                                                                         \\
+            T* e_ = d + (r) * ld;                                                               \\
+            if (cols == 2 * ck_nv_##SUF) { ck_st_##SUF(e_, a0); ck_st_##SUF(e_ + ck_nv_##SUF, a1); } \\
+            else { T t_[2 * ck_nv_##SUF]; ck_st_##SUF(t_, a0); ck_st_##SUF(t_ + ck_nv_##SUF, a1); \\
+                   __builtin_memcpy(e_, t_, cols * sizeof(T)); } }
+    #define CK_PK_ADD(T, SUF, r, a0, a1)                                                        \\
+        { T* e_ = d + (r) * ld;                                                                 \\
+          ck_st_##SUF(e_, ck_ld_##SUF(e_) + a0);                                                \\
+          ck_st_##SUF(e_ + ck_nv_##SUF, ck_ld_##SUF(e_ + ck_nv_##SUF) + a1); }
+    #define CK_PK_FMA12(a0, a1, a2, a3, a4, a5, v0, v1)                                         \\
+        c00 += a0 * v0; c01 += a0 * v1; c10 += a1 * v0; c11 += a1 * v1;                        \\
+        c20 += a2 * v0; c21 += a2 * v1; c30 += a3 * v0; c31 += a3 * v1;                        \\
+        c40 += a4 * v0; c41 += a4 * v1; c50 += a5 * v0; c51 += a5 * v1;
+    #define CK_DEFINE_PACKED(T, VT, SUF)                                                          \\
+    static void ck_pk_dx_##SUF(const T* ap, long m, long kp, const T* bp, long panels,          \\
+                               long np, T* out, long ld) {                                      \\
+        /* out (rows [0, m), row stride ld, positions [0, np)) = A @ B; A packed (m/6, kp, 6), \\
+           B packed (panels, kp, NR) */                                                         \\
+        const long nv = ck_nv_##SUF, nr = 2 * nv;                                               \\
+        for (long pn = 0; pn < panels; pn++) {                                                  \\
+            const T* b = bp + pn * kp * nr;                                                     \\
+            long cols = np - pn * nr < nr ? np - pn * nr : nr;                                  \\
+            for (long m0 = 0; m0 < m; m0 += CK_PK_MR) {                                         \\
+                const T* a = ap + m0 * kp;                                                      \\
+                VT c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};            \\
+                VT c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};            \\
+                for (long k = 0; k < kp; k++) {                                                 \\
+                    VT b0 = ck_ld_##SUF(b + k * nr), b1 = ck_ld_##SUF(b + k * nr + nv);         \\
+                    const T* ak = a + k * CK_PK_MR;                                             \\
+                    CK_PK_FMA12(ak[0], ak[1], ak[2], ak[3], ak[4], ak[5], b0, b1)               \\
+                }                                                                               \\
+                long rows = m - m0;                                                             \\
+                T* d = out + m0 * ld + pn * nr;                                                 \\
+                CK_PK_STORE(T, SUF, 0, c00, c01) CK_PK_STORE(T, SUF, 1, c10, c11)               \\
+                CK_PK_STORE(T, SUF, 2, c20, c21) CK_PK_STORE(T, SUF, 3, c30, c31)               \\
+                CK_PK_STORE(T, SUF, 4, c40, c41) CK_PK_STORE(T, SUF, 5, c50, c51)               \\
+            }                                                                                   \\
+        }                                                                                       \\
+    }                                                                                           \\
+    static void ck_pk_dw_##SUF(const T* bp, long kp, long panels, const T* xq, long qpanels,    \\
+                               T* acc, long ld) {                                               \\
+        /* acc (kp, ld) += B X^T: acc[k, c] += sum_p B[k, p] X[c, p]; B packed (panels, kp,    \\
+           NR), X packed (qpanels, panels * NR, NR) */                                          \\
+        const long nv = ck_nv_##SUF, nr = 2 * nv;                                               \\
+        for (long k0 = 0; k0 < kp; k0 += CK_PK_MR)                                              \\
+        for (long q = 0; q < qpanels; q++) {                                                    \\
+            const T* xs = xq + q * panels * nr * nr;                                            \\
+            VT c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};                \\
+            VT c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};                \\
+            for (long pn = 0; pn < panels; pn++) {                                              \\
+                const T* b = bp + (pn * kp + k0) * nr;                                          \\
+                const T* xv = xs + pn * nr * nr;                                                \\
+                for (long p = 0; p < nr; p++) {                                                 \\
+                    VT x0 = ck_ld_##SUF(xv + p * nr), x1 = ck_ld_##SUF(xv + p * nr + nv);       \\
+                    CK_PK_FMA12(b[p], b[nr + p], b[2 * nr + p], b[3 * nr + p], b[4 * nr + p],  \\
+                                b[5 * nr + p], x0, x1)                                          \\
+                }                                                                               \\
+            }                                                                                   \\
+            T* d = acc + k0 * ld + q * nr;                                                      \\
+            CK_PK_ADD(T, SUF, 0, c00, c01) CK_PK_ADD(T, SUF, 1, c10, c11)                       \\
+            CK_PK_ADD(T, SUF, 2, c20, c21) CK_PK_ADD(T, SUF, 3, c30, c31)                       \\
+            CK_PK_ADD(T, SUF, 4, c40, c41) CK_PK_ADD(T, SUF, 5, c50, c51)                       \\
+        }                                                                                       \\
+    }
+    CK_DEFINE_PACKED(float, ck_vf, f)
+    CK_DEFINE_PACKED(double, ck_vd, d)
+    #else
+    #define CK_PK_MR 6
+    static void ck_pk_dx_f(const float* ap, long m, long kp, const float* bp, long panels, long np, float* out, long ld) {}
+    static void ck_pk_dx_d(const double* ap, long m, long kp, const double* bp, long panels, long np, double* out, long ld) {}
+    static void ck_pk_dw_f(const float* bp, long kp, long panels, const float* xq, long qpanels, float* acc, long ld) {}
+    static void ck_pk_dw_d(const double* bp, long kp, long panels, const double* xq, long qpanels, double* acc, long ld) {}
+    #endif
+    """
+    int CK_PK_MR
+    void ck_pk_dx_f(const float* ap, long m, long kp, const float* bp, long panels, long np,
+                    float* out, long ld) noexcept nogil
+    void ck_pk_dx_d(const double* ap, long m, long kp, const double* bp, long panels, long np,
+                    double* out, long ld) noexcept nogil
+    void ck_pk_dw_f(const float* bp, long kp, long panels, const float* xq, long qpanels,
+                    float* acc, long ld) noexcept nogil
+    void ck_pk_dw_d(const double* bp, long kp, long panels, const double* xq, long qpanels,
+                    double* acc, long ld) noexcept nogil
+
+
+def packed_layout(Py_ssize_t itemsize):
+    """(MR, NR) of the packed products: rows per register block (the packed weight's and the
+    column rows' multiple) and positions per panel (two vectors of this build)."""
+    return CK_PK_MR, 2 * CK_VBYTES // itemsize
+
+
+cdef void _pad_planes(const floating* a, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
+                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t hp, Py_ssize_t wp,
+                      floating* ap) noexcept nogil:
+    """ap (c, hp, wp) = a (c, h, w) at row pt, column pl, zeros around it (pt + h <= hp,
+    pl + w <= wp)."""
+    cdef Py_ssize_t ch, r
+    cdef floating* dst
+    for ch in range(c):
+        dst = ap + ch * hp * wp
+        memset(dst, 0, pt * wp * sizeof(floating))
+        for r in range(h):
+            memset(dst + (pt + r) * wp, 0, pl * sizeof(floating))
+            memcpy(dst + (pt + r) * wp + pl, a + (ch * h + r) * w, w * sizeof(floating))
+            memset(dst + (pt + r) * wp + pl + w, 0, (wp - pl - w) * sizeof(floating))
+        memset(dst + (pt + h) * wp, 0, (hp - pt - h) * wp * sizeof(floating))
+
+
+cdef void _pack_cols(const floating* dyp, Py_ssize_t cout, Py_ssize_t hp, Py_ssize_t wp,
+                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh,
+                     Py_ssize_t dw, Py_ssize_t w, Py_ssize_t pos0, Py_ssize_t pos1,
+                     Py_ssize_t kp, Py_ssize_t nr, floating* colp) noexcept nogil:
+    """Columns of the convolution (stride sh, sw, dilation dh, dw) of the padded dy ``dyp``
+    (cout, hp, wp) for the positions [pos0, pos1) of (., w)-wide output planes, packed as
+    (panels, kp, nr): row (co * kh + i) * kw + j of panel P holds
+    dyp[co, r * sh + i * dh, s * sw + j * dw] for r * w + s = pos0 + P * nr + lane (the
+    padding makes every index valid); rows from cout*kh*kw to kp and lanes past pos1 are 0."""
+    cdef Py_ssize_t k = cout * kh * kw, span = pos1 - pos0
+    cdef Py_ssize_t panels = (span + nr - 1) // nr, tail = panels * nr - span
+    cdef Py_ssize_t row, co, i, j, r0, s0, r, s, lane, pn, cnt, q, cnt_i
+    cdef const floating* base
+    cdef const floating* src
+    cdef floating* dst
+    r0 = pos0 // w
+    s0 = pos0 - r0 * w
+    co = i = j = 0
+    for row in range(k):
+        base = dyp + (co * hp + i * dh) * wp + j * dw
+        r, s, pn, lane = r0, s0, 0, 0
+        cnt = span
+        while cnt > 0:
+            # one run: the rest of the output row, the rest of the panel, or of the band
+            q = w - s
+            if q > nr - lane:
+                q = nr - lane
+            if q > cnt:
+                q = cnt
+            src = base + r * sh * wp + s * sw
+            dst = colp + (pn * kp + row) * nr + lane
+            if sw == 1:
+                memcpy(dst, src, q * sizeof(floating))
+            elif sw == 2:
+                for cnt_i in range(q):
+                    dst[cnt_i] = src[2 * cnt_i]
+            else:
+                for cnt_i in range(q):
+                    dst[cnt_i] = src[cnt_i * sw]
+            cnt -= q
+            s += q
+            if s == w:
+                s = 0
+                r += 1
+            lane += q
+            if lane == nr:
+                lane = 0
+                pn += 1
+        if tail:
+            memset(colp + ((panels - 1) * kp + row) * nr + nr - tail, 0, tail * sizeof(floating))
+        j += 1
+        if j == kw:
+            j = 0
+            i += 1
+            if i == kh:
+                i = 0
+                co += 1
+    for pn in range(panels):
+        memset(colp + (pn * kp + k) * nr, 0, (kp - k) * nr * sizeof(floating))
+
+
+cdef void _pack_x(const floating* x, Py_ssize_t c, Py_ssize_t plane, Py_ssize_t pos0,
+                  Py_ssize_t pos1, Py_ssize_t nr, floating* xq) noexcept nogil:
+    """x (c, plane) positions [pos0, pos1) packed as (c / nr, panels * nr, nr), zero past c and
+    past pos1."""
+    cdef Py_ssize_t panels = (pos1 - pos0 + nr - 1) // nr
+    cdef Py_ssize_t qpanels = (c + nr - 1) // nr, npb = panels * nr
+    cdef Py_ssize_t ch, p
+    cdef const floating* src
+    cdef floating* dst
+    memset(xq, 0, qpanels * npb * nr * sizeof(floating))
+    for ch in range(c):
+        src = x + ch * plane + pos0
+        dst = xq + (ch // nr) * npb * nr + ch % nr
+        for p in range(pos1 - pos0):
+            dst[p * nr] = src[p]
+
+
+def packed_backward_size(Py_ssize_t c, Py_ssize_t kp, Py_ssize_t band_panels,
+                         Py_ssize_t padded, Py_ssize_t itemsize):
+    """Per-thread workspace of :func:`conv_transpose2d_backward` with bands of
+    ``band_panels`` panels: a band's packed columns and packed x, and one image's padded dy
+    (``padded`` values)."""
+    cdef Py_ssize_t nr = 2 * CK_VBYTES // itemsize
+    return band_panels * nr * (kp + (c + nr - 1) // nr * nr) + padded + 64 // itemsize
+
+
+def conv_transpose2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] wpk,
+                              const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
+                              floating[:, :, ::1] dwt_partial, floating[:, ::1] workspace,
+                              int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                              Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t band_panels,
+                              int num_threads):
+    """Backward of ``y = conv_transpose2d(x, w)`` (groups 1) by the packed products above.
+
+    ``wpk`` is the weight (C, Cout, kh, kw) as (C, K) packed (ceil(C/6), KP, 6), zero past C
+    and K = Cout*kh*kw (KP = K rounded up to 6).  dx (overwritten; None skips it), and the
+    per-thread partial weight gradients ``dwt_partial[t]`` (KP, ceil(C/NR)*NR), the gradient
+    transposed (tap, channel), which the caller zeroes, sums over threads and crops.
+    Each image's dy is copied into (Cout, hp, wp) at row ph, column pw, zeros around, which
+    must hold every tap of every position: hp >= ph + oh and hp >= (H-1)*sh + (kh-1)*dh + 1,
+    likewise wp.  ``workspace`` is (threads, >= packed_backward_size(C, KP, band_panels,
+    Cout*hp*wp, itemsize))."""
+    cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t cout = dy.shape[1], oh = dy.shape[2], ow = dy.shape[3]
+    cdef Py_ssize_t nr = 2 * CK_VBYTES // sizeof(floating), mr = CK_PK_MR
+    cdef Py_ssize_t k = cout * kh * kw, kp = (k + mr - 1) // mr * mr
+    cdef Py_ssize_t qpanels = (c + nr - 1) // nr, npos = h * w
+    cdef Py_ssize_t n, pos0, pos1, panels
+    cdef bint want_dx = dx is not None
+    cdef floating* colp = NULL
+    cdef floating* xq = NULL
+    cdef floating* dyp = NULL
+    cdef int tid = 0
+    if not CK_DIRECT_AVAILABLE:
+        raise RuntimeError("this build has no packed product kernels")
+    if (dy.shape[0] != n_img or wpk.shape[0] != (c + mr - 1) // mr or wpk.shape[1] != kp
+            or wpk.shape[2] != mr or dwt_partial.shape[0] < num_threads
+            or dwt_partial.shape[1] != kp or dwt_partial.shape[2] != qpanels * nr
+            or band_panels < 1 or min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0
+            or hp < ph + oh or wp < pw + ow or (h > 0 and hp < (h - 1) * sh + (kh - 1) * dh + 1)
+            or (w > 0 and wp < (w - 1) * sw + (kw - 1) * dw + 1)
+            or workspace.shape[0] < num_threads
+            or workspace.shape[1] < packed_backward_size(c, kp, band_panels, cout * hp * wp,
+                                                         sizeof(floating))
+            or (want_dx and (dx.shape[0] != n_img or dx.shape[1] != c or dx.shape[2] != h
+                             or dx.shape[3] != w))):
+        raise ValueError("conv_transpose2d_backward: inconsistent shapes or workspace")
+    if n_img == 0 or npos == 0 or c == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        note_team()
+        tid = threadid()
+        colp = &workspace[tid, 0]
+        colp = colp + (64 - (<size_t> colp) % 64) % 64 // sizeof(floating)  # whole cache lines
+        xq = colp + band_panels * nr * kp
+        dyp = xq + band_panels * nr * qpanels * nr
+        for n in prange(n_img, schedule="static"):
+            _pad_planes(&dy[n, 0, 0, 0], cout, oh, ow, ph, pw, hp, wp, dyp)
+            pos0 = 0
+            while pos0 < npos:
+                pos1 = pos0 + band_panels * nr
+                if pos1 > npos:
+                    pos1 = npos
+                panels = (pos1 - pos0 + nr - 1) // nr
+                _pack_cols(dyp, cout, hp, wp, kh, kw, sh, sw, dh, dw, w, pos0, pos1, kp, nr,
+                           colp)
+                _pack_x(&x[n, 0, 0, 0], c, npos, pos0, pos1, nr, xq)
+                if floating is float:
+                    if want_dx:
+                        ck_pk_dx_f(&wpk[0, 0, 0], c, kp, colp, panels, pos1 - pos0,
+                                   &dx[n, 0, 0, 0] + pos0, npos)
+                    ck_pk_dw_f(colp, kp, panels, xq, qpanels, &dwt_partial[tid, 0, 0],
+                               qpanels * nr)
+                else:
+                    if want_dx:
+                        ck_pk_dx_d(&wpk[0, 0, 0], c, kp, colp, panels, pos1 - pos0,
+                                   &dx[n, 0, 0, 0] + pos0, npos)
+                    ck_pk_dw_d(colp, kp, panels, xq, qpanels, &dwt_partial[tid, 0, 0],
+                               qpanels * nr)
+                pos0 = pos1

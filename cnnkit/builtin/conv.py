@@ -47,6 +47,15 @@ COL_WORKSPACE_BYTES = 32 * 2**20
 #: Convolutions with fewer multiply-adds than this run on one thread.
 SERIAL_MACS = 1 << 18
 
+#: The transposed convolution's backward (groups 1) by the packed products of
+#: ``conv_transpose2d_backward`` (dy's columns built once, read by both products without BLAS
+#: packing them again); False: the column path through the conv2d kernels, as grouped layers.
+PACKED_BACKWARD = True
+
+#: Bytes of one band of the transposed convolution backward's packed columns and packed input:
+#: cache-sized, so that both products read the band while it is in L2.
+PACKED_BAND_BYTES = 256 * 2**10
+
 #: Priority of the "cython-<isa>" variants (the "cython" kernels compiled per instruction set)
 #: against "cython"'s 100: above it only where measured at least as fast.
 #: Below for now: the AVX2 build measured within noise of the portable one (fwd+bwd,
@@ -646,6 +655,11 @@ class ConvTranspose2dCython:
         n, cin, h, wd = x.shape
         dy = grad_like(dy, x.dtype, (n, w.shape[1] * geom[-1], oh, ow), "convtranspose2d")
         sh, sw, ph, pw, dh, dw, groups = geom
+        if groups == 1 and PACKED_BACKWARD and cls._kernels.direct_available():
+            dx, grads = cls._packed_backward(x, w, dy, geom, need_input_grad)
+            if has_bias:
+                grads["bias"] = cls._bias_grad(dy, x.dtype)
+            return dx, grads
         conv_geom = (sh, sw, ph, pw, dh, dw, groups)  # the convolution dy -> x
         dx = cols = None
         with single_threaded_blas():
@@ -671,10 +685,45 @@ class ConvTranspose2dCython:
                                          threads, False, cols)
         grads = {"weight": (dw_part[0] if threads == 1 else dw_part.sum(axis=0)).reshape(w.shape)}
         if has_bias:
-            db = np.empty(dy.shape[1], dtype=x.dtype)
-            cls._kernels.channel_sums(dy, db, 1 if dy.size < SERIAL_MACS else max(1, get_num_threads()))
-            grads["bias"] = db
+            grads["bias"] = cls._bias_grad(dy, x.dtype)
         return dx, grads
+
+    @classmethod
+    def _bias_grad(cls, dy, dtype):
+        db = np.empty(dy.shape[1], dtype=dtype)
+        cls._kernels.channel_sums(dy, db, 1 if dy.size < SERIAL_MACS else max(1, get_num_threads()))
+        return db
+
+    @classmethod
+    def _packed_backward(cls, x, w, dy, geom, need_input_grad):
+        """Input and weight gradient (groups 1) by ``conv_transpose2d_backward``: the columns
+        of dy built once per band, in the layout its register blocks read."""
+        sh, sw, ph, pw, dh, dw, _ = geom
+        n, c, h, wd = x.shape
+        mr, nr = cls._kernels.packed_layout(x.itemsize)
+        k = w[0].size
+        kp = -(-k // mr) * mr
+        wpk = np.zeros((-(-c // mr) * mr, kp), dtype=x.dtype)
+        wpk[:c, :k] = w.reshape(c, k)
+        wpk = np.ascontiguousarray(wpk.reshape(-1, mr, kp).transpose(0, 2, 1))
+        qwidth = -(-c // nr) * nr
+        panels = -(-(h * wd) // nr)
+        band = max(1, min(panels, PACKED_BAND_BYTES // (x.itemsize * nr * (kp + qwidth))))
+        threads = max(1, min(get_num_threads(), n))
+        if n * c * h * wd * k < SERIAL_MACS:
+            threads = 1
+        cout, kh, kw = w.shape[1:]
+        oh, ow = dy.shape[2:]
+        hp = max(ph + oh, (h - 1) * sh + (kh - 1) * dh + 1)
+        wp = max(pw + ow, (wd - 1) * sw + (kw - 1) * dw + 1)
+        ws = workspace((threads, cls._kernels.packed_backward_size(c, kp, band, cout * hp * wp,
+                                                                   x.itemsize)), x.dtype)
+        dwt = np.zeros((threads, kp, qwidth), dtype=x.dtype)
+        dx = np.empty_like(x) if need_input_grad else None
+        cls._kernels.conv_transpose2d_backward(x, wpk, dy, dx, dwt, ws, kh, kw, sh, sw, ph, pw,
+                                               dh, dw, hp, wp, band, threads)
+        dwt = dwt[0] if threads == 1 else dwt.sum(axis=0)
+        return dx, {"weight": np.ascontiguousarray(dwt[:k, :c].T).reshape(w.shape)}
 
 
 # ---------------------------------------------------------------------------------------------
