@@ -192,7 +192,7 @@ CONVT_CASES = [
 @pytest.mark.parametrize("need_input_grad", [True, False])
 def test_conv_transpose2d_matches_torch_and_numpy(column_path, case, need_input_grad,
                                                   monkeypatch):
-    monkeypatch.setattr(Bconv, "PACKED_BACKWARD", False)  # the column path, as grouped layers
+    monkeypatch.setattr(Bconv, "PACKED_KERNELS", False)  # the column path, as grouped layers
     x_shape, cout, k, s, p, op, d, g = case
     kh, kw = (k, k) if isinstance(k, int) else k
     x, params = _inputs(x_shape, (x_shape[1], cout // g, kh, kw), cout, np.float64)

@@ -1,5 +1,7 @@
-"""ConvTranspose2D's packed kernels (groups 1): the backward's packed products (dy's columns
-built once, straight into the panels both products read) in every build this CPU runs.
+"""ConvTranspose2D's packed kernels (groups 1) in every build this CPU runs: the forward phase
+by phase (each output written once by a product that reads the padded image in place; dilation
+1), the backward's packed products (dy's columns built once, straight into the panels both
+products read).
 
 Oracles: plain loops over the taps written here, and PyTorch where it is installed.  The cases
 cover what the packing has to get right: channel counts that are not a multiple of the 6-row
@@ -73,6 +75,7 @@ CASES = [
 def test_packed_backward_matches_loops(isa, case, dtype, one_panel_bands, monkeypatch):
     if one_panel_bands:
         monkeypatch.setattr(Bconv, "PACKED_BAND_BYTES", 1)
+        monkeypatch.setattr(Bconv, "PHASES_BAND_BYTES", 1)
     x_shape, cout, k, s, p, op, d = case
     kh, kw = _pair(k)
     rng = np.random.default_rng(sum(x_shape) + cout)
@@ -82,8 +85,12 @@ def test_packed_backward_matches_loops(isa, case, dtype, one_panel_bands, monkey
     config = {"stride": _pair(s), "padding": _pair(p), "output_padding": _pair(op),
               "dilation": _pair(d), "groups": 1}
     variant = _variant(isa)
+    phase_plans = []
+    monkeypatch.setattr(Bconv, "_phase_axis",
+                        lambda *a, plan=Bconv._phase_axis: phase_plans.append(a) or plan(*a))
     workspace((1 << 20,), dtype)[...] = np.nan  # what the kernels must not read stays NaN
     y, ctx = variant.forward(x, {"weight": w, "bias": b}, config, True)
+    assert bool(phase_plans) == (_pair(d) == (1, 1))  # by phases unless dilated
     dy = rng.standard_normal(y.shape).astype(dtype)
     ry, rdx, rdw, rdb = _loops(x.astype(np.float64), w.astype(np.float64), b, s, p, op, d,
                                dy.astype(np.float64))
@@ -120,6 +127,29 @@ def test_packed_backward_matches_torch(isa):
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(grads["weight"], tw.grad.numpy(), rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("isa", BUILDS, ids=lambda i: i or "portable")
+@pytest.mark.parametrize("cout", [8, 12], ids=["4-row-blocks", "6-row-blocks"])
+def test_forward_puts_nan_and_inf_of_x_where_the_loops_do(isa, cout):
+    # the phase products also compute the padded columns past each row, reading the next
+    # row's values: none of that may reach the output
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 5, 6, 7))
+    x[0, 1, 2, 6] = np.nan
+    x[1, 3, 5, 0] = np.inf
+    w = rng.standard_normal((5, cout, 4, 3))
+    b = rng.standard_normal(cout)
+    config = {"stride": (2, 2), "padding": (1, 1), "output_padding": (1, 0),
+              "dilation": (1, 1), "groups": 1}
+    y, _ = _variant(isa).forward(x, {"weight": w, "bias": b}, config, False)
+    with np.errstate(invalid="ignore"):
+        want, *_ = _loops(x, w, b, 2, 1, (1, 0), 1, np.zeros(y.shape))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(want))
+    finite = np.isfinite(want)
+    assert np.isnan(want).any() and np.isinf(want).any() and finite.any()
+    np.testing.assert_allclose(y[finite], want[finite], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("isa", BUILDS, ids=lambda i: i or "portable")

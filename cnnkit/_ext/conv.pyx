@@ -1078,6 +1078,13 @@ cdef extern from *:
             if (cols == 2 * ck_nv_##SUF) { ck_st_##SUF(e_, a0); ck_st_##SUF(e_ + ck_nv_##SUF, a1); } \\
             else { T t_[2 * ck_nv_##SUF]; ck_st_##SUF(t_, a0); ck_st_##SUF(t_ + ck_nv_##SUF, a1); \\
                    __builtin_memcpy(e_, t_, cols * sizeof(T)); } }
+    #define CK_PK_STORE3(T, SUF, r, a0, a1, a2)                                                 \
+        if (r < rows) {                                                                         \
+            T* e_ = d + (r) * ld; const long v_ = ck_nv_##SUF;                                  \
+            if (cols == 3 * v_) { ck_st_##SUF(e_, a0); ck_st_##SUF(e_ + v_, a1);                 \
+                                  ck_st_##SUF(e_ + 2 * v_, a2); }                                \
+            else { T t_[3 * ck_nv_##SUF]; ck_st_##SUF(t_, a0); ck_st_##SUF(t_ + v_, a1);         \
+                   ck_st_##SUF(t_ + 2 * v_, a2); __builtin_memcpy(e_, t_, cols * sizeof(T)); } }
     #define CK_PK_ADD(T, SUF, r, a0, a1)                                                        \\
         { T* e_ = d + (r) * ld;                                                                 \\
           ck_st_##SUF(e_, ck_ld_##SUF(e_) + a0);                                                \\
@@ -1087,31 +1094,64 @@ cdef extern from *:
         c20 += a2 * v0; c21 += a2 * v1; c30 += a3 * v0; c31 += a3 * v1;                        \\
         c40 += a4 * v0; c41 += a4 * v1; c50 += a5 * v0; c51 += a5 * v1;
     #define CK_DEFINE_PACKED(T, VT, SUF)                                                          \\
-    static void ck_pk_dx_##SUF(const T* ap, long m, long kp, const T* bp, long panels,          \\
-                               long np, T* out, long ld) {                                      \\
-        /* out (rows [0, m), row stride ld, positions [0, np)) = A @ B; A packed (m/6, kp, 6), \\
-           B packed (panels, kp, NR) */                                                         \\
-        const long nv = ck_nv_##SUF, nr = 2 * nv;                                               \\
-        for (long pn = 0; pn < panels; pn++) {                                                  \\
-            const T* b = bp + pn * kp * nr;                                                     \\
-            long cols = np - pn * nr < nr ? np - pn * nr : nr;                                  \\
-            for (long m0 = 0; m0 < m; m0 += CK_PK_MR) {                                         \\
-                const T* a = ap + m0 * kp;                                                      \\
-                VT c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};            \\
-                VT c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};            \\
-                for (long k = 0; k < kp; k++) {                                                 \\
-                    VT b0 = ck_ld_##SUF(b + k * nr), b1 = ck_ld_##SUF(b + k * nr + nv);         \\
-                    const T* ak = a + k * CK_PK_MR;                                             \\
-                    CK_PK_FMA12(ak[0], ak[1], ak[2], ak[3], ak[4], ak[5], b0, b1)               \\
-                }                                                                               \\
-                long rows = m - m0;                                                             \\
-                T* d = out + m0 * ld + pn * nr;                                                 \\
-                CK_PK_STORE(T, SUF, 0, c00, c01) CK_PK_STORE(T, SUF, 1, c10, c11)               \\
-                CK_PK_STORE(T, SUF, 2, c20, c21) CK_PK_STORE(T, SUF, 3, c30, c31)               \\
-                CK_PK_STORE(T, SUF, 4, c40, c41) CK_PK_STORE(T, SUF, 5, c50, c51)               \\
-            }                                                                                   \\
-        }                                                                                       \\
-    }                                                                                           \\
+    static void ck_pk_dx_##SUF(const T* ap, long m, long k, const T* bp, const long* off,       \
+                               long pstride, long panels, long np, T* out, long ld) {           \
+        /* out (rows [0, m), row stride ld, positions [0, np)) = A @ B; A packed (m/6, k, 6);  \
+           row r of B's panel pn is the NR values at bp + pn * pstride + off[r]: packed panels \
+           (pstride k*NR, off[r] = r*NR), or the rows of an image themselves (pstride NR,      \
+           off[r] the tap's offset), which must then be readable NR values past np */          \
+        const long nv = ck_nv_##SUF, nr = 2 * nv;                                               \
+        for (long pn = 0; pn < panels; pn++) {                                                  \
+            const T* b = bp + pn * pstride;                                                     \
+            long cols = np - pn * nr < nr ? np - pn * nr : nr;                                  \
+            for (long m0 = 0; m0 < m; m0 += CK_PK_MR) {                                         \
+                const T* a = ap + m0 * k;                                                       \
+                VT c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};            \
+                VT c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};            \
+                for (long r = 0; r < k; r++) {                                                  \
+                    const T* br = b + off[r];                                                   \
+                    VT b0 = ck_ld_##SUF(br), b1 = ck_ld_##SUF(br + nv);                         \
+                    const T* ak = a + r * CK_PK_MR;                                             \
+                    CK_PK_FMA12(ak[0], ak[1], ak[2], ak[3], ak[4], ak[5], b0, b1)               \
+                }                                                                               \
+                long rows = m - m0;                                                             \
+                T* d = out + m0 * ld + pn * nr;                                                 \
+                CK_PK_STORE(T, SUF, 0, c00, c01) CK_PK_STORE(T, SUF, 1, c10, c11)               \
+                CK_PK_STORE(T, SUF, 2, c20, c21) CK_PK_STORE(T, SUF, 3, c30, c31)               \
+                CK_PK_STORE(T, SUF, 4, c40, c41) CK_PK_STORE(T, SUF, 5, c50, c51)               \
+            }                                                                                   \
+        }                                                                                       \
+    }                                                                                           \
+    static void ck_pk_dx4_##SUF(const T* ap, long m, long k, const T* bp, const long* off,      \
+                                long pstride, long panels, long np, T* out, long ld) {          \
+        /* as ck_pk_dx with blocks of 4 rows x 3 vectors (panels of 3 vectors, A packed        \
+           (m/4, k, 4)): for row counts that are a multiple of 4 and not of 6 */               \
+        const long nv = ck_nv_##SUF, nr = 3 * nv;                                               \
+        for (long pn = 0; pn < panels; pn++) {                                                  \
+            const T* b = bp + pn * pstride;                                                     \
+            long cols = np - pn * nr < nr ? np - pn * nr : nr;                                  \
+            for (long m0 = 0; m0 < m; m0 += 4) {                                                \
+                const T* a = ap + m0 * k;                                                       \
+                VT c00 = {0}, c01 = {0}, c02 = {0}, c10 = {0}, c11 = {0}, c12 = {0};            \
+                VT c20 = {0}, c21 = {0}, c22 = {0}, c30 = {0}, c31 = {0}, c32 = {0};            \
+                for (long r = 0; r < k; r++) {                                                  \
+                    const T* br = b + off[r];                                                   \
+                    VT b0 = ck_ld_##SUF(br), b1 = ck_ld_##SUF(br + nv);                         \
+                    VT b2 = ck_ld_##SUF(br + 2 * nv);                                           \
+                    const T* ak = a + r * 4;                                                    \
+                    T a0 = ak[0], a1 = ak[1], a2 = ak[2], a3 = ak[3];                           \
+                    c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2;                             \
+                    c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2;                             \
+                    c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2;                             \
+                    c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2;                             \
+                }                                                                               \
+                long rows = m - m0;                                                             \
+                T* d = out + m0 * ld + pn * nr;                                                 \
+                CK_PK_STORE3(T, SUF, 0, c00, c01, c02) CK_PK_STORE3(T, SUF, 1, c10, c11, c12)   \
+                CK_PK_STORE3(T, SUF, 2, c20, c21, c22) CK_PK_STORE3(T, SUF, 3, c30, c31, c32)   \
+            }                                                                               \
+        }                                                                                       \
+    }                                                                                           \
     static void ck_pk_dw_##SUF(const T* bp, long kp, long panels, const T* xq, long qpanels,    \\
                                T* acc, long ld) {                                               \\
         /* acc (kp, ld) += B X^T: acc[k, c] += sum_p B[k, p] X[c, p]; B packed (panels, kp,    \\
@@ -1141,17 +1181,23 @@ cdef extern from *:
     CK_DEFINE_PACKED(double, ck_vd, d)
     #else
     #define CK_PK_MR 6
-    static void ck_pk_dx_f(const float* ap, long m, long kp, const float* bp, long panels, long np, float* out, long ld) {}
-    static void ck_pk_dx_d(const double* ap, long m, long kp, const double* bp, long panels, long np, double* out, long ld) {}
+    static void ck_pk_dx_f(const float* ap, long m, long k, const float* bp, const long* off, long pstride, long panels, long np, float* out, long ld) {}
+    static void ck_pk_dx_d(const double* ap, long m, long k, const double* bp, const long* off, long pstride, long panels, long np, double* out, long ld) {}
+    static void ck_pk_dx4_f(const float* ap, long m, long k, const float* bp, const long* off, long pstride, long panels, long np, float* out, long ld) {}
+    static void ck_pk_dx4_d(const double* ap, long m, long k, const double* bp, const long* off, long pstride, long panels, long np, double* out, long ld) {}
     static void ck_pk_dw_f(const float* bp, long kp, long panels, const float* xq, long qpanels, float* acc, long ld) {}
     static void ck_pk_dw_d(const double* bp, long kp, long panels, const double* xq, long qpanels, double* acc, long ld) {}
     #endif
     """
     int CK_PK_MR
-    void ck_pk_dx_f(const float* ap, long m, long kp, const float* bp, long panels, long np,
-                    float* out, long ld) noexcept nogil
-    void ck_pk_dx_d(const double* ap, long m, long kp, const double* bp, long panels, long np,
-                    double* out, long ld) noexcept nogil
+    void ck_pk_dx_f(const float* ap, long m, long k, const float* bp, const long* off,
+                    long pstride, long panels, long np, float* out, long ld) noexcept nogil
+    void ck_pk_dx_d(const double* ap, long m, long k, const double* bp, const long* off,
+                    long pstride, long panels, long np, double* out, long ld) noexcept nogil
+    void ck_pk_dx4_f(const float* ap, long m, long k, const float* bp, const long* off,
+                     long pstride, long panels, long np, float* out, long ld) noexcept nogil
+    void ck_pk_dx4_d(const double* ap, long m, long k, const double* bp, const long* off,
+                     long pstride, long panels, long np, double* out, long ld) noexcept nogil
     void ck_pk_dw_f(const float* bp, long kp, long panels, const float* xq, long qpanels,
                     float* acc, long ld) noexcept nogil
     void ck_pk_dw_d(const double* bp, long kp, long panels, const double* xq, long qpanels,
@@ -1179,6 +1225,19 @@ cdef void _pad_planes(const floating* a, Py_ssize_t c, Py_ssize_t h, Py_ssize_t 
             memcpy(dst + (pt + r) * wp + pl, a + (ch * h + r) * w, w * sizeof(floating))
             memset(dst + (pt + r) * wp + pl + w, 0, (wp - pl - w) * sizeof(floating))
         memset(dst + (pt + h) * wp, 0, (hp - pt - h) * wp * sizeof(floating))
+
+
+cdef inline void _copy_panel_row(const floating* src, floating* dst, Py_ssize_t nr) noexcept nogil:
+    """dst[:nr] = src[:nr] for the panel width nr of this build: a copy of constant size (two
+    vectors) where the compiler inlines it, not a call to memcpy."""
+    if nr * sizeof(floating) == 64:
+        memcpy(dst, src, 64)
+    elif nr * sizeof(floating) == 32:
+        memcpy(dst, src, 32)
+    elif nr * sizeof(floating) == 128:
+        memcpy(dst, src, 128)
+    else:
+        memcpy(dst, src, nr * sizeof(floating))
 
 
 cdef void _pack_cols(const floating* dyp, Py_ssize_t cout, Py_ssize_t hp, Py_ssize_t wp,
@@ -1213,7 +1272,10 @@ cdef void _pack_cols(const floating* dyp, Py_ssize_t cout, Py_ssize_t hp, Py_ssi
             src = base + r * sh * wp + s * sw
             dst = colp + (pn * kp + row) * nr + lane
             if sw == 1:
-                memcpy(dst, src, q * sizeof(floating))
+                if q == nr:
+                    _copy_panel_row(src, dst, nr)
+                else:
+                    memcpy(dst, src, q * sizeof(floating))
             elif sw == 2:
                 for cnt_i in range(q):
                     dst[cnt_i] = src[2 * cnt_i]
@@ -1294,6 +1356,7 @@ def conv_transpose2d_backward(const floating[:, :, :, ::1] x, const floating[:, 
     cdef floating* colp = NULL
     cdef floating* xq = NULL
     cdef floating* dyp = NULL
+    cdef long* offs = NULL
     cdef int tid = 0
     if not CK_DIRECT_AVAILABLE:
         raise RuntimeError("this build has no packed product kernels")
@@ -1311,6 +1374,43 @@ def conv_transpose2d_backward(const floating[:, :, :, ::1] x, const floating[:, 
         raise ValueError("conv_transpose2d_backward: inconsistent shapes or workspace")
     if n_img == 0 or npos == 0 or c == 0:
         return
+    offs = _row_offsets(kp, nr)
+    try:
+        _packed_backward(x, wpk, dy, dx, dwt_partial, workspace, kh, kw, sh, sw, ph, pw, dh, dw,
+                         hp, wp, band_panels, num_threads, offs)
+    finally:
+        free(offs)
+
+
+cdef long* _row_offsets(Py_ssize_t rows, Py_ssize_t nr) except NULL:
+    """The offsets of the rows of a packed panel, for ck_pk_dx: r * nr."""
+    cdef long* offs = <long*> malloc(max(rows, 1) * sizeof(long))
+    cdef Py_ssize_t r
+    if offs == NULL:
+        raise MemoryError()
+    for r in range(rows):
+        offs[r] = r * nr
+    return offs
+
+
+cdef void _packed_backward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] wpk,
+                           const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
+                           floating[:, :, ::1] dwt_partial, floating[:, ::1] workspace,
+                           int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                           Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t band_panels,
+                           int num_threads, const long* offs) noexcept:
+    """The loops of conv_transpose2d_backward (which checked the arguments)."""
+    cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t cout = dy.shape[1], oh = dy.shape[2], ow = dy.shape[3]
+    cdef Py_ssize_t nr = 2 * CK_VBYTES // sizeof(floating), mr = CK_PK_MR
+    cdef Py_ssize_t k = cout * kh * kw, kp = (k + mr - 1) // mr * mr
+    cdef Py_ssize_t qpanels = (c + nr - 1) // nr, npos = h * w
+    cdef Py_ssize_t n, pos0, pos1, panels
+    cdef bint want_dx = dx is not None
+    cdef floating* colp = NULL
+    cdef floating* xq = NULL
+    cdef floating* dyp = NULL
+    cdef int tid = 0
     with nogil, parallel(num_threads=num_threads):
         note_team()
         tid = threadid()
@@ -1331,14 +1431,203 @@ def conv_transpose2d_backward(const floating[:, :, :, ::1] x, const floating[:, 
                 _pack_x(&x[n, 0, 0, 0], c, npos, pos0, pos1, nr, xq)
                 if floating is float:
                     if want_dx:
-                        ck_pk_dx_f(&wpk[0, 0, 0], c, kp, colp, panels, pos1 - pos0,
+                        ck_pk_dx_f(&wpk[0, 0, 0], c, kp, colp, offs, kp * nr, panels, pos1 - pos0,
                                    &dx[n, 0, 0, 0] + pos0, npos)
                     ck_pk_dw_f(colp, kp, panels, xq, qpanels, &dwt_partial[tid, 0, 0],
                                qpanels * nr)
                 else:
                     if want_dx:
-                        ck_pk_dx_d(&wpk[0, 0, 0], c, kp, colp, panels, pos1 - pos0,
+                        ck_pk_dx_d(&wpk[0, 0, 0], c, kp, colp, offs, kp * nr, panels, pos1 - pos0,
                                    &dx[n, 0, 0, 0] + pos0, npos)
                     ck_pk_dw_d(colp, kp, panels, xq, qpanels, &dwt_partial[tid, 0, 0],
                                qpanels * nr)
                 pos0 = pos1
+
+
+# Transposed convolution forward by phases (groups 1, dilation 1).  Output index o gets
+# x[i] w[k] where i*s - p + k = o: with q = o + p, only the taps k = q mod s + s*t (t = 0, 1, ...)
+# reach it, from x[q // s - t].  So the outputs of one phase (q mod s per axis) are an ordinary
+# convolution of x with that phase's taps, turned (t counts backwards), and every output is
+# written once, by the packed product, instead of being added up by a scatter of each tap.
+cdef enum:  # columns of the phase table handed to conv_transpose2d_forward_phases
+    PH_TH, PH_TW, PH_K, PH_WOFF, PH_MH0, PH_NMH, PH_MW0, PH_NMW, PH_OH0, PH_OW0, PH_FIELDS
+
+
+def phases_size(Py_ssize_t c, Py_ssize_t cout, Py_ssize_t hp, Py_ssize_t wp,
+                Py_ssize_t band, Py_ssize_t itemsize):
+    """Per-thread workspace of :func:`conv_transpose2d_forward_phases`: one image's padded x
+    (C, hp, wp) with the slack its last vectors read, and the products of a band of ``band``
+    positions."""
+    return c * hp * wp + wp + 4 * CK_VBYTES // itemsize + band * cout
+
+
+def phases_rows(Py_ssize_t cout):
+    """Rows per register block for ``cout`` output channels: 6 (x 2 vectors), or 4 (x 3
+    vectors) where that leaves fewer padding rows; the phase weights are packed by it."""
+    return 4 if (cout + 3) // 4 * 4 < (cout + 5) // 6 * 6 else CK_PK_MR
+
+
+def conv_transpose2d_forward_phases(const floating[:, :, :, ::1] x, const floating[::1] wph,
+                                    const long long[:, ::1] phases, const floating[::1] bias,
+                                    floating[:, :, :, ::1] y, floating[:, ::1] workspace,
+                                    int sh, int sw, int top, int left, Py_ssize_t hp,
+                                    Py_ssize_t wp, Py_ssize_t band, int num_threads):
+    """y = conv_transpose2d(x, w) + bias (groups 1, dilation 1; ``bias`` may be None).
+
+    Row f of ``phases`` is one phase (rh, rw): its taps per axis (th, tw), K = C*th*tw and the
+    offset of its packed weight in ``wph``, its positions (mh0 + a, mw0 + b) for a < nmh,
+    b < nmw, written to y[:, :, oh0 + a*sh, ow0 + b*sw].  The weight of the phase is packed
+    (ceil(Cout/MR), K, MR), MR = phases_rows(Cout), from the (Cout, K) matrix whose column
+    (c*th + i)*tw + j holds w[c, :, rh + sh*(th-1-i), rw + sw*(tw-1-j)].  Each image is copied
+    into (C, hp, wp) at (top, left) with zeros around, and the product reads its rows in place
+    (no columns): a phase's positions run over whole padded rows, the columns past nmw are
+    computed and dropped.  The caller makes the phases tile y and sizes the padding so that
+    every tap of every position lies inside it.  ``workspace`` is
+    (threads, >= phases_size(C, Cout, hp, wp, band, itemsize)); ``band`` is a multiple of
+    the register block's width.
+    """
+    cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t cout = y.shape[1], oh = y.shape[2], ow = y.shape[3]
+    cdef Py_ssize_t mr = phases_rows(cout)
+    cdef Py_ssize_t nr = (3 if mr == 4 else 2) * CK_VBYTES // sizeof(floating)
+    cdef Py_ssize_t n_ph = phases.shape[0], covered = 0, total_k = 0
+    cdef Py_ssize_t xsize = c * hp * wp + wp + 4 * CK_VBYTES // sizeof(floating)
+    cdef Py_ssize_t f, th, tw, kk, i, j, ch, t, base, grid
+    cdef const long long* ph
+    cdef long* offs = NULL
+    cdef long* starts = NULL
+    if not CK_DIRECT_AVAILABLE:
+        raise RuntimeError("this build has no packed product kernels")
+    if (phases.shape[1] != PH_FIELDS or y.shape[0] != n_img or band < nr or band % nr
+            or sh < 1 or sw < 1):
+        raise ValueError("conv_transpose2d_forward_phases: inconsistent shapes")
+    for f in range(n_ph):
+        ph = &phases[f, 0]
+        th, tw, kk = ph[PH_TH], ph[PH_TW], ph[PH_K]
+        base = (ph[PH_MH0] - th + 1 + top) * wp + ph[PH_MW0] - tw + 1 + left
+        grid = (ph[PH_NMH] - 1) * wp + ph[PH_NMW]
+        if (th < 0 or tw < 0 or kk != c * th * tw or ph[PH_WOFF] < 0
+                or ph[PH_WOFF] + (cout + mr - 1) // mr * mr * kk > wph.shape[0]
+                or ph[PH_NMH] < 0 or ph[PH_NMW] < 0 or ph[PH_NMW] > wp
+                or ph[PH_OH0] < 0 or ph[PH_OW0] < 0
+                or (ph[PH_NMH] > 0 and ph[PH_OH0] + (ph[PH_NMH] - 1) * sh >= oh)
+                or (ph[PH_NMW] > 0 and ph[PH_OW0] + (ph[PH_NMW] - 1) * sw >= ow)
+                # every vector the product reads lies inside the padded image and its slack
+                or (kk > 0 and ph[PH_NMH] > 0 and ph[PH_NMW] > 0
+                    and (base < 0 or base + (c - 1) * hp * wp + (th - 1) * wp + tw - 1
+                         + (grid + nr - 1) // nr * nr > xsize))):
+            raise ValueError(f"conv_transpose2d_forward_phases: phase {f} inconsistent")
+        covered += ph[PH_NMH] * ph[PH_NMW]
+        total_k += kk
+    if (covered != oh * ow or top < 0 or left < 0 or hp < top + h or wp < left + w
+            or (bias is not None and bias.shape[0] != cout) or workspace.shape[0] < num_threads
+            or workspace.shape[1] < phases_size(c, cout, hp, wp, band, sizeof(floating))):
+        raise ValueError("conv_transpose2d_forward_phases: inconsistent shapes or workspace")
+    if n_img == 0 or cout == 0 or oh * ow == 0:
+        return
+    # each phase's taps as offsets into the padded image, and where each phase's start
+    offs = <long*> malloc((total_k + 1) * sizeof(long))
+    starts = <long*> malloc((n_ph + 1) * sizeof(long))
+    if offs == NULL or starts == NULL:
+        free(offs)
+        free(starts)
+        raise MemoryError()
+    try:
+        t = 0
+        for f in range(n_ph):
+            starts[f] = t
+            th, tw = phases[f, PH_TH], phases[f, PH_TW]
+            for ch in range(c):
+                for i in range(th):
+                    for j in range(tw):
+                        offs[t] = (ch * hp + i) * wp + j
+                        t += 1
+        _phases_forward(x, wph, phases, bias, y, workspace, sh, sw, top, left, hp, wp, band,
+                        num_threads, offs, starts, mr, nr, xsize)
+    finally:
+        free(offs)
+        free(starts)
+
+
+cdef void _phases_forward(const floating[:, :, :, ::1] x, const floating[::1] wph,
+                          const long long[:, ::1] phases, const floating[::1] bias,
+                          floating[:, :, :, ::1] y, floating[:, ::1] workspace,
+                          int sh, int sw, int top, int left, Py_ssize_t hp, Py_ssize_t wp,
+                          Py_ssize_t band, int num_threads, const long* offs,
+                          const long* starts, Py_ssize_t mr, Py_ssize_t nr,
+                          Py_ssize_t xsize) noexcept:
+    """The loops of conv_transpose2d_forward_phases (which checked the arguments)."""
+    cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t cout = y.shape[1], n_ph = phases.shape[0]
+    cdef Py_ssize_t f, n, g0, g1, panels, kk, nmw, grid, a, b, co, t, cnt, g
+    cdef const long long* ph
+    cdef floating* xp = NULL
+    cdef floating* out = NULL
+    cdef const floating* src
+    cdef const floating* origin
+    cdef const floating* wf
+    cdef floating* yrow
+    cdef floating bv
+    cdef const floating* bp = &bias[0] if bias is not None else NULL
+    cdef int tid = 0
+    with nogil, parallel(num_threads=num_threads):
+        note_team()
+        tid = threadid()
+        xp = &workspace[tid, 0]
+        out = xp + xsize
+        for n in prange(n_img, schedule="static"):
+            _pad_planes(&x[n, 0, 0, 0], c, h, w, top, left, hp, wp, xp)
+            memset(xp + c * hp * wp, 0, (xsize - c * hp * wp) * sizeof(floating))
+            for f in range(n_ph):
+                ph = &phases[f, 0]
+                kk, nmw = ph[PH_K], ph[PH_NMW]
+                if ph[PH_NMH] == 0 or nmw == 0:
+                    continue
+                grid = (ph[PH_NMH] - 1) * wp + nmw
+                origin = (xp + (ph[PH_MH0] - ph[PH_TH] + 1 + top) * wp + ph[PH_MW0] - ph[PH_TW]
+                          + 1 + left)
+                wf = &wph[ph[PH_WOFF]]
+                g0 = 0
+                while g0 < grid:
+                    g1 = g0 + band
+                    if g1 > grid:
+                        g1 = grid
+                    cnt = g1 - g0
+                    panels = (cnt + nr - 1) // nr
+                    if kk > 0:
+                        if floating is float:
+                            if mr == 4:
+                                ck_pk_dx4_f(wf, cout, kk, origin + g0, offs + starts[f], nr,
+                                            panels, cnt, out, cnt)
+                            else:
+                                ck_pk_dx_f(wf, cout, kk, origin + g0, offs + starts[f], nr,
+                                           panels, cnt, out, cnt)
+                        else:
+                            if mr == 4:
+                                ck_pk_dx4_d(wf, cout, kk, origin + g0, offs + starts[f], nr,
+                                            panels, cnt, out, cnt)
+                            else:
+                                ck_pk_dx_d(wf, cout, kk, origin + g0, offs + starts[f], nr,
+                                           panels, cnt, out, cnt)
+                    # out (cout, cnt) + bias to the phase's places in y, dropping the columns
+                    # past nmw of each padded row
+                    for co in range(cout):
+                        bv = bp[co] if bp != NULL else 0
+                        g = g0
+                        while g < g1:
+                            a = g // wp
+                            b = g - a * wp
+                            t = wp - b if wp - b < g1 - g else g1 - g
+                            if b < nmw:
+                                if t > nmw - b:
+                                    t = nmw - b
+                                yrow = &y[n, co, ph[PH_OH0] + a * sh, ph[PH_OW0] + b * sw]
+                                src = out + co * cnt + g - g0
+                                if kk > 0:
+                                    for b in range(t):
+                                        yrow[b * sw] = src[b] + bv
+                                else:
+                                    for b in range(t):
+                                        yrow[b * sw] = bv
+                            g = g + t
+                    g0 = g1

@@ -47,14 +47,19 @@ COL_WORKSPACE_BYTES = 32 * 2**20
 #: Convolutions with fewer multiply-adds than this run on one thread.
 SERIAL_MACS = 1 << 18
 
-#: The transposed convolution's backward (groups 1) by the packed products of
+#: The transposed convolution (groups 1) by the packed products: the forward phase by phase
+#: (``conv_transpose2d_forward_phases``, dilation 1), the backward by
 #: ``conv_transpose2d_backward`` (dy's columns built once, read by both products without BLAS
-#: packing them again); False: the column path through the conv2d kernels, as grouped layers.
-PACKED_BACKWARD = True
+#: packing them again).  False: GEMM + scatter and the conv2d column path, as grouped layers.
+PACKED_KERNELS = True
 
 #: Bytes of one band of the transposed convolution backward's packed columns and packed input:
 #: cache-sized, so that both products read the band while it is in L2.
 PACKED_BAND_BYTES = 256 * 2**10
+
+#: Bytes of the products of one band of positions in the phase-by-phase forward: L1/L2-sized
+#: until they are written to the output.
+PHASES_BAND_BYTES = 64 * 2**10
 
 #: Priority of the "cython-<isa>" variants (the "cython" kernels compiled per instruction set)
 #: against "cython"'s 100: above it only where measured at least as fast.
@@ -576,6 +581,18 @@ class Conv2dDirect:
         return dx, grads
 
 
+def _phase_axis(k, s, p, out):
+    """The phases of one axis of a transposed convolution (dilation 1): for each r < s, the
+    taps k' = r, r + s, ... that reach the outputs o with (o + p) mod s = r, and those outputs
+    as o = m*s + r - p for m in [m0, m0 + count)."""
+    phases = []
+    for r in range(s):
+        m0 = -(-(p - r) // s)
+        count = max(0, (out - 1 + p - r) // s - m0 + 1)
+        phases.append((r, list(range(r, k, s)), m0, count))
+    return phases
+
+
 def _unpool_relu(dy, y, argmax, shape):
     """The gradient of the convolution's output from that of max_pool2d(relu(.), 2): each
     window's gradient at its maximum's place where the pooled value is > 0, zeros elsewhere."""
@@ -642,12 +659,54 @@ class ConvTranspose2dCython:
         threads = max(1, min(get_num_threads(), n))
         if n * cin * h * wd * k < SERIAL_MACS:
             threads = 1
-        rows = max(1, min(h, (COL_WORKSPACE_BYTES // threads) // max(k * wd * x.itemsize, 1)))
-        ws = workspace((threads, k * rows * wd), x.dtype)
         y = np.empty((n, cout, oh, ow), dtype=x.dtype)
-        with single_threaded_blas():
-            cls._kernels.conv_transpose2d_forward(x, w, b, y, ws, *geom, rows, threads)
+        if (geom[-1] == 1 and geom[4:6] == (1, 1) and PACKED_KERNELS
+                and cls._kernels.direct_available()):
+            cls._phases_forward(x, w, b, y, geom, threads)
+        else:
+            rows = max(1, min(h, (COL_WORKSPACE_BYTES // threads) // max(k * wd * x.itemsize, 1)))
+            ws = workspace((threads, k * rows * wd), x.dtype)
+            with single_threaded_blas():
+                cls._kernels.conv_transpose2d_forward(x, w, b, y, ws, *geom, rows, threads)
         return y, ((x, w, b is not None, geom, oh, ow, direct) if need_backward else None)
+
+    @classmethod
+    def _phases_forward(cls, x, w, b, y, geom, threads):
+        """y = conv_transpose2d(x, w) + b (groups 1, dilation 1) phase by phase:
+        ``conv_transpose2d_forward_phases`` writes each output once from a product that reads
+        the padded image in place."""
+        sh, sw, ph, pw = geom[:4]
+        n, c, h, wd = x.shape
+        cout, kh, kw = w.shape[1:]
+        oh, ow = y.shape[2:]
+        mr = cls._kernels.phases_rows(cout)
+        nr = cls._kernels.packed_layout(x.itemsize)[1] // 2 * (3 if mr == 4 else 2)
+        rows, cols = _phase_axis(kh, sh, ph, oh), _phase_axis(kw, sw, pw, ow)
+        top = max(len(t) for _, t, _, _ in rows) - 1
+        left = max(len(t) for _, t, _, _ in cols) - 1
+        hp = max(top + h, max(m0 + nm for _, _, m0, nm in rows) + top)
+        wp = max(left + wd, max(m0 + nm for _, _, m0, nm in cols) + left)
+        table, blocks, offset = [], [], 0
+        for rh, taps_h, mh0, nmh in rows:
+            for rw, taps_w, mw0, nmw in cols:
+                kk = c * len(taps_h) * len(taps_w)
+                table.append((len(taps_h), len(taps_w), kk, offset, mh0, nmh, mw0, nmw,
+                              mh0 * sh + rh - ph, mw0 * sw + rw - pw))
+                if kk:
+                    # (Cout, C*th*tw) with the taps turned, packed (ceil(Cout/mr), kk, mr)
+                    a = np.zeros((-(-cout // mr) * mr, kk), dtype=x.dtype)
+                    a[:cout] = w[:, :, taps_h[::-1]][:, :, :, taps_w[::-1]].transpose(
+                        1, 0, 2, 3).reshape(cout, kk)
+                    blocks.append(a.reshape(-1, mr, kk).transpose(0, 2, 1).ravel())
+                    offset += blocks[-1].size
+        wph = np.concatenate(blocks) if blocks else np.zeros(1, dtype=x.dtype)
+        band = nr * max(1, min(-(-(hp * wp) // nr),
+                               PHASES_BAND_BYTES // (x.itemsize * nr * cout)))
+        ws = workspace((threads, cls._kernels.phases_size(c, cout, hp, wp, band, x.itemsize)),
+                       x.dtype)
+        cls._kernels.conv_transpose2d_forward_phases(
+            x, wph, np.array(table, dtype=np.int64), b, y, ws, sh, sw, top, left, hp, wp, band,
+            threads)
 
     @classmethod
     def backward(cls, dy, ctx, need_input_grad=True):
@@ -655,7 +714,7 @@ class ConvTranspose2dCython:
         n, cin, h, wd = x.shape
         dy = grad_like(dy, x.dtype, (n, w.shape[1] * geom[-1], oh, ow), "convtranspose2d")
         sh, sw, ph, pw, dh, dw, groups = geom
-        if groups == 1 and PACKED_BACKWARD and cls._kernels.direct_available():
+        if groups == 1 and PACKED_KERNELS and cls._kernels.direct_available():
             dx, grads = cls._packed_backward(x, w, dy, geom, need_input_grad)
             if has_bias:
                 grads["bias"] = cls._bias_grad(dy, x.dtype)
