@@ -18,7 +18,12 @@ from cnnkit._shapes import conv_transpose_output_size
 from cnnkit.builtin import conv as Bconv
 from cnnkit.builtin._kernel_args import isa_build, workspace
 
-BUILDS = [None] + [isa for isa in ISA_FEATURES if not missing_cpu_features(ISA_FEATURES[isa])]
+#: the builds this CPU runs whose kernels take the packed path (32-byte vectors and up; the
+#: portable build keeps BLAS)
+BUILDS = [isa for isa in [None, *ISA_FEATURES]
+          if (isa is None or not missing_cpu_features(ISA_FEATURES[isa]))
+          and (_conv if isa is None else isa_build(Bconv.ConvTranspose2dCython, "conv",
+                                                   isa)._kernels).packed_available()]
 
 
 def _variant(isa):

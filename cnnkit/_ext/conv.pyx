@@ -1204,6 +1204,13 @@ cdef extern from *:
                     double* acc, long ld) noexcept nogil
 
 
+def packed_available():
+    """Whether the transposed convolution should use the packed products in this build: they
+    pay where a vector holds 8 floats (AVX2 and up).  The portable build (16-byte vectors,
+    no fused multiply-add) keeps BLAS, whose kernels are picked for the CPU at run time."""
+    return bool(CK_DIRECT_AVAILABLE) and CK_VBYTES >= 32
+
+
 def packed_layout(Py_ssize_t itemsize):
     """(MR, NR) of the packed products: rows per register block (the packed weight's and the
     column rows' multiple) and positions per panel (two vectors of this build)."""
