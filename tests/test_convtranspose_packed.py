@@ -70,6 +70,10 @@ CASES = [
     ((3, 6, 5, 4), 4, 5, 1, 2, 0, 1),          # stride 1
     ((2, 3, 3, 3), 2, 2, 3, 0, 0, 1),          # kernel smaller than the stride
     ((2, 4, 4, 4), 3, 3, 2, 2, 1, 1),          # padding that crops whole tap rows
+    # rows of whole panels (16 floats / 8 doubles with AVX2): dy's columns by tap offsets
+    ((2, 10, 3, 16), 5, 4, 2, 1, 0, 1),
+    ((2, 6, 5, 8), 7, 3, 1, 1, 0, 1),          # stride 1: copies
+    ((1, 4, 2, 16), 3, 3, 3, 0, 1, 1),         # stride 3
 ]
 
 

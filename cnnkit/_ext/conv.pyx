@@ -1250,18 +1250,42 @@ cdef inline void _copy_panel_row(const floating* src, floating* dst, Py_ssize_t 
 cdef void _pack_cols(const floating* dyp, Py_ssize_t cout, Py_ssize_t hp, Py_ssize_t wp,
                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh,
                      Py_ssize_t dw, Py_ssize_t w, Py_ssize_t pos0, Py_ssize_t pos1,
-                     Py_ssize_t kp, Py_ssize_t nr, floating* colp) noexcept nogil:
+                     Py_ssize_t kp, Py_ssize_t nr, floating* colp,
+                     const long* offs) noexcept nogil:
     """Columns of the convolution (stride sh, sw, dilation dh, dw) of the padded dy ``dyp``
     (cout, hp, wp) for the positions [pos0, pos1) of (., w)-wide output planes, packed as
     (panels, kp, nr): row (co * kh + i) * kw + j of panel P holds
     dyp[co, r * sh + i * dh, s * sw + j * dw] for r * w + s = pos0 + P * nr + lane (the
-    padding makes every index valid); rows from cout*kh*kw to kp and lanes past pos1 are 0."""
+    padding makes every index valid); rows from cout*kh*kw to kp and lanes past pos1 are 0.
+    ``offs`` (or NULL) holds each row's offset (co * hp + i * dh) * wp + j * dw: where every
+    panel lies within one output row (w and pos0 multiples of nr), a panel is then filled
+    row by row from one offset each, with no bookkeeping of runs."""
     cdef Py_ssize_t k = cout * kh * kw, span = pos1 - pos0
     cdef Py_ssize_t panels = (span + nr - 1) // nr, tail = panels * nr - span
     cdef Py_ssize_t row, co, i, j, r0, s0, r, s, lane, pn, cnt, q, cnt_i
     cdef const floating* base
     cdef const floating* src
     cdef floating* dst
+    if offs != NULL and w % nr == 0 and pos0 % nr == 0:
+        for pn in range(panels):
+            r = (pos0 + pn * nr) // w
+            base = dyp + r * sh * wp + (pos0 + pn * nr - r * w) * sw
+            dst = colp + pn * kp * nr
+            if sw == 1:
+                for row in range(k):
+                    _copy_panel_row(base + offs[row], dst + row * nr, nr)
+            elif sw == 2:
+                for row in range(k):
+                    src = base + offs[row]
+                    for cnt_i in range(nr):
+                        dst[row * nr + cnt_i] = src[2 * cnt_i]
+            else:
+                for row in range(k):
+                    src = base + offs[row]
+                    for cnt_i in range(nr):
+                        dst[row * nr + cnt_i] = src[cnt_i * sw]
+            memset(dst + k * nr, 0, (kp - k) * nr * sizeof(floating))
+        return
     r0 = pos0 // w
     s0 = pos0 - r0 * w
     co = i = j = 0
@@ -1364,6 +1388,8 @@ def conv_transpose2d_backward(const floating[:, :, :, ::1] x, const floating[:, 
     cdef floating* xq = NULL
     cdef floating* dyp = NULL
     cdef long* offs = NULL
+    cdef long* taps = NULL
+    cdef Py_ssize_t t
     cdef int tid = 0
     if not CK_DIRECT_AVAILABLE:
         raise RuntimeError("this build has no packed product kernels")
@@ -1382,11 +1408,17 @@ def conv_transpose2d_backward(const floating[:, :, :, ::1] x, const floating[:, 
     if n_img == 0 or npos == 0 or c == 0:
         return
     offs = _row_offsets(kp, nr)
+    taps = <long*> malloc(k * sizeof(long))
     try:
+        if taps == NULL:
+            raise MemoryError()
+        for t in range(k):  # row (co * kh + i) * kw + j of the columns: its offset in dy
+            taps[t] = ((t // (kh * kw)) * hp + (t // kw) % kh * dh) * wp + t % kw * dw
         _packed_backward(x, wpk, dy, dx, dwt_partial, workspace, kh, kw, sh, sw, ph, pw, dh, dw,
-                         hp, wp, band_panels, num_threads, offs)
+                         hp, wp, band_panels, num_threads, offs, taps)
     finally:
         free(offs)
+        free(taps)
 
 
 cdef long* _row_offsets(Py_ssize_t rows, Py_ssize_t nr) except NULL:
@@ -1405,7 +1437,7 @@ cdef void _packed_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
                            floating[:, :, ::1] dwt_partial, floating[:, ::1] workspace,
                            int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
                            Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t band_panels,
-                           int num_threads, const long* offs) noexcept:
+                           int num_threads, const long* offs, const long* taps) noexcept:
     """The loops of conv_transpose2d_backward (which checked the arguments)."""
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t cout = dy.shape[1], oh = dy.shape[2], ow = dy.shape[3]
@@ -1434,7 +1466,7 @@ cdef void _packed_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
                     pos1 = npos
                 panels = (pos1 - pos0 + nr - 1) // nr
                 _pack_cols(dyp, cout, hp, wp, kh, kw, sh, sw, dh, dw, w, pos0, pos1, kp, nr,
-                           colp)
+                           colp, taps)
                 _pack_x(&x[n, 0, 0, 0], c, npos, pos0, pos1, nr, xq)
                 if floating is float:
                     if want_dx:
