@@ -95,8 +95,8 @@ def test_packed_backward_matches_loops(isa, case, dtype, one_panel_bands, monkey
               "dilation": _pair(d), "groups": 1}
     variant = _variant(isa)
     phase_plans = []
-    monkeypatch.setattr(Bconv, "_phase_axis",
-                        lambda *a, plan=Bconv._phase_axis: phase_plans.append(a) or plan(*a))
+    monkeypatch.setattr(Bconv, "_phase_plan",
+                        lambda *a, plan=Bconv._phase_plan: phase_plans.append(a) or plan(*a))
     workspace((1 << 20,), dtype)[...] = np.nan  # what the kernels must not read stays NaN
     y, ctx = variant.forward(x, {"weight": w, "bias": b}, config, True)
     assert bool(phase_plans) == (_pair(d) == (1, 1))  # by phases unless dilated

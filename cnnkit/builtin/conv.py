@@ -587,6 +587,57 @@ class Conv2dDirect:
         return dx, grads
 
 
+def _gather(w, index):
+    """w's values at ``index`` into its flattening, where index w.size stands for a zero: the
+    packed weights below in one gather."""
+    flat = np.empty(w.size + 1, dtype=w.dtype)
+    flat[:-1] = w.reshape(-1)
+    flat[-1] = 0
+    return flat.take(index)
+
+
+@functools.lru_cache(maxsize=64)
+def _packed_index(c, k, mr):
+    """Where the packed weight (ceil(C/mr), ceil(K/mr)*mr, mr) of the packed backward takes
+    each value from w viewed as (C, K): block b, row r, lane l is w[b*mr + l, r], zero past
+    C and K."""
+    kp = -(-k // mr) * mr
+    rows = np.arange(-(-c // mr) * mr).reshape(-1, 1, mr)
+    cols = np.arange(kp).reshape(1, kp, 1)
+    index = np.where((rows < c) & (cols < k), rows * k + cols, c * k).ravel()
+    index.flags.writeable = False
+    return index
+
+
+@functools.lru_cache(maxsize=64)
+def _phase_plan(c, cout, kh, kw, sh, sw, ph, pw, h, wd, oh, ow, mr):
+    """The phase table of ``conv_transpose2d_forward_phases``, the index (for :func:`_gather`)
+    of its packed phase weights in w (C, Cout, kh, kw), and the padding (top, left, hp, wp)."""
+    rows, cols = _phase_axis(kh, sh, ph, oh), _phase_axis(kw, sw, pw, ow)
+    top = max(len(t) for _, t, _, _ in rows) - 1
+    left = max(len(t) for _, t, _, _ in cols) - 1
+    hp = max(top + h, max(m0 + nm for _, _, m0, nm in rows) + top)
+    wp = max(left + wd, max(m0 + nm for _, _, m0, nm in cols) + left)
+    flat = np.arange(c * cout * kh * kw).reshape(c, cout, kh, kw)
+    table, blocks, offset = [], [], 0
+    for rh, taps_h, mh0, nmh in rows:
+        for rw, taps_w, mw0, nmw in cols:
+            kk = c * len(taps_h) * len(taps_w)
+            table.append((len(taps_h), len(taps_w), kk, offset, mh0, nmh, mw0, nmw,
+                          mh0 * sh + rh - ph, mw0 * sw + rw - pw))
+            if kk:
+                # (Cout, C*th*tw) with the taps turned, packed (ceil(Cout/mr), kk, mr)
+                a = np.full((-(-cout // mr) * mr, kk), flat.size)
+                a[:cout] = flat[:, :, taps_h[::-1]][:, :, :, taps_w[::-1]].transpose(
+                    1, 0, 2, 3).reshape(cout, kk)
+                blocks.append(a.reshape(-1, mr, kk).transpose(0, 2, 1).ravel())
+                offset += blocks[-1].size
+    index = np.concatenate(blocks) if blocks else np.full(1, flat.size)
+    table = np.array(table, dtype=np.int64)
+    index.flags.writeable = table.flags.writeable = False
+    return table, index, top, left, hp, wp
+
+
 def _phase_axis(k, s, p, out):
     """The phases of one axis of a transposed convolution (dilation 1): for each r < s, the
     taps k' = r, r + s, ... that reach the outputs o with (o + p) mod s = r, and those outputs
@@ -687,32 +738,15 @@ class ConvTranspose2dCython:
         oh, ow = y.shape[2:]
         mr = cls._kernels.phases_rows(cout)
         nr = cls._kernels.packed_layout(x.itemsize)[1] // 2 * (3 if mr == 4 else 2)
-        rows, cols = _phase_axis(kh, sh, ph, oh), _phase_axis(kw, sw, pw, ow)
-        top = max(len(t) for _, t, _, _ in rows) - 1
-        left = max(len(t) for _, t, _, _ in cols) - 1
-        hp = max(top + h, max(m0 + nm for _, _, m0, nm in rows) + top)
-        wp = max(left + wd, max(m0 + nm for _, _, m0, nm in cols) + left)
-        table, blocks, offset = [], [], 0
-        for rh, taps_h, mh0, nmh in rows:
-            for rw, taps_w, mw0, nmw in cols:
-                kk = c * len(taps_h) * len(taps_w)
-                table.append((len(taps_h), len(taps_w), kk, offset, mh0, nmh, mw0, nmw,
-                              mh0 * sh + rh - ph, mw0 * sw + rw - pw))
-                if kk:
-                    # (Cout, C*th*tw) with the taps turned, packed (ceil(Cout/mr), kk, mr)
-                    a = np.zeros((-(-cout // mr) * mr, kk), dtype=x.dtype)
-                    a[:cout] = w[:, :, taps_h[::-1]][:, :, :, taps_w[::-1]].transpose(
-                        1, 0, 2, 3).reshape(cout, kk)
-                    blocks.append(a.reshape(-1, mr, kk).transpose(0, 2, 1).ravel())
-                    offset += blocks[-1].size
-        wph = np.concatenate(blocks) if blocks else np.zeros(1, dtype=x.dtype)
+        table, index, top, left, hp, wp = _phase_plan(c, cout, kh, kw, sh, sw, ph, pw, h, wd,
+                                                      oh, ow, mr)
+        wph = _gather(w, index)
         band = nr * max(1, min(-(-(hp * wp) // nr),
                                PHASES_BAND_BYTES // (x.itemsize * nr * cout)))
         ws = workspace((threads, cls._kernels.phases_size(c, cout, hp, wp, band, x.itemsize)),
                        x.dtype)
-        cls._kernels.conv_transpose2d_forward_phases(
-            x, wph, np.array(table, dtype=np.int64), b, y, ws, sh, sw, top, left, hp, wp, band,
-            threads)
+        cls._kernels.conv_transpose2d_forward_phases(x, wph, table, b, y, ws, sh, sw, top, left,
+                                                     hp, wp, band, threads)
 
     @classmethod
     def backward(cls, dy, ctx, need_input_grad=True):
@@ -768,9 +802,7 @@ class ConvTranspose2dCython:
         mr, nr = cls._kernels.packed_layout(x.itemsize)
         k = w[0].size
         kp = -(-k // mr) * mr
-        wpk = np.zeros((-(-c // mr) * mr, kp), dtype=x.dtype)
-        wpk[:c, :k] = w.reshape(c, k)
-        wpk = np.ascontiguousarray(wpk.reshape(-1, mr, kp).transpose(0, 2, 1))
+        wpk = _gather(w, _packed_index(c, k, mr)).reshape(-1, kp, mr)
         qwidth = -(-c // nr) * nr
         panels = -(-(h * wd) // nr)
         band = max(1, min(panels, PACKED_BAND_BYTES // (x.itemsize * nr * (kp + qwidth))))
