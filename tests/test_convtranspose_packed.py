@@ -80,11 +80,13 @@ CASES = [
 @pytest.mark.parametrize("isa", BUILDS, ids=lambda i: i or "portable")
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("one_panel_bands", [False, True], ids=["bands", "one-panel-bands"])
+@pytest.mark.parametrize("one_panel_bands", [False, True],
+                         ids=["bands", "one-panel-bands-one-copy"])
 def test_packed_backward_matches_loops(isa, case, dtype, one_panel_bands, monkeypatch):
     if one_panel_bands:
         monkeypatch.setattr(Bconv, "PACKED_BAND_BYTES", 1)
         monkeypatch.setattr(Bconv, "PHASES_BAND_BYTES", 1)
+        monkeypatch.setattr(Bconv, "PHASES_MAX_COPIES", 1)  # one padded copy, every shift
     x_shape, cout, k, s, p, op, d = case
     kh, kw = _pair(k)
     rng = np.random.default_rng(sum(x_shape) + cout)

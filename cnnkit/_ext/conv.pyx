@@ -1492,12 +1492,39 @@ cdef enum:  # columns of the phase table handed to conv_transpose2d_forward_phas
     PH_TH, PH_TW, PH_K, PH_WOFF, PH_MH0, PH_NMH, PH_MW0, PH_NMW, PH_OH0, PH_OW0, PH_FIELDS
 
 
-def phases_size(Py_ssize_t c, Py_ssize_t cout, Py_ssize_t hp, Py_ssize_t wp,
-                Py_ssize_t band, Py_ssize_t itemsize):
-    """Per-thread workspace of :func:`conv_transpose2d_forward_phases`: one image's padded x
-    (C, hp, wp) with the slack its last vectors read, and the products of a band of ``band``
-    positions."""
-    return c * hp * wp + wp + 4 * CK_VBYTES // itemsize + band * cout
+def phases_size(Py_ssize_t c, Py_ssize_t cout, Py_ssize_t hp, Py_ssize_t pitch,
+                Py_ssize_t copies, Py_ssize_t band, Py_ssize_t itemsize):
+    """Per-thread workspace of :func:`conv_transpose2d_forward_phases`: one image's padded
+    copies of x (``copies`` x (C, hp, pitch)) with the slack its last vectors read, and the
+    products of a band of ``band`` positions."""
+    return copies * c * hp * pitch + pitch + 4 * CK_VBYTES // itemsize + band * cout + 64 // itemsize
+
+
+cdef void _shifted_planes(const floating* x, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
+                          Py_ssize_t top, Py_ssize_t left, Py_ssize_t hp, Py_ssize_t pitch,
+                          Py_ssize_t copies, floating* xs) noexcept nogil:
+    """xs[e, ch, r, q] = x[ch, r - top, q + e - left] (0 outside x) for e < copies, q < pitch:
+    the padded image, and copies of it shifted left by e columns."""
+    cdef Py_ssize_t e, ch, r, a, b
+    cdef floating* dst
+    for e in range(copies):
+        # columns q with 0 <= q + e - left < w
+        a = left - e if left > e else 0
+        b = w + left - e
+        if b > pitch:
+            b = pitch
+        if b < a:
+            b = a
+        for ch in range(c):
+            dst = xs + (e * c + ch) * hp * pitch
+            memset(dst, 0, top * pitch * sizeof(floating))
+            for r in range(h):
+                memset(dst + (top + r) * pitch, 0, a * sizeof(floating))
+                if b > a:
+                    memcpy(dst + (top + r) * pitch + a, x + (ch * h + r) * w + a + e - left,
+                           (b - a) * sizeof(floating))
+                memset(dst + (top + r) * pitch + b, 0, (pitch - b) * sizeof(floating))
+            memset(dst + (top + h) * pitch, 0, (hp - top - h) * pitch * sizeof(floating))
 
 
 def phases_rows(Py_ssize_t cout):
@@ -1510,61 +1537,74 @@ def conv_transpose2d_forward_phases(const floating[:, :, :, ::1] x, const floati
                                     const long long[:, ::1] phases, const floating[::1] bias,
                                     floating[:, :, :, ::1] y, floating[:, ::1] workspace,
                                     int sh, int sw, int top, int left, Py_ssize_t hp,
-                                    Py_ssize_t wp, Py_ssize_t band, int num_threads):
+                                    Py_ssize_t pitch, Py_ssize_t copies, Py_ssize_t band,
+                                    int num_threads):
     """y = conv_transpose2d(x, w) + bias (groups 1, dilation 1; ``bias`` may be None).
 
     Row f of ``phases`` is one phase (rh, rw): its taps per axis (th, tw), K = C*th*tw and the
     offset of its packed weight in ``wph``, its positions (mh0 + a, mw0 + b) for a < nmh,
     b < nmw, written to y[:, :, oh0 + a*sh, ow0 + b*sw].  The weight of the phase is packed
     (ceil(Cout/MR), K, MR), MR = phases_rows(Cout), from the (Cout, K) matrix whose column
-    (c*th + i)*tw + j holds w[c, :, rh + sh*(th-1-i), rw + sw*(tw-1-j)].  Each image is copied
-    into (C, hp, wp) at (top, left) with zeros around, and the product reads its rows in place
-    (no columns): a phase's positions run over whole padded rows, the columns past nmw are
-    computed and dropped.  The caller makes the phases tile y and sizes the padding so that
-    every tap of every position lies inside it.  ``workspace`` is
-    (threads, >= phases_size(C, Cout, hp, wp, band, itemsize)); ``band`` is a multiple of
-    the register block's width.
+    (c*th + i)*tw + j holds w[c, :, rh + sh*(th-1-i), rw + sw*(tw-1-j)].
+
+    Each image is copied into ``copies`` planes sets (C, hp, pitch): x at row ``top``, shifted
+    so that column q of copy e holds x's column q + e - ``left`` (zeros around).  Tap (i, j)
+    of position (a, b) of a phase reads row mh0 - th + 1 + top + a + i, column
+    mw0 - tw + 1 + left + j + b of the padded image: with ``copies`` > 1 (one per column
+    shift e = mw0 - tw + 1 + left + j; ``pitch`` >= every nmw) from copy e at column b, so
+    that each vector starts where the row does; with one copy (``pitch`` the padded width),
+    from column e + b of it.  The product reads the rows in place (no columns): a phase's
+    positions run over whole rows of ``pitch``, the columns past nmw are computed and dropped.
+    The caller makes the phases tile y and sizes the copies so that every tap of every
+    position lies inside them.  ``workspace`` is (threads, >= phases_size(C, Cout, hp, pitch,
+    copies, band, itemsize)); ``band`` is a multiple of the register block's width.
     """
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t cout = y.shape[1], oh = y.shape[2], ow = y.shape[3]
     cdef Py_ssize_t mr = phases_rows(cout)
     cdef Py_ssize_t nr = (3 if mr == 4 else 2) * CK_VBYTES // sizeof(floating)
     cdef Py_ssize_t n_ph = phases.shape[0], covered = 0, total_k = 0
-    cdef Py_ssize_t xsize = c * hp * wp + wp + 4 * CK_VBYTES // sizeof(floating)
-    cdef Py_ssize_t f, th, tw, kk, i, j, ch, t, base, grid
+    cdef Py_ssize_t xsize = copies * c * hp * pitch + pitch + 4 * CK_VBYTES // sizeof(floating)
+    cdef Py_ssize_t estep = c * hp * pitch if copies > 1 else 1
+    cdef Py_ssize_t f, th, tw, kk, i, j, ch, t, row0, e0, grid, last
     cdef const long long* ph
     cdef long* offs = NULL
     cdef long* starts = NULL
     if not CK_DIRECT_AVAILABLE:
         raise RuntimeError("this build has no packed product kernels")
     if (phases.shape[1] != PH_FIELDS or y.shape[0] != n_img or band < nr or band % nr
-            or sh < 1 or sw < 1):
+            or sh < 1 or sw < 1 or copies < 1 or top < 0 or left < 0 or hp < top + h
+            or pitch < 1 or (copies == 1 and pitch < left + w)):
         raise ValueError("conv_transpose2d_forward_phases: inconsistent shapes")
     for f in range(n_ph):
         ph = &phases[f, 0]
         th, tw, kk = ph[PH_TH], ph[PH_TW], ph[PH_K]
-        base = (ph[PH_MH0] - th + 1 + top) * wp + ph[PH_MW0] - tw + 1 + left
-        grid = (ph[PH_NMH] - 1) * wp + ph[PH_NMW]
+        row0 = ph[PH_MH0] - th + 1 + top
+        e0 = ph[PH_MW0] - tw + 1 + left
+        grid = (ph[PH_NMH] - 1) * pitch + ph[PH_NMW]
+        # the last value a vector of the phase reads, in the copies
+        last = ((e0 + tw - 1) * estep + (c - 1) * hp * pitch + (row0 + th - 1) * pitch
+                + (grid + nr - 1) // nr * nr - 1)
         if (th < 0 or tw < 0 or kk != c * th * tw or ph[PH_WOFF] < 0
                 or ph[PH_WOFF] + (cout + mr - 1) // mr * mr * kk > wph.shape[0]
-                or ph[PH_NMH] < 0 or ph[PH_NMW] < 0 or ph[PH_NMW] > wp
+                or ph[PH_NMH] < 0 or ph[PH_NMW] < 0 or ph[PH_NMW] > pitch
                 or ph[PH_OH0] < 0 or ph[PH_OW0] < 0
                 or (ph[PH_NMH] > 0 and ph[PH_OH0] + (ph[PH_NMH] - 1) * sh >= oh)
                 or (ph[PH_NMW] > 0 and ph[PH_OW0] + (ph[PH_NMW] - 1) * sw >= ow)
-                # every vector the product reads lies inside the padded image and its slack
                 or (kk > 0 and ph[PH_NMH] > 0 and ph[PH_NMW] > 0
-                    and (base < 0 or base + (c - 1) * hp * wp + (th - 1) * wp + tw - 1
-                         + (grid + nr - 1) // nr * nr > xsize))):
+                    and (row0 < 0 or e0 < 0 or (copies > 1 and e0 + tw > copies)
+                         or row0 + th - 1 + ph[PH_NMH] > hp or last >= xsize))):
             raise ValueError(f"conv_transpose2d_forward_phases: phase {f} inconsistent")
         covered += ph[PH_NMH] * ph[PH_NMW]
         total_k += kk
-    if (covered != oh * ow or top < 0 or left < 0 or hp < top + h or wp < left + w
-            or (bias is not None and bias.shape[0] != cout) or workspace.shape[0] < num_threads
-            or workspace.shape[1] < phases_size(c, cout, hp, wp, band, sizeof(floating))):
+    if (covered != oh * ow or (bias is not None and bias.shape[0] != cout)
+            or workspace.shape[0] < num_threads
+            or workspace.shape[1] < phases_size(c, cout, hp, pitch, copies, band,
+                                                sizeof(floating))):
         raise ValueError("conv_transpose2d_forward_phases: inconsistent shapes or workspace")
     if n_img == 0 or cout == 0 or oh * ow == 0:
         return
-    # each phase's taps as offsets into the padded image, and where each phase's start
+    # each phase's taps as offsets from the phase's first row in the copies
     offs = <long*> malloc((total_k + 1) * sizeof(long))
     starts = <long*> malloc((n_ph + 1) * sizeof(long))
     if offs == NULL or starts == NULL:
@@ -1576,13 +1616,14 @@ def conv_transpose2d_forward_phases(const floating[:, :, :, ::1] x, const floati
         for f in range(n_ph):
             starts[f] = t
             th, tw = phases[f, PH_TH], phases[f, PH_TW]
+            e0 = phases[f, PH_MW0] - tw + 1 + left
             for ch in range(c):
                 for i in range(th):
                     for j in range(tw):
-                        offs[t] = (ch * hp + i) * wp + j
+                        offs[t] = (e0 + j) * estep + (ch * hp + i) * pitch
                         t += 1
-        _phases_forward(x, wph, phases, bias, y, workspace, sh, sw, top, left, hp, wp, band,
-                        num_threads, offs, starts, mr, nr, xsize)
+        _phases_forward(x, wph, phases, bias, y, workspace, sh, sw, top, left, hp, pitch,
+                        copies, band, num_threads, offs, starts, mr, nr, xsize)
     finally:
         free(offs)
         free(starts)
@@ -1591,14 +1632,15 @@ def conv_transpose2d_forward_phases(const floating[:, :, :, ::1] x, const floati
 cdef void _phases_forward(const floating[:, :, :, ::1] x, const floating[::1] wph,
                           const long long[:, ::1] phases, const floating[::1] bias,
                           floating[:, :, :, ::1] y, floating[:, ::1] workspace,
-                          int sh, int sw, int top, int left, Py_ssize_t hp, Py_ssize_t wp,
-                          Py_ssize_t band, int num_threads, const long* offs,
-                          const long* starts, Py_ssize_t mr, Py_ssize_t nr,
+                          int sh, int sw, int top, int left, Py_ssize_t hp, Py_ssize_t pitch,
+                          Py_ssize_t copies, Py_ssize_t band, int num_threads,
+                          const long* offs, const long* starts, Py_ssize_t mr, Py_ssize_t nr,
                           Py_ssize_t xsize) noexcept:
     """The loops of conv_transpose2d_forward_phases (which checked the arguments)."""
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t cout = y.shape[1], n_ph = phases.shape[0]
     cdef Py_ssize_t f, n, g0, g1, panels, kk, nmw, grid, a, b, co, t, cnt, g
+    cdef Py_ssize_t planes = copies * c * hp * pitch
     cdef const long long* ph
     cdef floating* xp = NULL
     cdef floating* out = NULL
@@ -1613,18 +1655,18 @@ cdef void _phases_forward(const floating[:, :, :, ::1] x, const floating[::1] wp
         note_team()
         tid = threadid()
         xp = &workspace[tid, 0]
+        xp = xp + (64 - (<size_t> xp) % 64) % 64 // sizeof(floating)  # rows start on lines
         out = xp + xsize
         for n in prange(n_img, schedule="static"):
-            _pad_planes(&x[n, 0, 0, 0], c, h, w, top, left, hp, wp, xp)
-            memset(xp + c * hp * wp, 0, (xsize - c * hp * wp) * sizeof(floating))
+            _shifted_planes(&x[n, 0, 0, 0], c, h, w, top, left, hp, pitch, copies, xp)
+            memset(xp + planes, 0, (xsize - planes) * sizeof(floating))
             for f in range(n_ph):
                 ph = &phases[f, 0]
                 kk, nmw = ph[PH_K], ph[PH_NMW]
                 if ph[PH_NMH] == 0 or nmw == 0:
                     continue
-                grid = (ph[PH_NMH] - 1) * wp + nmw
-                origin = (xp + (ph[PH_MH0] - ph[PH_TH] + 1 + top) * wp + ph[PH_MW0] - ph[PH_TW]
-                          + 1 + left)
+                grid = (ph[PH_NMH] - 1) * pitch + nmw
+                origin = xp + (ph[PH_MH0] - ph[PH_TH] + 1 + top) * pitch
                 wf = &wph[ph[PH_WOFF]]
                 g0 = 0
                 while g0 < grid:
@@ -1649,14 +1691,14 @@ cdef void _phases_forward(const floating[:, :, :, ::1] x, const floating[::1] wp
                                 ck_pk_dx_d(wf, cout, kk, origin + g0, offs + starts[f], nr,
                                            panels, cnt, out, cnt)
                     # out (cout, cnt) + bias to the phase's places in y, dropping the columns
-                    # past nmw of each padded row
+                    # past nmw of each row
                     for co in range(cout):
                         bv = bp[co] if bp != NULL else 0
                         g = g0
                         while g < g1:
-                            a = g // wp
-                            b = g - a * wp
-                            t = wp - b if wp - b < g1 - g else g1 - g
+                            a = g // pitch
+                            b = g - a * pitch
+                            t = pitch - b if pitch - b < g1 - g else g1 - g
                             if b < nmw:
                                 if t > nmw - b:
                                     t = nmw - b

@@ -61,6 +61,11 @@ PACKED_BAND_BYTES = 256 * 2**10
 #: until they are written to the output.
 PHASES_BAND_BYTES = 64 * 2**10
 
+#: The phase-by-phase forward copies each image once per column shift of its taps (rows then
+#: start on vector boundaries and hold no padding columns) up to this many copies; beyond, one
+#: padded copy is read at every shift.
+PHASES_MAX_COPIES = 4
+
 #: Priority of the "cython-<isa>" variants (the "cython" kernels compiled per instruction set)
 #: against "cython"'s 100: above it only where measured at least as fast.
 #: Below for now: the AVX2 build measured within noise of the portable one (fwd+bwd,
@@ -610,14 +615,23 @@ def _packed_index(c, k, mr):
 
 
 @functools.lru_cache(maxsize=64)
-def _phase_plan(c, cout, kh, kw, sh, sw, ph, pw, h, wd, oh, ow, mr):
+def _phase_plan(c, cout, kh, kw, sh, sw, ph, pw, h, wd, oh, ow, mr, vector, max_copies):
     """The phase table of ``conv_transpose2d_forward_phases``, the index (for :func:`_gather`)
-    of its packed phase weights in w (C, Cout, kh, kw), and the padding (top, left, hp, wp)."""
+    of its packed phase weights in w (C, Cout, kh, kw), and the layout of the image's copies
+    (top, left, hp, pitch, copies): one copy per column shift, rows of a whole number of
+    ``vector`` values, where that takes at most ``max_copies`` copies, else one padded copy
+    whose rows are read at every shift."""
     rows, cols = _phase_axis(kh, sh, ph, oh), _phase_axis(kw, sw, pw, ow)
     top = max(len(t) for _, t, _, _ in rows) - 1
     left = max(len(t) for _, t, _, _ in cols) - 1
     hp = max(top + h, max(m0 + nm for _, _, m0, nm in rows) + top)
-    wp = max(left + wd, max(m0 + nm for _, _, m0, nm in cols) + left)
+    copies = max(m0 + left for _, t, m0, nm in cols if t and nm) + 1 if any(
+        t and nm for _, t, _, nm in cols) else 1
+    if copies <= max_copies:
+        pitch = -(-max(nm for _, _, _, nm in cols) // vector) * vector
+    else:
+        copies = 1
+        pitch = max(left + wd, max(m0 + nm for _, _, m0, nm in cols) + left)
     flat = np.arange(c * cout * kh * kw).reshape(c, cout, kh, kw)
     table, blocks, offset = [], [], 0
     for rh, taps_h, mh0, nmh in rows:
@@ -635,7 +649,7 @@ def _phase_plan(c, cout, kh, kw, sh, sw, ph, pw, h, wd, oh, ow, mr):
     index = np.concatenate(blocks) if blocks else np.full(1, flat.size)
     table = np.array(table, dtype=np.int64)
     index.flags.writeable = table.flags.writeable = False
-    return table, index, top, left, hp, wp
+    return table, index, top, left, hp, pitch, copies
 
 
 def _phase_axis(k, s, p, out):
@@ -738,15 +752,16 @@ class ConvTranspose2dCython:
         oh, ow = y.shape[2:]
         mr = cls._kernels.phases_rows(cout)
         nr = cls._kernels.packed_layout(x.itemsize)[1] // 2 * (3 if mr == 4 else 2)
-        table, index, top, left, hp, wp = _phase_plan(c, cout, kh, kw, sh, sw, ph, pw, h, wd,
-                                                      oh, ow, mr)
+        table, index, top, left, hp, pitch, copies = _phase_plan(
+            c, cout, kh, kw, sh, sw, ph, pw, h, wd, oh, ow, mr, nr // (3 if mr == 4 else 2),
+            PHASES_MAX_COPIES)
         wph = _gather(w, index)
-        band = nr * max(1, min(-(-(hp * wp) // nr),
+        band = nr * max(1, min(-(-(hp * pitch) // nr),
                                PHASES_BAND_BYTES // (x.itemsize * nr * cout)))
-        ws = workspace((threads, cls._kernels.phases_size(c, cout, hp, wp, band, x.itemsize)),
-                       x.dtype)
+        ws = workspace((threads, cls._kernels.phases_size(c, cout, hp, pitch, copies, band,
+                                                          x.itemsize)), x.dtype)
         cls._kernels.conv_transpose2d_forward_phases(x, wph, table, b, y, ws, sh, sw, top, left,
-                                                     hp, wp, band, threads)
+                                                     hp, pitch, copies, band, threads)
 
     @classmethod
     def backward(cls, dy, ctx, need_input_grad=True):
