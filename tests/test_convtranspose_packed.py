@@ -188,15 +188,15 @@ def test_packed_backward_refuses_inconsistent_buffers():
     kp = -(-2 * 16 // mr) * mr
     wpk = np.zeros((1, kp, mr))
     dwt = np.zeros((1, kp, nr))
-    args = (4, 4, 2, 2, 1, 1, 1, 1, 10, 10, 1, 1)
-    ws = np.zeros((1, _conv.packed_backward_size(3, kp, 1, 2 * 10 * 10, 8)))
+    args = (4, 4, 2, 2, 1, 1, 1, 1, 5, 5, 1, 1)  # dy's phase planes (5, 5): 4 + 3 // 2
+    ws = np.zeros((1, _conv.packed_backward_size(3, kp, 1, 2 * 2 * 2 * 5 * 5, 8)))
     _conv.conv_transpose2d_backward(x, wpk, dy, None, dwt, ws, *args)  # consistent: runs
     bad = [
         dict(ws=np.zeros((1, ws.shape[1] - 1))),                      # workspace too small
         dict(wpk=np.zeros((1, kp - mr, mr))),                         # weight rows
         dict(dwt=np.zeros((1, kp, nr - 1))),                          # gradient width
-        dict(args=(4, 4, 2, 2, 1, 1, 1, 1, 9, 10, 1, 1)),             # padded dy too short
-        dict(args=(4, 4, 2, 2, 1, 1, 1, 1, 10, 10, 1, 2)),            # more threads than rows
+        dict(args=(4, 4, 2, 2, 1, 1, 1, 1, 4, 5, 1, 1)),              # phase planes too short
+        dict(args=(4, 4, 2, 2, 1, 1, 1, 1, 5, 5, 1, 2)),              # more threads than rows
     ]
     for change in bad:
         given = dict(ws=ws, wpk=wpk, dwt=dwt, args=args) | change

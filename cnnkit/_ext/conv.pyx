@@ -1247,50 +1247,70 @@ cdef inline void _copy_panel_row(const floating* src, floating* dst, Py_ssize_t 
         memcpy(dst, src, nr * sizeof(floating))
 
 
-cdef void _pack_cols(const floating* dyp, Py_ssize_t cout, Py_ssize_t hp, Py_ssize_t wp,
-                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh,
-                     Py_ssize_t dw, Py_ssize_t w, Py_ssize_t pos0, Py_ssize_t pos1,
-                     Py_ssize_t kp, Py_ssize_t nr, floating* colp,
-                     const long* offs) noexcept nogil:
-    """Columns of the convolution (stride sh, sw, dilation dh, dw) of the padded dy ``dyp``
-    (cout, hp, wp) for the positions [pos0, pos1) of (., w)-wide output planes, packed as
-    (panels, kp, nr): row (co * kh + i) * kw + j of panel P holds
-    dyp[co, r * sh + i * dh, s * sw + j * dw] for r * w + s = pos0 + P * nr + lane (the
-    padding makes every index valid); rows from cout*kh*kw to kp and lanes past pos1 are 0.
-    ``offs`` (or NULL) holds each row's offset (co * hp + i * dh) * wp + j * dw: where every
-    panel lies within one output row (w and pos0 multiples of nr), a panel is then filled
-    row by row from one offset each, with no bookkeeping of runs."""
-    cdef Py_ssize_t k = cout * kh * kw, span = pos1 - pos0
-    cdef Py_ssize_t panels = (span + nr - 1) // nr, tail = panels * nr - span
-    cdef Py_ssize_t row, co, i, j, r0, s0, r, s, lane, pn, cnt, q, cnt_i
-    cdef const floating* base
-    cdef const floating* src
+cdef void _dy_phases(const floating* dy, Py_ssize_t cout, Py_ssize_t oh, Py_ssize_t ow,
+                     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t hq,
+                     Py_ssize_t wq, floating* dq) noexcept nogil:
+    """dq[a, b, co, r, s] = dy[co, r*sh + a - ph, s*sw + b - pw] (0 outside dy) for a < sh,
+    b < sw, r < hq, s < wq: dy padded and split by phase, so that a tap of the stride-s
+    convolution of dy reads consecutive values of one phase plane."""
+    cdef Py_ssize_t a, b, co, r, s, src_r, s0, s1
     cdef floating* dst
-    if offs != NULL and w % nr == 0 and pos0 % nr == 0:
+    cdef const floating* src
+    for a in range(sh):
+        for b in range(sw):
+            # columns s with 0 <= s*sw + b - pw < ow
+            s0 = _first_valid(b - pw, sw)
+            s1 = _end_valid(b - pw, sw, ow, wq)
+            if s1 < s0:
+                s1 = s0
+            if s0 > wq:
+                s0 = s1 = wq
+            for co in range(cout):
+                dst = dq + ((a * sw + b) * cout + co) * hq * wq
+                for r in range(hq):
+                    src_r = r * sh + a - ph
+                    if src_r < 0 or src_r >= oh:
+                        memset(dst + r * wq, 0, wq * sizeof(floating))
+                        continue
+                    src = dy + (co * oh + src_r) * ow + b - pw
+                    memset(dst + r * wq, 0, s0 * sizeof(floating))
+                    if sw == 1:
+                        memcpy(dst + r * wq + s0, src + s0, (s1 - s0) * sizeof(floating))
+                    elif sw == 2:
+                        for s in range(s0, s1):
+                            dst[r * wq + s] = src[2 * s]
+                    else:
+                        for s in range(s0, s1):
+                            dst[r * wq + s] = src[s * sw]
+                    memset(dst + r * wq + s1, 0, (wq - s1) * sizeof(floating))
+
+
+cdef void _pack_cols(const floating* dq, const long* taps, Py_ssize_t k, Py_ssize_t wq,
+                     Py_ssize_t w, Py_ssize_t pos0, Py_ssize_t pos1, Py_ssize_t kp,
+                     Py_ssize_t nr, floating* colp) noexcept nogil:
+    """Columns of positions [pos0, pos1) of (., w)-wide output planes from the phase planes
+    ``dq`` (row pitch ``wq``), packed as (panels, kp, nr): row t of panel P holds
+    dq[taps[t] + r * wq + s] for r * w + s = pos0 + P * nr + lane (the planes' padding makes
+    every index valid); rows from k to kp and lanes past pos1 are 0.  Where every panel lies
+    within one output row (w and pos0 multiples of nr), a panel is filled row by row with one
+    copy each, else run by run."""
+    cdef Py_ssize_t span = pos1 - pos0
+    cdef Py_ssize_t panels = (span + nr - 1) // nr, tail = panels * nr - span
+    cdef Py_ssize_t row, r0, s0, r, s, lane, pn, cnt, q
+    cdef const floating* base
+    cdef floating* dst
+    if w % nr == 0 and pos0 % nr == 0:
         for pn in range(panels):
             r = (pos0 + pn * nr) // w
-            base = dyp + r * sh * wp + (pos0 + pn * nr - r * w) * sw
+            base = dq + r * wq + (pos0 + pn * nr - r * w)
             dst = colp + pn * kp * nr
-            if sw == 1:
-                for row in range(k):
-                    _copy_panel_row(base + offs[row], dst + row * nr, nr)
-            elif sw == 2:
-                for row in range(k):
-                    src = base + offs[row]
-                    for cnt_i in range(nr):
-                        dst[row * nr + cnt_i] = src[2 * cnt_i]
-            else:
-                for row in range(k):
-                    src = base + offs[row]
-                    for cnt_i in range(nr):
-                        dst[row * nr + cnt_i] = src[cnt_i * sw]
+            for row in range(k):
+                _copy_panel_row(base + taps[row], dst + row * nr, nr)
             memset(dst + k * nr, 0, (kp - k) * nr * sizeof(floating))
         return
     r0 = pos0 // w
     s0 = pos0 - r0 * w
-    co = i = j = 0
     for row in range(k):
-        base = dyp + (co * hp + i * dh) * wp + j * dw
         r, s, pn, lane = r0, s0, 0, 0
         cnt = span
         while cnt > 0:
@@ -1300,19 +1320,8 @@ cdef void _pack_cols(const floating* dyp, Py_ssize_t cout, Py_ssize_t hp, Py_ssi
                 q = nr - lane
             if q > cnt:
                 q = cnt
-            src = base + r * sh * wp + s * sw
-            dst = colp + (pn * kp + row) * nr + lane
-            if sw == 1:
-                if q == nr:
-                    _copy_panel_row(src, dst, nr)
-                else:
-                    memcpy(dst, src, q * sizeof(floating))
-            elif sw == 2:
-                for cnt_i in range(q):
-                    dst[cnt_i] = src[2 * cnt_i]
-            else:
-                for cnt_i in range(q):
-                    dst[cnt_i] = src[cnt_i * sw]
+            memcpy(colp + (pn * kp + row) * nr + lane, dq + taps[row] + r * wq + s,
+                   q * sizeof(floating))
             cnt -= q
             s += q
             if s == w:
@@ -1324,13 +1333,6 @@ cdef void _pack_cols(const floating* dyp, Py_ssize_t cout, Py_ssize_t hp, Py_ssi
                 pn += 1
         if tail:
             memset(colp + ((panels - 1) * kp + row) * nr + nr - tail, 0, tail * sizeof(floating))
-        j += 1
-        if j == kw:
-            j = 0
-            i += 1
-            if i == kh:
-                i = 0
-                co += 1
     for pn in range(panels):
         memset(colp + (pn * kp + k) * nr, 0, (kp - k) * nr * sizeof(floating))
 
@@ -1355,8 +1357,8 @@ cdef void _pack_x(const floating* x, Py_ssize_t c, Py_ssize_t plane, Py_ssize_t 
 def packed_backward_size(Py_ssize_t c, Py_ssize_t kp, Py_ssize_t band_panels,
                          Py_ssize_t padded, Py_ssize_t itemsize):
     """Per-thread workspace of :func:`conv_transpose2d_backward` with bands of
-    ``band_panels`` panels: a band's packed columns and packed x, and one image's padded dy
-    (``padded`` values)."""
+    ``band_panels`` panels: a band's packed columns and packed x, and one image's dy phase
+    planes (``padded`` values: sh*sw*Cout*hq*wq)."""
     cdef Py_ssize_t nr = 2 * CK_VBYTES // itemsize
     return band_panels * nr * (kp + (c + nr - 1) // nr * nr) + padded + 64 // itemsize
 
@@ -1365,7 +1367,7 @@ def conv_transpose2d_backward(const floating[:, :, :, ::1] x, const floating[:, 
                               const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
                               floating[:, :, ::1] dwt_partial, floating[:, ::1] workspace,
                               int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
-                              Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t band_panels,
+                              Py_ssize_t hq, Py_ssize_t wq, Py_ssize_t band_panels,
                               int num_threads):
     """Backward of ``y = conv_transpose2d(x, w)`` (groups 1) by the packed products above.
 
@@ -1373,10 +1375,10 @@ def conv_transpose2d_backward(const floating[:, :, :, ::1] x, const floating[:, 
     and K = Cout*kh*kw (KP = K rounded up to 6).  dx (overwritten; None skips it), and the
     per-thread partial weight gradients ``dwt_partial[t]`` (KP, ceil(C/NR)*NR), the gradient
     transposed (tap, channel), which the caller zeroes, sums over threads and crops.
-    Each image's dy is copied into (Cout, hp, wp) at row ph, column pw, zeros around, which
-    must hold every tap of every position: hp >= ph + oh and hp >= (H-1)*sh + (kh-1)*dh + 1,
-    likewise wp.  ``workspace`` is (threads, >= packed_backward_size(C, KP, band_panels,
-    Cout*hp*wp, itemsize))."""
+    Each image's dy is split into its sh*sw phase planes (Cout, hq, wq) (``_dy_phases``),
+    which must hold every tap of every position: hq >= H + (kh-1)*dh // sh, likewise wq.
+    ``workspace`` is (threads, >= packed_backward_size(C, KP, band_panels, sh*sw*Cout*hq*wq,
+    itemsize))."""
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t cout = dy.shape[1], oh = dy.shape[2], ow = dy.shape[3]
     cdef Py_ssize_t nr = 2 * CK_VBYTES // sizeof(floating), mr = CK_PK_MR
@@ -1389,7 +1391,7 @@ def conv_transpose2d_backward(const floating[:, :, :, ::1] x, const floating[:, 
     cdef floating* dyp = NULL
     cdef long* offs = NULL
     cdef long* taps = NULL
-    cdef Py_ssize_t t
+    cdef Py_ssize_t t, i_, j_
     cdef int tid = 0
     if not CK_DIRECT_AVAILABLE:
         raise RuntimeError("this build has no packed product kernels")
@@ -1397,10 +1399,10 @@ def conv_transpose2d_backward(const floating[:, :, :, ::1] x, const floating[:, 
             or wpk.shape[2] != mr or dwt_partial.shape[0] < num_threads
             or dwt_partial.shape[1] != kp or dwt_partial.shape[2] != qpanels * nr
             or band_panels < 1 or min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0
-            or hp < ph + oh or wp < pw + ow or (h > 0 and hp < (h - 1) * sh + (kh - 1) * dh + 1)
-            or (w > 0 and wp < (w - 1) * sw + (kw - 1) * dw + 1)
+            or hq < h + (kh - 1) * dh // sh or wq < w + (kw - 1) * dw // sw
             or workspace.shape[0] < num_threads
-            or workspace.shape[1] < packed_backward_size(c, kp, band_panels, cout * hp * wp,
+            or workspace.shape[1] < packed_backward_size(c, kp, band_panels,
+                                                         sh * sw * cout * hq * wq,
                                                          sizeof(floating))
             or (want_dx and (dx.shape[0] != n_img or dx.shape[1] != c or dx.shape[2] != h
                              or dx.shape[3] != w))):
@@ -1412,10 +1414,15 @@ def conv_transpose2d_backward(const floating[:, :, :, ::1] x, const floating[:, 
     try:
         if taps == NULL:
             raise MemoryError()
-        for t in range(k):  # row (co * kh + i) * kw + j of the columns: its offset in dy
-            taps[t] = ((t // (kh * kw)) * hp + (t // kw) % kh * dh) * wp + t % kw * dw
+        for t in range(k):
+            # row (co * kh + i) * kw + j of the columns reads dy row r*sh + i*dh - ph: phase
+            # (i*dh) % sh, row r + (i*dh) // sh of its plane; likewise the columns
+            i_ = (t // kw) % kh * dh
+            j_ = t % kw * dw
+            taps[t] = ((((i_ % sh) * sw + j_ % sw) * cout + t // (kh * kw)) * hq
+                       + i_ // sh) * wq + j_ // sw
         _packed_backward(x, wpk, dy, dx, dwt_partial, workspace, kh, kw, sh, sw, ph, pw, dh, dw,
-                         hp, wp, band_panels, num_threads, offs, taps)
+                         hq, wq, band_panels, num_threads, offs, taps)
     finally:
         free(offs)
         free(taps)
@@ -1436,7 +1443,7 @@ cdef void _packed_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
                            const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
                            floating[:, :, ::1] dwt_partial, floating[:, ::1] workspace,
                            int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
-                           Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t band_panels,
+                           Py_ssize_t hq, Py_ssize_t wq, Py_ssize_t band_panels,
                            int num_threads, const long* offs, const long* taps) noexcept:
     """The loops of conv_transpose2d_backward (which checked the arguments)."""
     cdef Py_ssize_t n_img = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
@@ -1458,15 +1465,14 @@ cdef void _packed_backward(const floating[:, :, :, ::1] x, const floating[:, :, 
         xq = colp + band_panels * nr * kp
         dyp = xq + band_panels * nr * qpanels * nr
         for n in prange(n_img, schedule="static"):
-            _pad_planes(&dy[n, 0, 0, 0], cout, oh, ow, ph, pw, hp, wp, dyp)
+            _dy_phases(&dy[n, 0, 0, 0], cout, oh, ow, sh, sw, ph, pw, hq, wq, dyp)
             pos0 = 0
             while pos0 < npos:
                 pos1 = pos0 + band_panels * nr
                 if pos1 > npos:
                     pos1 = npos
                 panels = (pos1 - pos0 + nr - 1) // nr
-                _pack_cols(dyp, cout, hp, wp, kh, kw, sh, sw, dh, dw, w, pos0, pos1, kp, nr,
-                           colp, taps)
+                _pack_cols(dyp, taps, k, wq, w, pos0, pos1, kp, nr, colp)
                 _pack_x(&x[n, 0, 0, 0], c, npos, pos0, pos1, nr, xq)
                 if floating is float:
                     if want_dx:

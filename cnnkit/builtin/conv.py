@@ -826,14 +826,13 @@ class ConvTranspose2dCython:
             threads = 1
         cout, kh, kw = w.shape[1:]
         oh, ow = dy.shape[2:]
-        hp = max(ph + oh, (h - 1) * sh + (kh - 1) * dh + 1)
-        wp = max(pw + ow, (wd - 1) * sw + (kw - 1) * dw + 1)
-        ws = workspace((threads, cls._kernels.packed_backward_size(c, kp, band, cout * hp * wp,
-                                                                   x.itemsize)), x.dtype)
+        hq, wq = h + (kh - 1) * dh // sh, wd + (kw - 1) * dw // sw  # dy's phase planes
+        ws = workspace((threads, cls._kernels.packed_backward_size(
+            c, kp, band, sh * sw * cout * hq * wq, x.itemsize)), x.dtype)
         dwt = np.zeros((threads, kp, qwidth), dtype=x.dtype)
         dx = np.empty_like(x) if need_input_grad else None
         cls._kernels.conv_transpose2d_backward(x, wpk, dy, dx, dwt, ws, kh, kw, sh, sw, ph, pw,
-                                               dh, dw, hp, wp, band, threads)
+                                               dh, dw, hq, wq, band, threads)
         dwt = dwt[0] if threads == 1 else dwt.sum(axis=0)
         return dx, {"weight": np.ascontiguousarray(dwt[:k, :c].T).reshape(w.shape)}
 
