@@ -1078,6 +1078,22 @@ cdef extern from *:
             if (cols == 2 * ck_nv_##SUF) { ck_st_##SUF(e_, a0); ck_st_##SUF(e_ + ck_nv_##SUF, a1); } \\
             else { T t_[2 * ck_nv_##SUF]; ck_st_##SUF(t_, a0); ck_st_##SUF(t_ + ck_nv_##SUF, a1); \\
                    __builtin_memcpy(e_, t_, cols * sizeof(T)); } }
+    /* row r of a tile from out (a later chunk of rows of B adds to it) */
+    #define CK_PK_LOAD(T, SUF, r, a0, a1)                                                       \
+        if (r < rows) {                                                                         \
+            const T* e_ = d + (r) * ld;                                                         \
+            if (cols == 2 * ck_nv_##SUF) { a0 = ck_ld_##SUF(e_); a1 = ck_ld_##SUF(e_ + ck_nv_##SUF); } \
+            else { T t_[2 * ck_nv_##SUF] = {0}; __builtin_memcpy(t_, e_, cols * sizeof(T));    \
+                   a0 = ck_ld_##SUF(t_); a1 = ck_ld_##SUF(t_ + ck_nv_##SUF); } }
+    #define CK_PK_LOAD3(T, SUF, r, a0, a1, a2)                                                  \
+        if (r < rows) {                                                                         \
+            const T* e_ = d + (r) * ld; const long v_ = ck_nv_##SUF;                            \
+            if (cols == 3 * v_) { a0 = ck_ld_##SUF(e_); a1 = ck_ld_##SUF(e_ + v_);               \
+                                  a2 = ck_ld_##SUF(e_ + 2 * v_); }                              \
+            else { T t_[3 * ck_nv_##SUF] = {0}; __builtin_memcpy(t_, e_, cols * sizeof(T));    \
+                   a0 = ck_ld_##SUF(t_); a1 = ck_ld_##SUF(t_ + v_); a2 = ck_ld_##SUF(t_ + 2 * v_); } }
+    /* rows of B per chunk: a panel's chunk (and the A block's) stays in L1 across the blocks */
+    #define CK_PK_CHUNK(T, NR) (16384 / ((NR) * (long)sizeof(T)) > 16 ? 16384 / ((NR) * (long)sizeof(T)) : 16)
     #define CK_PK_STORE3(T, SUF, r, a0, a1, a2)                                                 \
         if (r < rows) {                                                                         \
             T* e_ = d + (r) * ld; const long v_ = ck_nv_##SUF;                                  \
@@ -1100,22 +1116,29 @@ cdef extern from *:
            row r of B's panel pn is the NR values at bp + pn * pstride + off[r]: packed panels \
            (pstride k*NR, off[r] = r*NR), or the rows of an image themselves (pstride NR,      \
            off[r] the tap's offset), which must then be readable NR values past np */          \
-        const long nv = ck_nv_##SUF, nr = 2 * nv;                                               \
-        for (long pn = 0; pn < panels; pn++) {                                                  \
+        const long nv = ck_nv_##SUF, nr = 2 * nv, kc = CK_PK_CHUNK(T, 2 * ck_nv_##SUF);        \
+        for (long pn = 0; pn < panels; pn++)                                                    \
+        for (long k0 = 0; k0 < k; k0 += kc) {                                                   \
             const T* b = bp + pn * pstride;                                                     \
             long cols = np - pn * nr < nr ? np - pn * nr : nr;                                  \
+            long k1 = k0 + kc < k ? k0 + kc : k;                                                \
             for (long m0 = 0; m0 < m; m0 += CK_PK_MR) {                                         \
                 const T* a = ap + m0 * k;                                                       \
+                long rows = m - m0;                                                             \
+                T* d = out + m0 * ld + pn * nr;                                                 \
                 VT c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};            \
                 VT c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};            \
-                for (long r = 0; r < k; r++) {                                                  \
+                if (k0 > 0) {                                                                   \
+                    CK_PK_LOAD(T, SUF, 0, c00, c01) CK_PK_LOAD(T, SUF, 1, c10, c11)             \
+                    CK_PK_LOAD(T, SUF, 2, c20, c21) CK_PK_LOAD(T, SUF, 3, c30, c31)             \
+                    CK_PK_LOAD(T, SUF, 4, c40, c41) CK_PK_LOAD(T, SUF, 5, c50, c51)             \
+                }                                                                               \
+                for (long r = k0; r < k1; r++) {                                                \
                     const T* br = b + off[r];                                                   \
                     VT b0 = ck_ld_##SUF(br), b1 = ck_ld_##SUF(br + nv);                         \
                     const T* ak = a + r * CK_PK_MR;                                             \
                     CK_PK_FMA12(ak[0], ak[1], ak[2], ak[3], ak[4], ak[5], b0, b1)               \
                 }                                                                               \
-                long rows = m - m0;                                                             \
-                T* d = out + m0 * ld + pn * nr;                                                 \
                 CK_PK_STORE(T, SUF, 0, c00, c01) CK_PK_STORE(T, SUF, 1, c10, c11)               \
                 CK_PK_STORE(T, SUF, 2, c20, c21) CK_PK_STORE(T, SUF, 3, c30, c31)               \
                 CK_PK_STORE(T, SUF, 4, c40, c41) CK_PK_STORE(T, SUF, 5, c50, c51)               \
@@ -1126,15 +1149,23 @@ cdef extern from *:
                                 long pstride, long panels, long np, T* out, long ld) {          \
         /* as ck_pk_dx with blocks of 4 rows x 3 vectors (panels of 3 vectors, A packed        \
            (m/4, k, 4)): for row counts that are a multiple of 4 and not of 6 */               \
-        const long nv = ck_nv_##SUF, nr = 3 * nv;                                               \
-        for (long pn = 0; pn < panels; pn++) {                                                  \
+        const long nv = ck_nv_##SUF, nr = 3 * nv, kc = CK_PK_CHUNK(T, 3 * ck_nv_##SUF);        \
+        for (long pn = 0; pn < panels; pn++)                                                    \
+        for (long k0 = 0; k0 < k; k0 += kc) {                                                   \
             const T* b = bp + pn * pstride;                                                     \
             long cols = np - pn * nr < nr ? np - pn * nr : nr;                                  \
+            long k1 = k0 + kc < k ? k0 + kc : k;                                                \
             for (long m0 = 0; m0 < m; m0 += 4) {                                                \
                 const T* a = ap + m0 * k;                                                       \
+                long rows = m - m0;                                                             \
+                T* d = out + m0 * ld + pn * nr;                                                 \
                 VT c00 = {0}, c01 = {0}, c02 = {0}, c10 = {0}, c11 = {0}, c12 = {0};            \
                 VT c20 = {0}, c21 = {0}, c22 = {0}, c30 = {0}, c31 = {0}, c32 = {0};            \
-                for (long r = 0; r < k; r++) {                                                  \
+                if (k0 > 0) {                                                                   \
+                    CK_PK_LOAD3(T, SUF, 0, c00, c01, c02) CK_PK_LOAD3(T, SUF, 1, c10, c11, c12) \
+                    CK_PK_LOAD3(T, SUF, 2, c20, c21, c22) CK_PK_LOAD3(T, SUF, 3, c30, c31, c32) \
+                }                                                                               \
+                for (long r = k0; r < k1; r++) {                                                \
                     const T* br = b + off[r];                                                   \
                     VT b0 = ck_ld_##SUF(br), b1 = ck_ld_##SUF(br + nv);                         \
                     VT b2 = ck_ld_##SUF(br + 2 * nv);                                           \
@@ -1145,8 +1176,6 @@ cdef extern from *:
                     c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2;                             \
                     c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2;                             \
                 }                                                                               \
-                long rows = m - m0;                                                             \
-                T* d = out + m0 * ld + pn * nr;                                                 \
                 CK_PK_STORE3(T, SUF, 0, c00, c01, c02) CK_PK_STORE3(T, SUF, 1, c10, c11, c12)   \
                 CK_PK_STORE3(T, SUF, 2, c20, c21, c22) CK_PK_STORE3(T, SUF, 3, c30, c31, c32)   \
             }                                                                               \
