@@ -26,6 +26,18 @@ BUILDS = [isa for isa in [None, *ISA_FEATURES]
                                                    isa)._kernels).packed_available()]
 
 
+ROUTING = {name: getattr(Bconv, name) for name in
+           ("PHASES_MIN_OUT_CHANNELS", "PACKED_MIN_POSITIONS", "PACKED_MAX_DW_BYTES")}
+
+
+@pytest.fixture(autouse=True)
+def packed_everywhere(monkeypatch):
+    """The packed kernels on every case, however small (the layer routes small images and
+    few output channels elsewhere: test_routing checks that)."""
+    monkeypatch.setattr(Bconv, "PHASES_MIN_OUT_CHANNELS", 1)
+    monkeypatch.setattr(Bconv, "PACKED_MIN_POSITIONS", 0)
+
+
 def _variant(isa):
     return Bconv.ConvTranspose2dCython if isa is None else type(
         isa_build(Bconv.ConvTranspose2dCython, "conv", isa))
@@ -203,3 +215,33 @@ def test_packed_backward_refuses_inconsistent_buffers():
         with pytest.raises(ValueError, match="inconsistent"):
             _conv.conv_transpose2d_backward(x, given["wpk"], dy, None, given["dwt"],
                                             given["ws"], *given["args"])
+
+
+@pytest.mark.parametrize("isa", BUILDS, ids=lambda i: i or "portable")
+@pytest.mark.parametrize("x_shape, cout, forward_by_phases, packed_backward", [
+    ((2, 64, 16, 16), 32, True, True),      # the up-sampling block
+    ((2, 64, 16, 16), 3, False, True),      # 3 output channels: GEMM + scatter forward
+    ((2, 256, 8, 8), 128, False, False),    # 8x8 with a 2 MiB weight gradient: BLAS paths
+    ((2, 32, 8, 8), 16, False, True),       # 8x8 with a small weight gradient
+])
+def test_routing(isa, x_shape, cout, forward_by_phases, packed_backward, monkeypatch):
+    for name, value in ROUTING.items():
+        monkeypatch.setattr(Bconv, name, value)
+    taken = []
+    monkeypatch.setattr(Bconv, "_phase_plan",
+                        lambda *a, plan=Bconv._phase_plan: taken.append("phases") or plan(*a))
+    variant = _variant(isa)
+    monkeypatch.setattr(variant, "_packed_backward",
+                        lambda *a, run=variant._packed_backward: taken.append("packed") or run(*a))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((x_shape[1], cout, 4, 4)).astype(np.float32)
+    config = {"stride": (2, 2), "padding": (1, 1), "output_padding": (0, 0),
+              "dilation": (1, 1), "groups": 1}
+    y, ctx = variant.forward(x, {"weight": w}, config, True)
+    dx, grads = variant.backward(np.ones_like(y), ctx)
+    assert ("phases" in taken, "packed" in taken) == (forward_by_phases, packed_backward)
+    want, rdx, rdw, _ = _loops(x.astype(np.float64), w.astype(np.float64), np.zeros(cout),
+                               2, 1, 0, 1, np.ones(y.shape))
+    for got, ref in ((y, want), (dx, rdx), (grads["weight"], rdw)):
+        assert np.abs(got - ref).max() <= 1e-4 * max(np.abs(ref).max(), 1.0)

@@ -61,6 +61,17 @@ PACKED_BAND_BYTES = 256 * 2**10
 #: until they are written to the output.
 PHASES_BAND_BYTES = 64 * 2**10
 
+#: Where the packed path pays (measured against GEMM + scatter and the conv2d column path on
+#: k4 s2 p1 layers, AVX2): the forward by phases needs at least 8 output channels (with 3, the
+#: register blocks are a quarter empty: 1.15-1.26x slower) and 128 input positions per image
+#: (on 8x8 images with 256 channels, 1.1-1.5x slower: too few positions per phase to fill
+#: whole blocks); the backward needs 128 positions per image or a weight gradient of at most
+#: 1 MiB (each image adds into the per-thread weight gradient: with 256 channels at 8x8,
+#: 2 MiB per image, 1.1x slower; 64 channels at 16x16: 0.6-0.8x).
+PHASES_MIN_OUT_CHANNELS = 8
+PACKED_MIN_POSITIONS = 128
+PACKED_MAX_DW_BYTES = 2**20
+
 #: The phase-by-phase forward copies each image once per column shift of its taps (rows then
 #: start on vector boundaries and hold no padding columns) up to this many copies; beyond, one
 #: padded copy is read at every shift.
@@ -732,6 +743,7 @@ class ConvTranspose2dCython:
             threads = 1
         y = np.empty((n, cout, oh, ow), dtype=x.dtype)
         if (geom[-1] == 1 and geom[4:6] == (1, 1) and PACKED_KERNELS
+                and cout >= PHASES_MIN_OUT_CHANNELS and h * wd >= PACKED_MIN_POSITIONS
                 and cls._kernels.packed_available()):
             cls._phases_forward(x, w, b, y, geom, threads)
         else:
@@ -769,7 +781,9 @@ class ConvTranspose2dCython:
         n, cin, h, wd = x.shape
         dy = grad_like(dy, x.dtype, (n, w.shape[1] * geom[-1], oh, ow), "convtranspose2d")
         sh, sw, ph, pw, dh, dw, groups = geom
-        if groups == 1 and PACKED_KERNELS and cls._kernels.packed_available():
+        if (groups == 1 and PACKED_KERNELS and cls._kernels.packed_available()
+                and (h * wd >= PACKED_MIN_POSITIONS
+                     or cin * w[0].size * x.itemsize <= PACKED_MAX_DW_BYTES)):
             dx, grads = cls._packed_backward(x, w, dy, geom, need_input_grad)
             if has_bias:
                 grads["bias"] = cls._bias_grad(dy, x.dtype)
