@@ -245,3 +245,52 @@ def test_routing(isa, x_shape, cout, forward_by_phases, packed_backward, monkeyp
                                2, 1, 0, 1, np.ones(y.shape))
     for got, ref in ((y, want), (dx, rdx), (grads["weight"], rdw)):
         assert np.abs(got - ref).max() <= 1e-4 * max(np.abs(ref).max(), 1.0)
+
+
+@pytest.mark.parametrize("isa", BUILDS, ids=lambda i: i or "portable")
+def test_phases_forward_refuses_inconsistent_tables(isa, monkeypatch):
+    variant = _variant(isa)
+    calls = []
+    kernels = variant._kernels
+    real = kernels.conv_transpose2d_forward_phases
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(kernels, name)
+
+        def conv_transpose2d_forward_phases(self, *args):
+            calls.append(args)
+            return real(*args)
+
+    monkeypatch.setattr(variant, "_kernels", Spy())
+    x = np.random.default_rng(1).standard_normal((2, 5, 6, 7))
+    w = np.random.default_rng(2).standard_normal((5, 4, 4, 3))
+    config = {"stride": (2, 2), "padding": (1, 1), "output_padding": (0, 0),
+              "dilation": (1, 1), "groups": 1}
+    variant.forward(x, {"weight": w}, config, False)
+    (args,) = calls
+    x_, wph, table, bias, y, ws, sh, sw, top, left, hp, pitch, copies, band, threads = args
+    real(*args)  # as the layer called it: runs
+    table = np.array(table)
+
+    def row(f, col, value):
+        t = table.copy()
+        t[f, col] = value
+        return t
+
+    bad = [
+        dict(table=row(0, 5, table[0, 5] + 1)),      # one row of positions too many
+        dict(table=row(1, 7, pitch + 1)),            # wider than the copies' rows
+        dict(table=row(2, 3, wph.size)),             # weight past the packed weights
+        dict(table=row(3, 2, table[3, 2] + 1)),      # K that is not C * th * tw
+        dict(table=row(0, 8, y.shape[2])),           # outputs below y
+        dict(table=table[:-1]),                      # the phases do not tile y
+        dict(ws=ws[:, :-64]),                        # workspace too small
+        dict(hp=hp - 1),                             # copies too short for the taps
+        dict(band=band + 1),                         # not whole register blocks
+    ]
+    for change in bad:
+        given = dict(table=table, ws=ws, hp=hp, band=band) | change
+        with pytest.raises(ValueError, match="inconsistent"):
+            real(x_, wph, given["table"], bias, y, given["ws"], sh, sw, top, left,
+                 given["hp"], pitch, copies, given["band"], threads)

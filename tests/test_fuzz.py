@@ -155,14 +155,20 @@ def builtin_impls(layer_type):
 def column_paths(data):
     """Sometimes shrink the conv column workspace (columns rebuilt in backward, in bands of one
     output row), sometimes run tiny convolutions on the thread team (a small batch is then cut
-    into bands of output rows, and the kept columns follow those bands)."""
+    into bands of output rows, and the kept columns follow those bands), sometimes take the
+    transposed convolution's packed kernels whatever the shape (they serve 128+ positions per
+    image and 8+ output channels; the fuzz shapes are smaller)."""
     bound = data.draw(st.sampled_from([None, None, 64]), label="column workspace bytes")
     serial = data.draw(st.sampled_from([None, 0]), label="serial MACs")
+    packed = data.draw(st.booleans(), label="packed transposed conv on any shape")
     with pytest.MonkeyPatch.context() as mp:
         if bound is not None:
             mp.setattr(builtin_conv, "COL_WORKSPACE_BYTES", bound)
         if serial is not None:
             mp.setattr(builtin_conv, "SERIAL_MACS", serial)
+        if packed:
+            mp.setattr(builtin_conv, "PHASES_MIN_OUT_CHANNELS", 1)
+            mp.setattr(builtin_conv, "PACKED_MIN_POSITIONS", 0)
         yield
 
 
