@@ -1413,15 +1413,10 @@ def conv_transpose2d_backward(const floating[:, :, :, ::1] x, const floating[:, 
     cdef Py_ssize_t nr = 2 * CK_VBYTES // sizeof(floating), mr = CK_PK_MR
     cdef Py_ssize_t k = cout * kh * kw, kp = (k + mr - 1) // mr * mr
     cdef Py_ssize_t qpanels = (c + nr - 1) // nr, npos = h * w
-    cdef Py_ssize_t n, pos0, pos1, panels
     cdef bint want_dx = dx is not None
-    cdef floating* colp = NULL
-    cdef floating* xq = NULL
-    cdef floating* dyp = NULL
     cdef long* offs = NULL
     cdef long* taps = NULL
     cdef Py_ssize_t t, i_, j_
-    cdef int tid = 0
     if not CK_DIRECT_AVAILABLE:
         raise RuntimeError("this build has no packed product kernels")
     if (dy.shape[0] != n_img or wpk.shape[0] != (c + mr - 1) // mr or wpk.shape[1] != kp
