@@ -1676,7 +1676,7 @@ cdef void _phases_forward(const floating[:, :, :, ::1] x, const floating[::1] wp
     cdef floating* out = NULL
     cdef const floating* src
     cdef const floating* origin
-    cdef const floating* wf
+    cdef const floating* wf = NULL
     cdef floating* yrow
     cdef floating bv
     cdef const floating* bp = &bias[0] if bias is not None else NULL
@@ -1697,7 +1697,8 @@ cdef void _phases_forward(const floating[:, :, :, ::1] x, const floating[::1] wp
                     continue
                 grid = (ph[PH_NMH] - 1) * pitch + nmw
                 origin = xp + (ph[PH_MH0] - ph[PH_TH] + 1 + top) * pitch
-                wf = &wph[ph[PH_WOFF]]
+                if kk > 0:  # a phase without taps (kernel smaller than the stride) has none
+                    wf = &wph[ph[PH_WOFF]]
                 g0 = 0
                 while g0 < grid:
                     g1 = g0 + band
