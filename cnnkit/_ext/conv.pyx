@@ -1246,23 +1246,6 @@ def packed_layout(Py_ssize_t itemsize):
     return CK_PK_MR, 2 * CK_VBYTES // itemsize
 
 
-cdef void _pad_planes(const floating* a, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
-                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t hp, Py_ssize_t wp,
-                      floating* ap) noexcept nogil:
-    """ap (c, hp, wp) = a (c, h, w) at row pt, column pl, zeros around it (pt + h <= hp,
-    pl + w <= wp)."""
-    cdef Py_ssize_t ch, r
-    cdef floating* dst
-    for ch in range(c):
-        dst = ap + ch * hp * wp
-        memset(dst, 0, pt * wp * sizeof(floating))
-        for r in range(h):
-            memset(dst + (pt + r) * wp, 0, pl * sizeof(floating))
-            memcpy(dst + (pt + r) * wp + pl, a + (ch * h + r) * w, w * sizeof(floating))
-            memset(dst + (pt + r) * wp + pl + w, 0, (wp - pl - w) * sizeof(floating))
-        memset(dst + (pt + h) * wp, 0, (hp - pt - h) * wp * sizeof(floating))
-
-
 cdef inline void _copy_panel_row(const floating* src, floating* dst, Py_ssize_t nr) noexcept nogil:
     """dst[:nr] = src[:nr] for the panel width nr of this build: a copy of constant size (two
     vectors) where the compiler inlines it, not a call to memcpy."""

@@ -763,10 +763,10 @@ class ConvTranspose2dCython:
         cout, kh, kw = w.shape[1:]
         oh, ow = y.shape[2:]
         mr = cls._kernels.phases_rows(cout)
-        nr = cls._kernels.packed_layout(x.itemsize)[1] // 2 * (3 if mr == 4 else 2)
+        vector = cls._kernels.packed_layout(x.itemsize)[1] // 2  # values per vector
+        nr = vector * (3 if mr == 4 else 2)  # positions per register block
         table, index, top, left, hp, pitch, copies = _phase_plan(
-            c, cout, kh, kw, sh, sw, ph, pw, h, wd, oh, ow, mr, nr // (3 if mr == 4 else 2),
-            PHASES_MAX_COPIES)
+            c, cout, kh, kw, sh, sw, ph, pw, h, wd, oh, ow, mr, vector, PHASES_MAX_COPIES)
         wph = _gather(w, index)
         band = nr * max(1, min(-(-(hp * pitch) // nr),
                                PHASES_BAND_BYTES // (x.itemsize * nr * cout)))
