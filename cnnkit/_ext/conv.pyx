@@ -1071,36 +1071,70 @@ cdef extern from *:
     """
     #if CK_DIRECT_AVAILABLE
     #define CK_PK_MR 6
-    /* row r of a 6 x NR block: stored (the first `cols` positions), or added */
-    #define CK_PK_STORE(T, SUF, r, a0, a1)                                                      \\
-        if (r < rows) {                                                                         \\
-            T* e_ = d + (r) * ld;                                                               \\
-            if (cols == 2 * ck_nv_##SUF) { ck_st_##SUF(e_, a0); ck_st_##SUF(e_ + ck_nv_##SUF, a1); } \\
-            else { T t_[2 * ck_nv_##SUF]; ck_st_##SUF(t_, a0); ck_st_##SUF(t_ + ck_nv_##SUF, a1); \\
-                   __builtin_memcpy(e_, t_, cols * sizeof(T)); } }
-    /* row r of a tile from out (a later chunk of rows of B adds to it) */
-    #define CK_PK_LOAD(T, SUF, r, a0, a1)                                                       \
-        if (r < rows) {                                                                         \
-            const T* e_ = d + (r) * ld;                                                         \
-            if (cols == 2 * ck_nv_##SUF) { a0 = ck_ld_##SUF(e_); a1 = ck_ld_##SUF(e_ + ck_nv_##SUF); } \
-            else { T t_[2 * ck_nv_##SUF] = {0}; __builtin_memcpy(t_, e_, cols * sizeof(T));    \
-                   a0 = ck_ld_##SUF(t_); a1 = ck_ld_##SUF(t_ + ck_nv_##SUF); } }
-    #define CK_PK_LOAD3(T, SUF, r, a0, a1, a2)                                                  \
-        if (r < rows) {                                                                         \
-            const T* e_ = d + (r) * ld; const long v_ = ck_nv_##SUF;                            \
-            if (cols == 3 * v_) { a0 = ck_ld_##SUF(e_); a1 = ck_ld_##SUF(e_ + v_);               \
-                                  a2 = ck_ld_##SUF(e_ + 2 * v_); }                              \
-            else { T t_[3 * ck_nv_##SUF] = {0}; __builtin_memcpy(t_, e_, cols * sizeof(T));    \
-                   a0 = ck_ld_##SUF(t_); a1 = ck_ld_##SUF(t_ + v_); a2 = ck_ld_##SUF(t_ + 2 * v_); } }
     /* rows of B per chunk: a panel's chunk (and the A block's) stays in L1 across the blocks */
     #define CK_PK_CHUNK(T, NR) (16384 / ((NR) * (long)sizeof(T)) > 16 ? 16384 / ((NR) * (long)sizeof(T)) : 16)
-    #define CK_PK_STORE3(T, SUF, r, a0, a1, a2)                                                 \
-        if (r < rows) {                                                                         \
-            T* e_ = d + (r) * ld; const long v_ = ck_nv_##SUF;                                  \
-            if (cols == 3 * v_) { ck_st_##SUF(e_, a0); ck_st_##SUF(e_ + v_, a1);                 \
-                                  ck_st_##SUF(e_ + 2 * v_, a2); }                                \
-            else { T t_[3 * ck_nv_##SUF]; ck_st_##SUF(t_, a0); ck_st_##SUF(t_ + v_, a1);         \
-                   ck_st_##SUF(t_ + 2 * v_, a2); __builtin_memcpy(e_, t_, cols * sizeof(T)); } }
+    /* out (rows [0, m), row stride ld, positions [0, np)) = A @ B by register blocks of MR rows
+       x NV vectors (the loops over the block have constant bounds: fully unrolled, the block
+       lives in registers).  A is packed (m/MR, k, MR); row r of B's panel pn is the NR = NV
+       vectors of values at bp + pn * pstride + off[r]: packed panels (pstride k*NR,
+       off[r] = r*NR), or the rows of an image themselves (pstride NR, off[r] the tap's offset),
+       which must then be readable NR values past np.  Rows of B go in chunks that stay in L1;
+       a later chunk adds to the block stored by the one before.  Instances: 6 x 2 (ck_pk_dx)
+       and 4 x 3 (ck_pk_dx4, for row counts that are a multiple of 4 and not of 6). */
+    #define CK_DEFINE_PACKED_DX(NAME, T, VT, SUF, MR, NV)                                        \\
+    static void NAME(const T* ap, long m, long k, const T* bp, const long* off, long pstride,   \\
+                     long panels, long np, T* out, long ld) {                                   \\
+        const long nv = ck_nv_##SUF, nr = NV * nv, kc = CK_PK_CHUNK(T, NV * ck_nv_##SUF);      \\
+        for (long pn = 0; pn < panels; pn++)                                                    \\
+        for (long k0 = 0; k0 < k; k0 += kc) {                                                   \\
+            const T* b = bp + pn * pstride;                                                     \\
+            long cols = np - pn * nr < nr ? np - pn * nr : nr;                                  \\
+            long k1 = k0 + kc < k ? k0 + kc : k;                                                \\
+            for (long m0 = 0; m0 < m; m0 += MR) {                                               \\
+                const T* a = ap + m0 * k;                                                       \\
+                long rows = m - m0;                                                             \\
+                T* d = out + m0 * ld + pn * nr;                                                 \\
+                VT c[MR][NV];                                                                   \\
+                _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)                            \\
+                    _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) c[i][j] = (VT){0};     \\
+                if (k0 > 0) { /* the block so far, from out (zeros past `cols`) */              \\
+                    _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                      \\
+                        if (i >= rows) break;                                                   \\
+                        const T* e = d + i * ld;                                                \\
+                        T t[NV * ck_nv_##SUF] = {0};                                            \\
+                        if (cols < nr) { __builtin_memcpy(t, e, cols * sizeof(T)); e = t; }     \\
+                        _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++)                    \\
+                            c[i][j] = ck_ld_##SUF(e + j * nv);                                  \\
+                    }                                                                           \\
+                }                                                                               \\
+                for (long r = k0; r < k1; r++) {                                                \\
+                    const T* br = b + off[r];                                                   \\
+                    const T* ak = a + r * MR;                                                   \\
+                    VT bv[NV];                                                                  \\
+                    _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++)                        \\
+                        bv[j] = ck_ld_##SUF(br + j * nv);                                       \\
+                    _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                      \\
+                        T ai = ak[i];                                                           \\
+                        _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++)                    \\
+                            c[i][j] += ai * bv[j];                                              \\
+                    }                                                                           \\
+                }                                                                               \\
+                _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) { /* the first `cols` */   \\
+                    if (i >= rows) break;                                                       \\
+                    T* e = d + i * ld;                                                          \\
+                    if (cols == nr) {                                                           \\
+                        _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++)                    \\
+                            ck_st_##SUF(e + j * nv, c[i][j]);                                   \\
+                    } else {                                                                    \\
+                        T t[NV * ck_nv_##SUF];                                                  \\
+                        _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++)                    \\
+                            ck_st_##SUF(t + j * nv, c[i][j]);                                   \\
+                        __builtin_memcpy(e, t, cols * sizeof(T));                               \\
+                    }                                                                           \\
+                }                                                                               \\
+            }                                                                                   \\
+        }                                                                                       \\
+    }
     #define CK_PK_ADD(T, SUF, r, a0, a1)                                                        \\
         { T* e_ = d + (r) * ld;                                                                 \\
           ck_st_##SUF(e_, ck_ld_##SUF(e_) + a0);                                                \\
@@ -1110,77 +1144,8 @@ cdef extern from *:
         c20 += a2 * v0; c21 += a2 * v1; c30 += a3 * v0; c31 += a3 * v1;                        \\
         c40 += a4 * v0; c41 += a4 * v1; c50 += a5 * v0; c51 += a5 * v1;
     #define CK_DEFINE_PACKED(T, VT, SUF)                                                          \\
-    static void ck_pk_dx_##SUF(const T* ap, long m, long k, const T* bp, const long* off,       \
-                               long pstride, long panels, long np, T* out, long ld) {           \
-        /* out (rows [0, m), row stride ld, positions [0, np)) = A @ B; A packed (m/6, k, 6);  \
-           row r of B's panel pn is the NR values at bp + pn * pstride + off[r]: packed panels \
-           (pstride k*NR, off[r] = r*NR), or the rows of an image themselves (pstride NR,      \
-           off[r] the tap's offset), which must then be readable NR values past np */          \
-        const long nv = ck_nv_##SUF, nr = 2 * nv, kc = CK_PK_CHUNK(T, 2 * ck_nv_##SUF);        \
-        for (long pn = 0; pn < panels; pn++)                                                    \
-        for (long k0 = 0; k0 < k; k0 += kc) {                                                   \
-            const T* b = bp + pn * pstride;                                                     \
-            long cols = np - pn * nr < nr ? np - pn * nr : nr;                                  \
-            long k1 = k0 + kc < k ? k0 + kc : k;                                                \
-            for (long m0 = 0; m0 < m; m0 += CK_PK_MR) {                                         \
-                const T* a = ap + m0 * k;                                                       \
-                long rows = m - m0;                                                             \
-                T* d = out + m0 * ld + pn * nr;                                                 \
-                VT c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};            \
-                VT c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};            \
-                if (k0 > 0) {                                                                   \
-                    CK_PK_LOAD(T, SUF, 0, c00, c01) CK_PK_LOAD(T, SUF, 1, c10, c11)             \
-                    CK_PK_LOAD(T, SUF, 2, c20, c21) CK_PK_LOAD(T, SUF, 3, c30, c31)             \
-                    CK_PK_LOAD(T, SUF, 4, c40, c41) CK_PK_LOAD(T, SUF, 5, c50, c51)             \
-                }                                                                               \
-                for (long r = k0; r < k1; r++) {                                                \
-                    const T* br = b + off[r];                                                   \
-                    VT b0 = ck_ld_##SUF(br), b1 = ck_ld_##SUF(br + nv);                         \
-                    const T* ak = a + r * CK_PK_MR;                                             \
-                    CK_PK_FMA12(ak[0], ak[1], ak[2], ak[3], ak[4], ak[5], b0, b1)               \
-                }                                                                               \
-                CK_PK_STORE(T, SUF, 0, c00, c01) CK_PK_STORE(T, SUF, 1, c10, c11)               \
-                CK_PK_STORE(T, SUF, 2, c20, c21) CK_PK_STORE(T, SUF, 3, c30, c31)               \
-                CK_PK_STORE(T, SUF, 4, c40, c41) CK_PK_STORE(T, SUF, 5, c50, c51)               \
-            }                                                                                   \
-        }                                                                                       \
-    }                                                                                           \
-    static void ck_pk_dx4_##SUF(const T* ap, long m, long k, const T* bp, const long* off,      \
-                                long pstride, long panels, long np, T* out, long ld) {          \
-        /* as ck_pk_dx with blocks of 4 rows x 3 vectors (panels of 3 vectors, A packed        \
-           (m/4, k, 4)): for row counts that are a multiple of 4 and not of 6 */               \
-        const long nv = ck_nv_##SUF, nr = 3 * nv, kc = CK_PK_CHUNK(T, 3 * ck_nv_##SUF);        \
-        for (long pn = 0; pn < panels; pn++)                                                    \
-        for (long k0 = 0; k0 < k; k0 += kc) {                                                   \
-            const T* b = bp + pn * pstride;                                                     \
-            long cols = np - pn * nr < nr ? np - pn * nr : nr;                                  \
-            long k1 = k0 + kc < k ? k0 + kc : k;                                                \
-            for (long m0 = 0; m0 < m; m0 += 4) {                                                \
-                const T* a = ap + m0 * k;                                                       \
-                long rows = m - m0;                                                             \
-                T* d = out + m0 * ld + pn * nr;                                                 \
-                VT c00 = {0}, c01 = {0}, c02 = {0}, c10 = {0}, c11 = {0}, c12 = {0};            \
-                VT c20 = {0}, c21 = {0}, c22 = {0}, c30 = {0}, c31 = {0}, c32 = {0};            \
-                if (k0 > 0) {                                                                   \
-                    CK_PK_LOAD3(T, SUF, 0, c00, c01, c02) CK_PK_LOAD3(T, SUF, 1, c10, c11, c12) \
-                    CK_PK_LOAD3(T, SUF, 2, c20, c21, c22) CK_PK_LOAD3(T, SUF, 3, c30, c31, c32) \
-                }                                                                               \
-                for (long r = k0; r < k1; r++) {                                                \
-                    const T* br = b + off[r];                                                   \
-                    VT b0 = ck_ld_##SUF(br), b1 = ck_ld_##SUF(br + nv);                         \
-                    VT b2 = ck_ld_##SUF(br + 2 * nv);                                           \
-                    const T* ak = a + r * 4;                                                    \
-                    T a0 = ak[0], a1 = ak[1], a2 = ak[2], a3 = ak[3];                           \
-                    c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2;                             \
-                    c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2;                             \
-                    c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2;                             \
-                    c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2;                             \
-                }                                                                               \
-                CK_PK_STORE3(T, SUF, 0, c00, c01, c02) CK_PK_STORE3(T, SUF, 1, c10, c11, c12)   \
-                CK_PK_STORE3(T, SUF, 2, c20, c21, c22) CK_PK_STORE3(T, SUF, 3, c30, c31, c32)   \
-            }                                                                               \
-        }                                                                                       \
-    }                                                                                           \
+    CK_DEFINE_PACKED_DX(ck_pk_dx_##SUF, T, VT, SUF, 6, 2)                                     \\
+    CK_DEFINE_PACKED_DX(ck_pk_dx4_##SUF, T, VT, SUF, 4, 3)                                    \\
     static void ck_pk_dw_##SUF(const T* bp, long kp, long panels, const T* xq, long qpanels,    \\
                                T* acc, long ld) {                                               \\
         /* acc (kp, ld) += B X^T: acc[k, c] += sum_p B[k, p] X[c, p]; B packed (panels, kp,    \\
