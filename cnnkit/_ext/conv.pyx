@@ -713,18 +713,40 @@ def direct_backward_size(Py_ssize_t c, Py_ssize_t o, Py_ssize_t oh, Py_ssize_t o
             + c * kh * kw * ((o + 3) // 4 * 4) * (CK_VBYTES // itemsize))
 
 
+cdef void _shifted_planes(const floating* x, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
+                          Py_ssize_t top, Py_ssize_t left, Py_ssize_t hp, Py_ssize_t pitch,
+                          Py_ssize_t copies, floating* xs) noexcept nogil:
+    """xs[e, ch, r, q] = x[ch, r - top, q + e - left] (0 outside x) for e < copies, q < pitch:
+    the padded image, and copies of it shifted left by e columns."""
+    cdef Py_ssize_t e, ch, r, a, b
+    cdef floating* dst
+    for e in range(copies):
+        # columns q with 0 <= q + e - left < w
+        a = left - e if left > e else 0
+        b = w + left - e
+        if b > pitch:
+            b = pitch
+        if b < a:
+            b = a
+        for ch in range(c):
+            dst = xs + (e * c + ch) * hp * pitch
+            memset(dst, 0, top * pitch * sizeof(floating))
+            for r in range(h):
+                memset(dst + (top + r) * pitch, 0, a * sizeof(floating))
+                if b > a:
+                    memcpy(dst + (top + r) * pitch + a, x + (ch * h + r) * w + a + e - left,
+                           (b - a) * sizeof(floating))
+                memset(dst + (top + r) * pitch + b, 0, (pitch - b) * sizeof(floating))
+            memset(dst + (top + h) * pitch, 0, (hp - top - h) * pitch * sizeof(floating))
+
+
 cdef void _pad_image(const floating* x, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t hp, Py_ssize_t wp,
                      Py_ssize_t total, floating* xp) noexcept nogil:
-    """xp (c, hp, wp) + slack, zeroed, with x (c, h, w) at row pt, column pl (0 <= pl,
-    pl + w <= wp)."""
-    cdef Py_ssize_t ch, r, src_r
-    memset(xp, 0, total * sizeof(floating))
-    for ch in range(c):
-        for r in range(hp):
-            src_r = r - pt
-            if src_r >= 0 and src_r < h:
-                memcpy(xp + (ch * hp + r) * wp + pl, x + (ch * h + src_r) * w, w * sizeof(floating))
+    """xp (c, hp, wp) + slack up to ``total`` values, zeroed, with x (c, h, w) at row pt,
+    column pl (0 <= pl, pl + w <= wp): the unshifted copy of :func:`_shifted_planes`."""
+    _shifted_planes(x, c, h, w, pt, pl, hp, wp, 1, xp)
+    memset(xp + c * hp * wp, 0, (total - c * hp * wp) * sizeof(floating))
 
 
 cdef _check_direct(str what, Py_ssize_t taps, Py_ssize_t o4, Py_ssize_t o, Py_ssize_t c,
@@ -1476,33 +1498,6 @@ def phases_size(Py_ssize_t c, Py_ssize_t cout, Py_ssize_t hp, Py_ssize_t pitch,
     copies of x (``copies`` x (C, hp, pitch)) with the slack its last vectors read, and the
     products of a band of ``band`` positions."""
     return copies * c * hp * pitch + pitch + 4 * CK_VBYTES // itemsize + band * cout + 64 // itemsize
-
-
-cdef void _shifted_planes(const floating* x, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w,
-                          Py_ssize_t top, Py_ssize_t left, Py_ssize_t hp, Py_ssize_t pitch,
-                          Py_ssize_t copies, floating* xs) noexcept nogil:
-    """xs[e, ch, r, q] = x[ch, r - top, q + e - left] (0 outside x) for e < copies, q < pitch:
-    the padded image, and copies of it shifted left by e columns."""
-    cdef Py_ssize_t e, ch, r, a, b
-    cdef floating* dst
-    for e in range(copies):
-        # columns q with 0 <= q + e - left < w
-        a = left - e if left > e else 0
-        b = w + left - e
-        if b > pitch:
-            b = pitch
-        if b < a:
-            b = a
-        for ch in range(c):
-            dst = xs + (e * c + ch) * hp * pitch
-            memset(dst, 0, top * pitch * sizeof(floating))
-            for r in range(h):
-                memset(dst + (top + r) * pitch, 0, a * sizeof(floating))
-                if b > a:
-                    memcpy(dst + (top + r) * pitch + a, x + (ch * h + r) * w + a + e - left,
-                           (b - a) * sizeof(floating))
-                memset(dst + (top + r) * pitch + b, 0, (pitch - b) * sizeof(floating))
-            memset(dst + (top + h) * pitch, 0, (hp - top - h) * pitch * sizeof(floating))
 
 
 def phases_rows(Py_ssize_t cout):
