@@ -487,9 +487,10 @@ def _direct_weights(w):
     return wt
 
 
-def _direct_threads(n, macs):
-    threads = max(1, get_num_threads())
-    return 1 if macs < SERIAL_MACS else max(1, min(threads, n))
+def _image_threads(n, macs):
+    """Threads for a kernel that splits whole images: one below ``SERIAL_MACS`` multiply-adds,
+    else the team, at most one per image."""
+    return 1 if macs < SERIAL_MACS else max(1, min(get_num_threads(), n))
 
 
 class Conv2dDirect:
@@ -535,7 +536,7 @@ class Conv2dDirect:
         w = np.ascontiguousarray(_effective_weight(w, config))
         n, c = x.shape[:2]
         o, _, kh, kw = w.shape
-        threads = _direct_threads(n, n * o * oh * ow * w[0].size)
+        threads = _image_threads(n, n * o * oh * ow * w[0].size)
         size = cls._kernels.direct_layout(c, o, oh, ow, kh, kw, x.itemsize)[2]
         ws = workspace((threads, size), x.dtype)
         ctx = (x, w, b is not None, (top, left, bottom, right), oh, ow, config)
@@ -584,7 +585,7 @@ class Conv2dDirect:
                                                    oh, None, None, False), need_input_grad)
             grads["weight"] = _stored_weight_grad(grads["weight"], config)
             return dx, grads
-        threads = _direct_threads(n, n * o * oh * ow * w[0].size)
+        threads = _image_threads(n, n * o * oh * ow * w[0].size)
         size = cls._kernels.direct_backward_size(c, o, oh, ow, kh, kw, x.itemsize,
                                                  need_input_grad)
         ws = workspace((threads, size), x.dtype)
@@ -738,9 +739,7 @@ class ConvTranspose2dCython:
         n, cin, h, wd = x.shape
         cout = w.shape[1] * geom[-1]
         k = cout * w.shape[2] * w.shape[3]
-        threads = max(1, min(get_num_threads(), n))
-        if n * cin * h * wd * k < SERIAL_MACS:
-            threads = 1
+        threads = _image_threads(n, n * cin * h * wd * k)
         y = np.empty((n, cout, oh, ow), dtype=x.dtype)
         if (geom[-1] == 1 and geom[4:6] == (1, 1) and PACKED_KERNELS
                 and cout >= PHASES_MIN_OUT_CHANNELS and h * wd >= PACKED_MIN_POSITIONS
@@ -835,9 +834,7 @@ class ConvTranspose2dCython:
         qwidth = -(-c // nr) * nr
         panels = -(-(h * wd) // nr)
         band = max(1, min(panels, PACKED_BAND_BYTES // (x.itemsize * nr * (kp + qwidth))))
-        threads = max(1, min(get_num_threads(), n))
-        if n * c * h * wd * k < SERIAL_MACS:
-            threads = 1
+        threads = _image_threads(n, n * c * h * wd * k)
         cout, kh, kw = w.shape[1:]
         oh, ow = dy.shape[2:]
         hq, wq = h + (kh - 1) * dh // sh, wd + (kw - 1) * dw // sw  # dy's phase planes
