@@ -104,6 +104,31 @@ def test_a_wrong_shaped_parameter_after_a_good_call_is_refused(impl):
     assert conv.forward(x).shape == (2, 2, 6, 6)
 
 
+def test_pool_geometry_is_checked_once_per_shape_and_config(monkeypatch):
+    """The compiled pooling wrapper's geometry check is cached per input shape and config
+    (values compared), yet a bad config or input after a good call is still refused."""
+    from cnnkit.builtin import pool as bpool
+
+    calls = []
+    real = bpool._checked_geometry.__wrapped__
+    monkeypatch.setattr(bpool, "_checked_geometry",
+                        bpool.checked_once(lambda x, c: calls.append(x.shape) or real(x, c)))
+    config = {"kernel_size": (2, 2), "stride": (2, 2), "padding": (0, 0), "ceil_mode": False}
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    for _ in range(3):
+        y, _ = bpool.MaxPool2dCython.forward(x, {}, config, False)
+    assert calls == [x.shape]
+    np.testing.assert_array_equal(y, x.reshape(2, 3, 3, 2, 3, 2).max(axis=(3, 5)))
+    config["padding"] = (2, 2)  # the same dict changed in place: checked again, and refused
+    for _ in range(2):
+        with pytest.raises(ValueError, match="padding at most half the kernel"):
+            bpool.MaxPool2dCython.forward(x, {}, config, False)
+    config["padding"] = (0, 0)
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        bpool.MaxPool2dCython.forward(x[:, :, :1], {}, config, False)
+    assert bpool.AvgPool2dCython.forward(x, {}, config, False)[0].shape == (2, 3, 3, 3)
+
+
 def test_dense_refuses_a_wrong_shaped_weight_after_a_good_call():
     dense = Dense(4, 3)
     x = np.ones((2, 4), np.float32)

@@ -90,8 +90,9 @@ _MAX_CHECKED = 64
 
 
 def checked_once(check):
-    """Decorate a wrapper's ``check(x, w, b, config)`` (shapes, dtypes and config entries in,
-    geometry out, raising for bad arguments) so that it runs once per argument set.
+    """Decorate a wrapper's ``check(*arrays, config)`` (shapes, dtypes and config entries in,
+    geometry out, raising for bad arguments; an array may be None) so that it runs once per
+    argument set.
 
     The key is what the check reads: the arrays' shapes and dtypes and the config, by identity
     with its values compared (a layer hands the same resolved config dict on every call; the
@@ -100,14 +101,14 @@ def checked_once(check):
     cache = {}
 
     @functools.wraps(check)
-    def cached(x, w, b, config):
-        key = (x.shape, x.dtype, w.shape, w.dtype,
-               None if b is None else (b.shape, b.dtype), id(config))
+    def cached(*args):
+        config = args[-1]
+        key = (tuple(None if a is None else (a.shape, a.dtype) for a in args[:-1]), id(config))
         values = tuple(config.values())
         hit = cache.get(key)
         if hit is not None and hit[0] is config and hit[1] == values:
             return hit[2]
-        result = check(x, w, b, config)
+        result = check(*args)
         if len(cache) >= _MAX_CHECKED:
             cache.clear()
         cache[key] = (config, values, result)

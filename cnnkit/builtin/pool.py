@@ -18,8 +18,8 @@ import numpy as np
 
 from cnnkit._ext import pool as _pool
 from cnnkit._shapes import pool_output_size, pool_overhang
-from cnnkit.builtin._kernel_args import (INT32_MAX, ISA_FEATURES, config_ints, contiguous,
-                                         grad_like, isa_build, weight_and_bias)
+from cnnkit.builtin._kernel_args import (INT32_MAX, ISA_FEATURES, checked_once, config_ints,
+                                         contiguous, grad_like, isa_build, weight_and_bias)
 from cnnkit.layers import AvgPool2D, GlobalAvgPool2D, GlobalMaxPool2D, MaxPool2D, Subsampling
 from cnnkit.plugins import hookimpl
 
@@ -228,7 +228,10 @@ class SubsamplingNumpy:
 # ---------------------------------------------------------------------------------------------
 # the compiled kernels (cython)
 # ---------------------------------------------------------------------------------------------
+@checked_once
 def _checked_geometry(x, config):
+    """The compiled kernels' geometry ((kh, kw, sh, sw, ph, pw), oh, ow), checked once per
+    input shape and config."""
     if x.ndim != 4:
         raise ValueError(f"pooling expects (N, C, H, W), got {x.shape}")
     if (tuple(config.get("padding_after", config["padding"])) != tuple(config["padding"])
