@@ -1,6 +1,6 @@
 """The speed targets measured side by side: cnnkit and PyTorch in one process, interleaved.
 
-    python benchmarks/interleaved.py [--rounds 7] [--repeat 5] [--rows conv,relu] [--json FILE]
+    python benchmarks/interleaved.py [--rounds 21] [--repeat 5] [--rows conv,relu] [--json FILE]
 
 pytest-benchmark times each variant's rounds one after the other, so on a shared machine a
 slow minute can land on one side of a comparison only.  Here every round times each row's
@@ -238,7 +238,7 @@ def _cpu_model():
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument("--rounds", type=int, default=21, help="interleaved rounds (default 21)")
     parser.add_argument("--repeat", type=int, default=5,
                         help="calls per sample, after one untimed call (default 5)")
     parser.add_argument("--rows", default="",
