@@ -54,8 +54,10 @@ def test_rounds_alternate_the_order_and_ratios_come_from_the_best_and_median_sam
     a, b = got["out"]
     assert (a["cnnkit_best_s"], a["peer_best_s"], a["ratio_best"]) == (1.0, 2.0, 0.5)
     assert (a["ratio_median"], a["met"]) == (0.75, True)  # met by the best rounds
+    assert a["ratio_paired"] == 1.0  # the rounds' own ratios: 1/4, 3/2, 4/4
     assert (b["ratio_best"], b["ratio_median"], b["met"]) == (3.0, 1.5, None)
-    assert "| row a |  | 1000.000 | 2000.000 | 0.50 | 0.75 | <= 0.6 | yes |" in res.stderr
+    assert b["ratio_paired"] == 1.5  # 3/1, 3/2, 3/3
+    assert "| row a |  | 1000.000 | 2000.000 | 0.50 | 0.75 | 1.00 | <= 0.6 | yes |" in res.stderr
 
 
 def test_unknown_rows_are_refused_with_the_list():
