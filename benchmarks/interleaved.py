@@ -68,23 +68,12 @@ def _convt_row(torch, backward):
     shape, cout, k, stride, pad = kernels.CONVT_SHAPE
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     conv = ck.layers.ConvTranspose2D(shape[1], cout, k, stride=stride, padding=pad, rng=0)
-    tx = torch.from_numpy(x).requires_grad_(backward)
-    w = torch.from_numpy(conv.params["weight"]).requires_grad_(backward)
-    b = torch.from_numpy(conv.params["bias"]).requires_grad_(backward)
+    peer = kernels._torch_conv(torch, x, conv, stride, pad, backward, "conv_transpose2d")
 
     def run():
         y = conv.forward(x, training=backward)
         if backward:
             conv.backward(np.ones_like(y))
-
-    def peer():
-        if backward:
-            y = torch.nn.functional.conv_transpose2d(tx, w, b, stride=stride, padding=pad)
-            y.backward(torch.ones_like(y))
-            tx.grad = w.grad = b.grad = None
-        else:
-            with torch.no_grad():
-                torch.nn.functional.conv_transpose2d(tx, w, b, stride=stride, padding=pad)
     return run, peer, conv, x
 
 

@@ -26,21 +26,22 @@ def _conv_case(shape, cout, k, stride, pad):
     return x, conv
 
 
-def _torch_conv(torch, x, conv, stride, pad, backward):
-    import torch.nn.functional as F
-
+def _torch_conv(torch, x, conv, stride, pad, backward, op="conv2d"):
+    """The peer's call of ``torch.nn.functional.<op>`` (conv2d or conv_transpose2d) with the
+    layer's parameters, and its backward."""
+    fn = getattr(torch.nn.functional, op)
     tx = torch.from_numpy(x).requires_grad_(backward)
     w = torch.from_numpy(conv.params["weight"]).requires_grad_(backward)
     b = torch.from_numpy(conv.params["bias"]).requires_grad_(backward)
 
     def run():
         if backward:
-            y = F.conv2d(tx, w, b, stride=stride, padding=pad)
+            y = fn(tx, w, b, stride=stride, padding=pad)
             y.backward(torch.ones_like(y))
             tx.grad = w.grad = b.grad = None
         else:
             with torch.no_grad():
-                F.conv2d(tx, w, b, stride=stride, padding=pad)
+                fn(tx, w, b, stride=stride, padding=pad)
     return run
 
 
@@ -83,19 +84,8 @@ def test_convtranspose2d(benchmark, request, mode, variant):
     conv = ck.layers.ConvTranspose2D(shape[1], cout, k, stride=stride, padding=pad, rng=0)
     backward = mode != "forward"
     if variant == PEER:
-        torch = request.getfixturevalue("torch_peer")
-        tx = torch.from_numpy(x).requires_grad_(backward)
-        w = torch.from_numpy(conv.params["weight"]).requires_grad_(backward)
-        b = torch.from_numpy(conv.params["bias"]).requires_grad_(backward)
-
-        def run():
-            if backward:
-                y = torch.nn.functional.conv_transpose2d(tx, w, b, stride=stride, padding=pad)
-                y.backward(torch.ones_like(y))
-                tx.grad = w.grad = b.grad = None
-            else:
-                with torch.no_grad():
-                    torch.nn.functional.conv_transpose2d(tx, w, b, stride=stride, padding=pad)
+        run = _torch_conv(request.getfixturevalue("torch_peer"), x, conv, stride, pad, backward,
+                          "conv_transpose2d")
     else:
         conv.impl = variant
 
