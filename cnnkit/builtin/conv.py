@@ -596,11 +596,8 @@ class Conv2dDirect:
         dwt = dw_part[0] if threads == 1 else dw_part.sum(axis=0)
         grads = {"weight": _stored_weight_grad(
             np.ascontiguousarray(dwt[:, :o].T).reshape(w.shape), config)}
-        if has_bias:
-            if pooled is None:  # (the fused chain's kernel summed it)
-                db = np.empty(o, dtype=x.dtype)
-                cls._kernels.channel_sums(dy, db, threads)
-            grads["bias"] = db
+        if has_bias:  # (the fused chain's kernel summed it into db)
+            grads["bias"] = _bias_grad(cls._kernels, dy, x.dtype) if pooled is None else db
         return dx, grads
 
 
