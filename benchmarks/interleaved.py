@@ -52,16 +52,22 @@ def _conv_shape(name):
     raise LookupError(name)
 
 
+def _layer_run(layer, x, backward):
+    """The cnnkit side of a convolution row, as the benchmark suite calls it (the variant left
+    to automatic selection): forward, and backward with a gradient of ones made in the call."""
+    def run():
+        y = layer.forward(x, training=backward)
+        if backward:
+            layer.backward(np.ones_like(y))
+    return run
+
+
 def _conv_row(torch, name, backward):
     shape, cout, k, stride, pad = _conv_shape(name)
     x, conv = kernels._conv_case(shape, cout, k, stride, pad)
     peer = kernels._torch_conv(torch, x, conv, stride, pad, backward)
 
-    def run():  # as test_conv2d's cnnkit side, the variant left to automatic selection
-        y = conv.forward(x, training=backward)
-        if backward:
-            conv.backward(np.ones_like(y))
-    return run, peer, conv, x
+    return _layer_run(conv, x, backward), peer, conv, x
 
 
 def _convt_row(torch, backward):
@@ -70,11 +76,7 @@ def _convt_row(torch, backward):
     conv = ck.layers.ConvTranspose2D(shape[1], cout, k, stride=stride, padding=pad, rng=0)
     peer = kernels._torch_conv(torch, x, conv, stride, pad, backward, "conv_transpose2d")
 
-    def run():
-        y = conv.forward(x, training=backward)
-        if backward:
-            conv.backward(np.ones_like(y))
-    return run, peer, conv, x
+    return _layer_run(conv, x, backward), peer, conv, x
 
 
 def _pool_row(torch, window, backward):
@@ -171,7 +173,7 @@ def _sample(fn, repeat):
     return (time.perf_counter() - start) / repeat
 
 
-def measure(rows, torch, rounds=7, repeat=5, progress=None):
+def measure(rows, torch, rounds=21, repeat=5, progress=None):
     """One dict per row: the label, target, the variant cnnkit ran, best and median samples
     (seconds) of both sides, their ratios and the median of the rounds' ratios; the rows'
     calls interleaved round by round."""
